@@ -1,0 +1,196 @@
+"""Who is calling: JWT tokens, login cookies, tickets and passwords (D13).
+
+The web layer extracts :class:`Credentials` from a request; :class:`Authenticator`
+decides which user it is, or refuses with 401/403/404. Tokens are HS256 JWTs
+checked with PyJWT; passwords are argon2id hashes (argon2-cffi), verified off the
+reactor thread.
+"""
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import argon2
+import jwt
+
+from .errors import Forbidden, Unauthorized
+
+_hasher = argon2.PasswordHasher()
+
+#: Claims copied from a site token into the user's profile (D13).
+PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
+
+
+def hash_password(password):
+    """argon2id hash of ``password`` (str) for storage. Blocking: ~50 ms of CPU."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash, password):
+    """True if ``password`` matches ``password_hash``; False for any mismatch or a
+    malformed hash. Blocking: ~50 ms of CPU."""
+    if not password_hash:
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+@dataclass
+class Credentials:
+    """Everything a request offers as identity. All fields are ``str`` or ``None``.
+
+    ``method`` is the HTTP method; ``origin`` the ``Origin`` header; ``request_origin``
+    the ``scheme://host`` the request was addressed to (same-origin check).
+    """
+
+    bearer: str = None
+    token_param: str = None
+    token_cookie: str = None
+    session_cookie: str = None
+    ticket: str = None
+    username: str = None
+    password: str = None
+    method: str = "GET"
+    origin: str = None
+    request_origin: str = None
+
+
+@dataclass
+class Identity:
+    """The authenticated caller.
+
+    :ivar user_id: the user's id.
+    :ivar via: ``"ticket"``, ``"token"``, ``"session"`` (login cookie) or ``"password"``.
+    :ivar claims: the verified JWT claims when ``via == "token"``, else ``None``.
+    :ivar session: the :class:`~nextim_twisted.core.session.Session` named by the
+        request's ticket, if any.
+    """
+
+    user_id: str
+    via: str
+    claims: dict = None
+    session: object = None
+
+
+class Authenticator:
+    """Resolves :class:`Credentials` to an :class:`Identity` (D13).
+
+    :param config: the daemon :class:`~nextim_twisted.config.Config`.
+    :param store: storage (for password hashes).
+    :param router: live state (for tickets).
+    :param blocking: ``callable(f, *args) → Deferred`` running ``f`` off the reactor thread.
+    :param clock: ``IReactorTime`` used for token expiry.
+    """
+
+    def __init__(self, config, store, router, blocking, clock):
+        self.config = config
+        self.store = store
+        self.router = router
+        self.blocking = blocking
+        self.clock = clock
+        self.method = config.auth.method
+        secret = config.auth.token_secret or ""
+        self._cookie_key = None
+        if secret:
+            self._cookie_key = hmac.new(secret.encode(), b"nextim login cookie", hashlib.sha256).hexdigest()
+        self._allowed_origins = {config.own_origin, *config.server.allowed_origins}
+
+    def set_cookie_key(self, key):
+        """Key that signs login cookies when no ``token_secret`` is configured (from storage)."""
+        if self._cookie_key is None:
+            self._cookie_key = key
+
+    # -- tokens --------------------------------------------------------------
+    def verify_token(self, token):
+        """Verify a site JWT (HS256 only). :returns: claims dict.
+        :raises Unauthorized: bad signature, other algorithm, expired, no ``sub``."""
+        try:
+            claims = jwt.decode(token, self.config.auth.token_secret, algorithms=["HS256"],
+                                options={"require": ["sub"]}, leeway=5)
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token", code="invalid_token") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub.strip() or len(sub) > 64:
+            raise Unauthorized("invalid token: sub must be a non-empty user id", code="invalid_token")
+        for key in PROFILE_CLAIMS:
+            if key in claims and not isinstance(claims[key], str):
+                raise Unauthorized(f"invalid token: {key} must be a string", code="invalid_token")
+        return claims
+
+    def make_login_cookie(self, user_id):
+        """A signed login cookie value for ``user_id`` valid ``auth.session_ttl`` seconds."""
+        now = int(self.clock.seconds())
+        return jwt.encode({"sub": user_id, "typ": "login", "iat": now,
+                           "exp": now + self.config.auth.session_ttl}, self._cookie_key, algorithm="HS256")
+
+    def _login_cookie_user(self, value):
+        try:
+            claims = jwt.decode(value, self._cookie_key, algorithms=["HS256"], options={"require": ["sub", "exp"]})
+        except jwt.PyJWTError:
+            raise Unauthorized("login expired: log in again", code="not_authenticated") from None
+        if claims.get("typ") != "login":
+            raise Unauthorized("login expired: log in again", code="not_authenticated")
+        return claims["sub"]
+
+    # -- identify ------------------------------------------------------------
+    async def identify(self, creds, writes=False, allow_password=False):
+        """Resolve the caller.
+
+        :param writes: the call changes state: cookie-only authentication then must
+            be a POST from an allowed origin (D13, no JSONP CSRF).
+        :param allow_password: accept ``username``/``password`` (``online`` in
+            ``accounts`` mode, as in the reference).
+        :returns: :class:`Identity`.
+        :raises Unauthorized: no or invalid credentials.
+        :raises Forbidden: ticket of another user; cookie-only write from a foreign
+            origin or by GET.
+        :raises NotFound: unknown or expired ticket.
+        """
+        session = self.router.session(creds.ticket) if creds.ticket else None
+        identity = None
+        cookie_only = False
+        if self.method == "token":
+            token = creds.bearer or creds.token_param or creds.token_cookie
+            if token:
+                claims = self.verify_token(token)
+                identity = Identity(claims["sub"], "token", claims=claims)
+                cookie_only = not (creds.bearer or creds.token_param)
+        else:
+            if allow_password and creds.username:
+                identity = Identity(await self.check_password(creds.username, creds.password), "password")
+            elif creds.session_cookie and self._cookie_key:
+                identity = Identity(self._login_cookie_user(creds.session_cookie), "session")
+                cookie_only = True
+        if session is not None:
+            if identity is not None and identity.user_id != session.user_id:
+                raise Forbidden("ticket belongs to another user", code="ticket_mismatch")
+            if identity is None:
+                identity = Identity(session.user_id, "ticket")
+            identity.session = session
+            cookie_only = False
+        if identity is None:
+            raise Unauthorized("not authenticated", code="not_authenticated")
+        if writes and cookie_only:
+            self._check_cookie_write(creds)
+        return identity
+
+    def _check_cookie_write(self, creds):
+        if creds.method != "POST":
+            raise Forbidden("a cookie-authenticated change must be a POST", code="csrf")
+        origin = creds.origin
+        if not origin or (origin not in self._allowed_origins and origin != creds.request_origin):
+            raise Forbidden("origin not allowed", code="csrf")
+
+    async def check_password(self, username, password):
+        """:returns: the user id. :raises Unauthorized: unknown user or wrong password
+        (one message for both, so user names cannot be probed)."""
+        if self.method != "accounts":
+            raise Unauthorized("password login is not enabled", code="not_authenticated")
+        user = await self.store.get_user(username or "")
+        ok = await self.blocking(verify_password, user["password_hash"] if user else None, password or "")
+        if not ok:
+            raise Unauthorized("wrong user name or password", code="bad_credentials")
+        return user["id"]

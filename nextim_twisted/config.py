@@ -1,0 +1,220 @@
+"""TOML configuration → one typed, validated :class:`Config`.
+
+Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
+default; an unknown key, a wrong type or a missing secret raises
+:class:`ConfigError` whose message names the key (issue 2: "one clear line").
+"""
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``str(err)`` is one line naming the offending key."""
+
+
+# section -> key -> (type(s), default). ``None`` default means "optional, unset".
+SCHEMA = {
+    "server": {
+        "listen": (str, "tcp:8000:interface=127.0.0.1"),
+        "public_url": (str, None),          # default: derived from listen
+        "domain": (str, "localhost"),
+        "allowed_origins": (list, []),       # extra Origins allowed for cookie-only writes (D13)
+        "max_body_bytes": (int, 40000),      # D15
+        "room_presences": (bool, False),     # D9: v5-style join/leave presences
+    },
+    "storage": {
+        "backend": (str, "sqlite"),
+        "path": (str, "nextim.sqlite"),
+        "dsn": (str, None),
+        "synchronous": (str, "FULL"),
+    },
+    "auth": {
+        "method": (str, "token"),            # "token" | "accounts" (D13)
+        "token_secret": (str, None),
+        "token_cookie": (str, "nextim_token"),
+        "session_cookie": (str, "nextim_session"),
+        "session_ttl": (int, 7 * 24 * 3600),  # seconds a login cookie stays valid
+        "cookie_secure": (bool, False),
+    },
+    "admin": {
+        "api_key": (str, None),
+        "broadcast_from": (str, "system"),
+    },
+    "timers": {
+        "poll_hold": ((int, float), 25),     # seconds (D5)
+        "session_idle": ((int, float), 10),
+        "user_grace": ((int, float), 10),
+    },
+    "limits": {
+        "queue_packets": (int, 1000),        # D6
+        "message_chars": (int, 10000),       # D15
+        "setting_bytes": (int, 8192),        # D11
+        "history": (int, 30),                # D10
+        "new_messages": (int, 50),           # D10
+        "messages_per_minute": (int, 120),   # D15, per user
+        "presences_per_minute": (int, 60),   # D15, per user (presence + status)
+        "status_chars": (int, 200),
+    },
+}
+
+
+@dataclass
+class Section:
+    """Attribute access to one section's validated values."""
+
+    values: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Config:
+    """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
+
+    Build with :func:`load` (a TOML file) or :func:`from_dict`.
+    """
+
+    def __init__(self, sections):
+        self._sections = sections
+        for name, values in sections.items():
+            setattr(self, name, Section(values))
+
+    def as_dict(self):
+        """The effective configuration as nested dicts (secrets included: do not log)."""
+        return {k: dict(v) for k, v in self._sections.items()}
+
+    @property
+    def public_url(self):
+        """The daemon's public base URL without a trailing slash."""
+        return self.server.public_url.rstrip("/")
+
+    @property
+    def own_origin(self):
+        """``scheme://host[:port]`` of :attr:`public_url` (D13 origin check)."""
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def _type_name(t):
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return {str: "string", int: "integer", bool: "boolean", list: "array", float: "number"}.get(t, t.__name__)
+
+
+def _check(section, key, value, expected):
+    types = expected if isinstance(expected, tuple) else (expected,)
+    # bool is a subclass of int in Python; a TOML ``true`` is not a number.
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        raise ConfigError(f"[{section}] {key}: expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+
+
+def _listen_url(listen):
+    """Best guess of a public URL from a strports description like ``tcp:8000:interface=127.0.0.1``."""
+    parts = listen.split(":")
+    port = "8000"
+    host = "127.0.0.1"
+    positional = [p for p in parts[1:] if "=" not in p]
+    for p in parts[1:]:
+        if p.startswith("port="):
+            port = p[5:]
+        elif p.startswith("interface="):
+            host = p[10:] or host
+    if positional:
+        port = positional[0]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if parts[0] in ("ssl", "tls") else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def from_dict(data, demo=False, overrides=None):
+    """Validate a parsed TOML mapping and fill defaults.
+
+    :param data: ``{section: {key: value}}`` as read from TOML.
+    :param demo: demo mode (issue 3): ``accounts`` auth and no admin key needed.
+    :param overrides: ``{"section.key": value}`` applied after the file (e.g. ``--listen``).
+    :raises ConfigError: unknown section/key, wrong type, bad value, missing secret.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("configuration must be a TOML table")
+    sections = {}
+    for name, keys in data.items():
+        if name not in SCHEMA:
+            raise ConfigError(f"[{name}]: unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(keys, dict):
+            raise ConfigError(f"[{name}]: must be a table")
+        for key, value in keys.items():
+            if key not in SCHEMA[name]:
+                raise ConfigError(f"[{name}] {key}: unknown key")
+            _check(name, key, value, SCHEMA[name][key][0])
+    for name, keys in SCHEMA.items():
+        given = data.get(name, {})
+        sections[name] = {key: given.get(key, default) for key, (_, default) in keys.items()}
+    if demo:
+        if "method" not in data.get("auth", {}):
+            sections["auth"]["method"] = "accounts"
+    for dotted, value in (overrides or {}).items():
+        name, key = dotted.split(".", 1)
+        _check(name, key, value, SCHEMA[name][key][0])
+        sections[name][key] = value
+
+    s = sections
+    if s["server"]["public_url"] is None:
+        s["server"]["public_url"] = _listen_url(s["server"]["listen"])
+    if urlsplit(s["server"]["public_url"]).scheme not in ("http", "https"):
+        raise ConfigError("[server] public_url: must start with http:// or https://")
+    for origin in s["server"]["allowed_origins"]:
+        if not isinstance(origin, str):
+            raise ConfigError("[server] allowed_origins: every entry must be a string")
+    if s["storage"]["backend"] not in ("sqlite", "postgres"):
+        raise ConfigError(f"[storage] backend: must be \"sqlite\" or \"postgres\", got {s['storage']['backend']!r}")
+    if s["storage"]["backend"] == "postgres" and not s["storage"]["dsn"]:
+        raise ConfigError("[storage] dsn: required when backend = \"postgres\"")
+    if s["storage"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("[storage] synchronous: must be OFF, NORMAL, FULL or EXTRA")
+    if s["auth"]["method"] not in ("token", "accounts"):
+        raise ConfigError(f"[auth] method: must be \"token\" or \"accounts\", got {s['auth']['method']!r}")
+    if s["auth"]["method"] == "token" and not s["auth"]["token_secret"]:
+        raise ConfigError("[auth] token_secret: required when method = \"token\"")
+    if s["auth"]["token_secret"] is not None and len(s["auth"]["token_secret"]) < 16:
+        raise ConfigError("[auth] token_secret: must be at least 16 characters")
+    if not demo and not s["admin"]["api_key"]:
+        raise ConfigError("[admin] api_key: required (the admin API is disabled without it only in --demo)")
+    if s["admin"]["api_key"] is not None and len(s["admin"]["api_key"]) < 16:
+        raise ConfigError("[admin] api_key: must be at least 16 characters")
+    for key, value in s["timers"].items():
+        if not 0 < value <= 3600:
+            raise ConfigError(f"[timers] {key}: must be between 0 and 3600 seconds, got {value!r}")
+    for key, value in s["limits"].items():
+        if value < 1:
+            raise ConfigError(f"[limits] {key}: must be a positive integer, got {value!r}")
+    if s["server"]["max_body_bytes"] < 1024:
+        raise ConfigError("[server] max_body_bytes: must be at least 1024")
+    return Config(sections)
+
+
+def load(path, demo=False, overrides=None):
+    """Read and validate a TOML file. ``path=None`` means all defaults.
+
+    :raises ConfigError: unreadable file, TOML syntax error, or any :func:`from_dict` error.
+    """
+    data = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    return from_dict(data, demo=demo, overrides=overrides)

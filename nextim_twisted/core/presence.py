@@ -1,0 +1,63 @@
+"""Presence values and the per-user live state (D8, protocol-reference §4.1)."""
+
+#: Shows a client may set (D8); ``unavailable`` is handled as "go offline".
+SHOWS = ("available", "away", "chat", "dnd", "invisible")
+#: Legacy spellings seen in the wild (protocol-reference §7 A14).
+SHOW_ALIASES = {"busy": "dnd", "buzy": "dnd"}
+OFFLINE_SHOW = "unavailable"
+
+
+def normalize_show(value):
+    """Map a client's ``show`` to a D8 value.
+
+    :returns: one of :data:`SHOWS`, or ``"unavailable"``; ``None`` if ``value`` is unknown.
+    """
+    if value is None:
+        return None
+    value = value.strip().lower()
+    value = SHOW_ALIASES.get(value, value)
+    if value in SHOWS or value == OFFLINE_SHOW:
+        return value
+    return None
+
+
+class OnlineUser:
+    """A user with at least one session, or inside the grace after the last one (D5).
+
+    :ivar profile: ``{"id", "nick", "pic_url", "default_pic_url", "url"}`` from the directory.
+    :ivar show: current show (one of :data:`SHOWS`).
+    :ivar status: free status text.
+    :ivar status_time: ms timestamp of the last show/status change.
+    :ivar sessions: ``{ticket: Session}``.
+    :ivar buddies: ids of directory buddies (symmetric relation, D8).
+    :ivar contacts: ids of users this user exchanged messages with while online (D8).
+    :ivar rooms: ids of rooms this user is live-joined to (D9).
+    """
+
+    __slots__ = ("id", "profile", "show", "status", "status_time", "sessions", "buddies",
+                 "contacts", "rooms", "grace_timer")
+
+    def __init__(self, profile, show, status, status_time, buddies):
+        self.id = profile["id"]
+        self.profile = profile
+        self.show = show
+        self.status = status
+        self.status_time = status_time
+        self.sessions = {}
+        self.buddies = set(buddies)
+        self.contacts = set()
+        self.rooms = set()
+        self.grace_timer = None
+
+    @property
+    def nick(self):
+        return self.profile.get("nick") or self.id
+
+    @property
+    def visible(self):
+        """False when invisible: others see the user offline (D8)."""
+        return self.show != "invisible"
+
+    def related(self):
+        """Ids that receive this user's presence: buddies and contacts (D8)."""
+        return self.buddies | self.contacts

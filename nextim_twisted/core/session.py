@@ -1,0 +1,158 @@
+"""One browser tab's IM session: its ticket, packet queue and long-poll (D4–D6).
+
+A session owns a bounded queue of packets, each numbered with a per-session
+``seq`` (1, 2, 3 …). A poll either takes what is queued at once or parks until a
+packet arrives or the hold timer (``poll_hold`` s) runs out. While no poll is
+parked the idle timer (``session_idle`` s) runs; when it fires the session ends.
+No I/O happens here: the web layer turns the Deferred a poll returns into an
+HTTP answer, and cancels it when the client goes away.
+"""
+from collections import deque
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Envelope answered to a poll superseded by a newer one, or whose ticket was ended (D5).
+STOPPED = {"status": "stopped"}
+
+KINDS = ("messages", "presences", "statuses")
+
+
+class Session:
+    """A ticket-bound session (D4) with its packet queue (D6).
+
+    :param ticket: the opaque ticket string.
+    :param user_id: owner of the session.
+    :param clock: an ``IReactorTime`` (``Clock`` in tests).
+    :param hold_s: how long a poll is held, seconds (D5, default 25).
+    :param idle_s: how long the session may go without a parked poll, seconds.
+    :param max_queue: queue bound in packets; overflow ends the session (D6).
+    :param on_end: ``callable(session, reason)`` called once when the session ends
+        by itself (``"idle"`` or ``"overflow"``); not called for :meth:`stop`.
+    """
+
+    def __init__(self, ticket, user_id, clock, hold_s, idle_s, max_queue, on_end):
+        self.ticket = ticket
+        self.user_id = user_id
+        self.clock = clock
+        self.hold_s = hold_s
+        self.idle_s = idle_s
+        self.max_queue = max_queue
+        self.on_end = on_end
+        self.queue = deque()  # (seq, kind, packet with "seq")
+        self.last_seq = 0
+        self.ended = False
+        self._acked = False  # the last poll sent ``ack``: keep packets until acked
+        self._parked = None
+        self._hold_timer = None
+        self._idle_timer = clock.callLater(idle_s, self._idle_expired)
+
+    # -- feeding -----------------------------------------------------------
+    def push(self, kind, packet):
+        """Queue one packet (``kind`` ∈ messages, presences, statuses) and wake a parked poll.
+
+        :returns: False if the session has ended (now, by overflow, or before).
+        """
+        if self.ended:
+            return False
+        if len(self.queue) >= self.max_queue:
+            log.warn("session queue overflow for {user_id}; ending the session", user_id=self.user_id)
+            self._end("overflow")
+            return False
+        self.last_seq += 1
+        self.queue.append((self.last_seq, kind, dict(packet, seq=self.last_seq)))
+        if self._parked is not None:
+            self._answer(self._take())
+        return True
+
+    # -- polling -----------------------------------------------------------
+    def poll(self, ack=None):
+        """Start a poll. ``ack`` (int or None) drops every packet with ``seq <= ack``
+        and keeps the rest for re-sending; without ``ack`` whatever is answered
+        counts as delivered (legacy clients, D6).
+
+        :returns: Deferred → envelope dict ``{"status": "ok", "messages": [...],
+            "presences": [...], "statuses": [...], "seq": N}``, or :data:`STOPPED`
+            when a newer poll takes over or the session is stopped.
+        """
+        if self._parked is not None:
+            self._answer(STOPPED)
+        self._cancel_idle()
+        if ack is not None:
+            while self.queue and self.queue[0][0] <= ack:
+                self.queue.popleft()
+        self._acked = ack is not None
+        if self.queue:
+            envelope = self._take()
+            self._start_idle()
+            return defer.succeed(envelope)
+        self._parked = defer.Deferred(canceller=self._poll_cancelled)
+        self._hold_timer = self.clock.callLater(self.hold_s, self._hold_expired)
+        return self._parked
+
+    @property
+    def parked(self):
+        """True while a poll is waiting."""
+        return self._parked is not None
+
+    def stop(self, envelope=STOPPED):
+        """End the session: answer a parked poll with ``envelope`` and cancel timers."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._parked is not None:
+            self._answer(envelope, restart_idle=False)
+        self._cancel_idle()
+        self.queue.clear()
+
+    # -- internals ----------------------------------------------------------
+    def _take(self):
+        envelope = {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
+        for _, kind, packet in self.queue:
+            envelope[kind].append(packet)
+        if not self._acked:
+            self.queue.clear()
+        return envelope
+
+    def _answer(self, envelope, restart_idle=True):
+        d, self._parked = self._parked, None
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
+        self._hold_timer = None
+        if restart_idle and not self.ended:
+            self._start_idle()
+        d.callback(envelope)
+
+    def _hold_expired(self):
+        self._hold_timer = None
+        if self._parked is not None:
+            self._answer(self._take())
+
+    def _poll_cancelled(self, d):
+        # The client went away: the poll is over, the session lives on (idle timer).
+        if self._parked is d:
+            self._parked = None
+            if self._hold_timer is not None and self._hold_timer.active():
+                self._hold_timer.cancel()
+            self._hold_timer = None
+            if not self.ended:
+                self._start_idle()
+
+    def _start_idle(self):
+        self._cancel_idle()
+        self._idle_timer = self.clock.callLater(self.idle_s, self._idle_expired)
+
+    def _cancel_idle(self):
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_expired(self):
+        self._idle_timer = None
+        self._end("idle")
+
+    def _end(self, reason):
+        self.stop()
+        self.on_end(self, reason)

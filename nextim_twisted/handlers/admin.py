@@ -1,0 +1,154 @@
+"""Directory admin API (D14, issue 2): users, buddies, rooms, members,
+notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
+from .. import auth
+from ..errors import BadRequest, NotFound, TooLarge
+from .params import check_id
+
+_TEXT_LIMITS = {"nick": 100, "pic_url": 2000, "default_pic_url": 2000, "url": 2000, "group": 100,
+                "link": 2000, "password": 1000}
+
+
+def _text(body, key, required=False, limit=None):
+    """A string field of a JSON body. :raises BadRequest: missing, not a string, too long."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{key}: required", code="missing_parameter")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{key}: must be a string", code="bad_parameter")
+    limit = limit or _TEXT_LIMITS.get(key, 10000)
+    if len(value) > limit:
+        raise BadRequest(f"{key}: at most {limit} characters", code="bad_parameter")
+    if required and not value.strip():
+        raise BadRequest(f"{key}: must not be empty", code="bad_parameter")
+    return value
+
+
+async def put_user(ctx, user_id, body):
+    """``PUT /admin/users/{id}`` ``{"nick", "pic_url"?, "default_pic_url"?, "url"?, "password"?}``."""
+    check_id(user_id)
+    nick = _text(body, "nick", required=True)
+    password = _text(body, "password")
+    if await ctx.store.get_room(user_id) is not None:
+        raise BadRequest("id is already used by a room", code="id_conflict")
+    await ctx.store.put_user(user_id, nick, _text(body, "pic_url"), _text(body, "default_pic_url"),
+                             _text(body, "url"))
+    if password is not None:
+        await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
+    user = ctx.router.users.get(user_id)
+    if user is not None:
+        user.profile = await ctx.store.get_user(user_id)
+    return {"success": True}
+
+
+async def delete_user(ctx, user_id):
+    """``DELETE /admin/users/{id}``: also ends the user's sessions."""
+    check_id(user_id)
+    if not await ctx.store.delete_user(user_id):
+        raise NotFound("unknown user", code="unknown_user")
+    ctx.router.user_offline(user_id)
+    return {"success": True}
+
+
+async def _both_users(ctx, user_id, buddy_id):
+    check_id(user_id)
+    check_id(buddy_id, "buddy_id")
+    if user_id == buddy_id:
+        raise BadRequest("a user cannot be their own buddy", code="bad_parameter")
+    users = await ctx.store.get_users([user_id, buddy_id])
+    for i in (user_id, buddy_id):
+        if i not in users:
+            raise NotFound(f"unknown user: {i}", code="unknown_user")
+
+
+async def put_buddy(ctx, user_id, buddy_id, body):
+    """``PUT /admin/users/{id}/buddies/{buddy_id}`` ``{"group"?}`` (symmetric)."""
+    await _both_users(ctx, user_id, buddy_id)
+    await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
+    ctx.router.buddies_changed(user_id, buddy_id, True)
+    return {"success": True}
+
+
+async def delete_buddy(ctx, user_id, buddy_id):
+    """``DELETE /admin/users/{id}/buddies/{buddy_id}``."""
+    check_id(user_id)
+    check_id(buddy_id, "buddy_id")
+    if not await ctx.store.delete_buddy(user_id, buddy_id):
+        raise NotFound("not buddies", code="not_buddies")
+    ctx.router.buddies_changed(user_id, buddy_id, False)
+    return {"success": True}
+
+
+async def put_room(ctx, room_id, body):
+    """``PUT /admin/rooms/{id}`` ``{"nick", "pic_url"?, "url"?}``. Room ids may not
+    equal user ids (protocol-reference §1.3)."""
+    check_id(room_id)
+    nick = _text(body, "nick", required=True)
+    if await ctx.store.get_user(room_id) is not None:
+        raise BadRequest("id is already used by a user", code="id_conflict")
+    await ctx.store.put_room(room_id, nick, _text(body, "pic_url"), _text(body, "url"))
+    return {"success": True}
+
+
+async def delete_room(ctx, room_id):
+    """``DELETE /admin/rooms/{id}``: live members are removed from it too."""
+    check_id(room_id)
+    if not await ctx.store.delete_room(room_id):
+        raise NotFound("unknown room", code="unknown_room")
+    for member_id in list(ctx.router.rooms.get(room_id, ())):
+        ctx.router.leave_room(member_id, room_id)
+    return {"success": True}
+
+
+async def put_member(ctx, room_id, user_id):
+    """``PUT /admin/rooms/{id}/members/{user_id}``; an online member joins live."""
+    check_id(room_id)
+    check_id(user_id, "user_id")
+    if await ctx.store.get_room(room_id) is None:
+        raise NotFound("unknown room", code="unknown_room")
+    if await ctx.store.get_user(user_id) is None:
+        raise NotFound("unknown user", code="unknown_user")
+    await ctx.store.put_member(room_id, user_id)
+    if ctx.router.is_online(user_id):
+        ctx.router.join_room(user_id, room_id)
+    return {"success": True}
+
+
+async def delete_member(ctx, room_id, user_id):
+    """``DELETE /admin/rooms/{id}/members/{user_id}``."""
+    check_id(room_id)
+    check_id(user_id, "user_id")
+    if not await ctx.store.delete_member(room_id, user_id):
+        raise NotFound("not a member", code="not_member")
+    if ctx.router.is_online(user_id):
+        ctx.router.leave_room(user_id, room_id)
+    return {"success": True}
+
+
+async def add_notification(ctx, user_id, body):
+    """``POST /admin/users/{id}/notifications`` ``{"text", "link"?}`` (D12)."""
+    check_id(user_id)
+    text = _text(body, "text", required=True, limit=10000)
+    if await ctx.store.get_user(user_id) is None:
+        raise NotFound("unknown user", code="unknown_user")
+    row = await ctx.store.add_notification(user_id, text, _text(body, "link"), ctx.now_ms())
+    return {"success": True, "id": row["id"]}
+
+
+async def broadcast(ctx, body):
+    """``POST /admin/broadcast`` ``{"body", "nick"?}``: stored once (type broadcast),
+    delivered to each online user unicast-shaped (D7, §4.2)."""
+    text = _text(body, "body", required=True, limit=ctx.config.limits.message_chars + 1)
+    if len(text) > ctx.config.limits.message_chars:
+        raise TooLarge("body too long", code="body_too_long")
+    nick = _text(body, "nick") or "System"
+    sender = ctx.config.admin.broadcast_from
+    msg = await ctx.store.add_message("broadcast", sender, ctx.config.server.domain, nick, text, "",
+                                      ctx.now_ms(), True)
+    return {"success": True, "delivered": ctx.router.route_broadcast(msg)}
+
+
+async def stats(ctx):
+    """``GET /admin/stats``: ``{"online_users", "sessions", "parked_polls", "queue_overflows"}``."""
+    return dict(ctx.router.stats(), success=True)

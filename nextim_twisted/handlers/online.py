@@ -1,0 +1,141 @@
+"""``online``, ``offline``, ``refresh``, ``buddies`` and the accounts login (D3, D4, D13;
+protocol-reference §2.1, §2.3)."""
+from twisted.logger import Logger
+
+from .. import model
+from ..auth import PROFILE_CLAIMS
+from ..errors import NotFound
+from . import OK
+from .context import blocked_rooms, parse_show, session_of
+
+log = Logger()
+
+
+async def profile_for(ctx, identity):
+    """The caller's directory entry; a token for an unknown user creates it from the
+    claims, and a token's profile claims update it (D13, issue 2).
+
+    :raises NotFound: the user is not in the directory (accounts/ticket identities).
+    """
+    profile = await ctx.store.get_user(identity.user_id)
+    if identity.via == "token":
+        claims = identity.claims
+        wanted = {k: claims.get(k) for k in PROFILE_CLAIMS}
+        wanted["nick"] = wanted["nick"] or (profile or {}).get("nick") or identity.user_id
+        if profile is None or any(wanted[k] is not None and wanted[k] != profile.get(k) for k in PROFILE_CLAIMS):
+            merged = {k: (wanted[k] if wanted[k] is not None else (profile or {}).get(k)) for k in PROFILE_CLAIMS}
+            await ctx.store.put_user(identity.user_id, merged["nick"][:100], merged["pic_url"],
+                                     merged["default_pic_url"], merged["url"])
+            profile = await ctx.store.get_user(identity.user_id)
+    if profile is None:
+        raise NotFound("unknown user", code="unknown_user")
+    return profile
+
+
+async def online(ctx, identity, params):
+    """``webim/online`` (D3): open a new session and answer everything the client
+    needs to start: user, connection, buddies with presence, rooms, new messages,
+    settings, presences.
+
+    Params: ``show``, ``status``, ``buddy_ids`` and ``room_ids`` (csv, get embedded
+    history), ``stranger_ids`` (csv of user ids).
+    """
+    store, router = ctx.store, ctx.router
+    show = params.get("show")
+    show = parse_show(show) if show is not None else None
+    if show == "unavailable":
+        show = None  # choosing a show while offline goes online (§2.3)
+    status = params.get("status")
+    if status is not None:
+        status = status[: ctx.config.limits.status_chars]
+    buddy_ids = params.ids("buddy_ids")
+    room_ids = params.ids("room_ids")
+    stranger_ids = params.ids("stranger_ids")
+
+    profile = await profile_for(ctx, identity)
+    uid = profile["id"]
+    settings = await ctx.settings_of(uid)
+    blocked = blocked_rooms(settings)
+    buddies = await store.get_buddies(uid)
+    groups = dict(buddies)
+    rooms = await store.rooms_of_user(uid)
+
+    session, user = router.open_session(profile, show, status, list(groups),
+                                        [r["id"] for r in rooms if r["id"] not in blocked])
+    new_messages = await store.undelivered(uid, ctx.config.limits.new_messages)
+
+    # Buddy list: directory buddies, open tabs, offline-message senders, strangers (§7 A5).
+    active = list(dict.fromkeys(buddy_ids + [m["from"] for m in new_messages]))
+    wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
+    wanted = [i for i in wanted if i != uid]
+    profiles = await store.get_users(wanted)
+    buddy_list = []
+    for buddy_id in wanted:
+        buddy = profiles.get(buddy_id)
+        if buddy is None:
+            continue
+        info = model.buddy_info(buddy, groups.get(buddy_id, "stranger" if buddy_id not in groups else ""),
+                                router.presence_of(buddy_id, uid))
+        if buddy_id in active:
+            info["history"] = [model.log_item(m) for m in
+                               await store.unicast_history(uid, buddy_id, ctx.config.limits.history)]
+        buddy_list.append(info)
+
+    room_list = []
+    for room in rooms:
+        info = model.room_info(room, router.room_count(room["id"], uid), room["id"] in blocked)
+        if room["id"] in room_ids:
+            info["history"] = [model.log_item(m) for m in
+                               await store.room_history(room["id"], ctx.config.limits.history)]
+        room_list.append(info)
+
+    # Marked delivered only after the histories, so a message is never in both (D10).
+    if new_messages:
+        await store.mark_delivered([m["id"] for m in new_messages])
+
+    presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
+    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(user.sessions))
+    return {
+        "success": True,
+        "server_time": ctx.now_ms(),
+        "user": model.user_info(profile, user.show, user.status, user.status_time),
+        "connection": {"domain": ctx.config.server.domain, "ticket": session.ticket, "server": ctx.poll_url},
+        "buddies": buddy_list,
+        "rooms": room_list,
+        "new_messages": [model.log_item(m) for m in new_messages],
+        "setting": settings,
+        "presences": presences,
+    }
+
+
+async def offline(ctx, identity, params):
+    """``webim/offline`` and ``webim/refresh``: end this tab's session; the user goes
+    offline for others only after the grace (D5, §2.3)."""
+    session = session_of(identity)
+    ctx.router.end_session(session.ticket)
+    return OK
+
+
+refresh = offline
+
+
+async def buddies(ctx, identity, params):
+    """``webim/buddies``: buddyInfo (with presence and show, §2.2) of the given ``ids``;
+    unknown ids are left out."""
+    params.required("ids")
+    ids = params.ids("ids")
+    profiles = await ctx.store.get_users(ids)
+    groups = dict(await ctx.store.get_buddies(identity.user_id))
+    return [model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
+            for i in ids if i in profiles]
+
+
+async def login(ctx, params):
+    """``POST webim/login`` (accounts, issue 3): check ``username``/``password``.
+
+    :returns: ``(user_id, answer)``; the web layer sets the login cookie.
+    """
+    username, password = params.required("username", "password")
+    user_id = await ctx.auth.check_password(username, password)
+    profile = await ctx.store.get_user(user_id)
+    return user_id, {"success": True, "user": model.user_info(profile, "unavailable", "")}

@@ -1,0 +1,41 @@
+"""``join``, ``leave``, ``members`` and ``rooms`` (D9; protocol-reference §2.3, §4.2)."""
+from .. import model
+from . import OK
+from .chat import check_room_member
+from .context import blocked_rooms, require_live, session_of
+
+
+async def join(ctx, identity, params):
+    """``webim/join``: live-join a room the user belongs to (un-block). → roomInfo
+    with the live ``count``."""
+    session_of(identity)
+    room_id = params.ident("id")
+    room = await check_room_member(ctx, room_id, identity.user_id)
+    require_live(ctx, identity)
+    ctx.router.join_room(identity.user_id, room_id)
+    return model.room_info(room, ctx.router.room_count(room_id, identity.user_id), False)
+
+
+async def leave(ctx, identity, params):
+    """``webim/leave``: live-leave (block); the site membership stays (§7 A10)."""
+    session_of(identity)
+    room_id = params.ident("id")
+    require_live(ctx, identity)
+    ctx.router.leave_room(identity.user_id, room_id)
+    return OK
+
+
+async def members(ctx, identity, params):
+    """``webim/members``: online members ``[{id, nick, presence, show}]`` (§7 A9)."""
+    room_id = params.ident("id")
+    await check_room_member(ctx, room_id, identity.user_id)
+    return ctx.router.room_members(room_id, identity.user_id)
+
+
+async def rooms(ctx, identity, params):
+    """``webim/rooms``: roomInfo of the given ``ids`` among the caller's rooms (§7 A19)."""
+    params.required("ids")
+    ids = set(params.ids("ids"))
+    blocked = blocked_rooms(await ctx.settings_of(identity.user_id))
+    return [model.room_info(r, ctx.router.room_count(r["id"], identity.user_id), r["id"] in blocked)
+            for r in await ctx.store.rooms_of_user(identity.user_id) if r["id"] in ids]

@@ -1,0 +1,34 @@
+"""Packaging for nextim-twisted (DESIGN.md "Suggested layout")."""
+from setuptools import find_packages, setup
+
+setup(
+    name="nextim-twisted",
+    version="0.1.0",
+    description="Standalone web instant-messaging daemon speaking the NextIM protocol, on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    package_data={
+        "twisted": ["plugins/nextim_plugin.py"],
+        "nextim_twisted.web": ["static/*"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "Twisted>=24.3",
+        "klein>=24.8",
+        "PyJWT>=2.8",
+        "argon2-cffi>=23.1",
+    ],
+    extras_require={
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "treq>=24.9",
+            "hypothesis>=6.100",
+            "playwright>=1.45",
+        ],
+    },
+    entry_points={"console_scripts": ["nextimctl = nextim_twisted.ctl:main"]},
+)
