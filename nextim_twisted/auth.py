@@ -15,6 +15,7 @@ import jwt
 from .errors import Forbidden, Unauthorized
 
 _hasher = argon2.PasswordHasher()
+_DUMMY_HASH = _hasher.hash("nextim: no such user")
 
 #: Claims copied from a site token into the user's profile (D13).
 PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
@@ -54,6 +55,7 @@ class Credentials:
     method: str = "GET"
     origin: str = None
     request_origin: str = None
+    jsonp: bool = False
 
 
 @dataclass
@@ -173,6 +175,9 @@ class Authenticator:
             cookie_only = False
         if identity is None:
             raise Unauthorized("not authenticated", code="not_authenticated")
+        if cookie_only and creds.jsonp:
+            # A <script> from any site would carry the cookie: JSONP needs a ticket or token.
+            raise Forbidden("JSONP calls must carry a ticket or token, not only a cookie", code="csrf")
         if writes and cookie_only:
             self._check_cookie_write(creds)
         return identity
@@ -190,7 +195,10 @@ class Authenticator:
         if self.method != "accounts":
             raise Unauthorized("password login is not enabled", code="not_authenticated")
         user = await self.store.get_user(username or "")
-        ok = await self.blocking(verify_password, user["password_hash"] if user else None, password or "")
+        # An unknown user costs one hash too, so timing does not reveal who exists.
+        stored = user["password_hash"] if user and user["password_hash"] else _DUMMY_HASH
+        ok = await self.blocking(verify_password, stored, password or "")
+        ok = ok and user is not None and bool(user["password_hash"])
         if not ok:
             raise Unauthorized("wrong user name or password", code="bad_credentials")
         return user["id"]

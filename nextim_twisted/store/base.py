@@ -154,6 +154,12 @@ class Store:
         """Store the JSON text verbatim (D11). Deferred → None."""
         raise NotImplementedError
 
+    # daemon metadata -----------------------------------------------------
+    def get_or_create_meta(self, key, make_value):
+        """The value stored under ``key``; when absent, store ``make_value()`` (a str)
+        first. Used for the login-cookie key. Deferred → str."""
+        raise NotImplementedError
+
     # notifications -------------------------------------------------------
     def add_notification(self, user_id, text, link, time_ms):
         """Deferred → notification dict."""

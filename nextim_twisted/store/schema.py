@@ -87,6 +87,10 @@ _V1 = (
         read INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX notifications_user ON notifications (user_id, read, time)",
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
 )
 
 #: ``[(version, (statement, ...)), ...]`` in increasing version order. Append only.

@@ -548,6 +548,16 @@ class SQLStore(Store):
                       (user_id, json_text))
         return self._run(q)
 
+    # daemon metadata -----------------------------------------------------
+    def get_or_create_meta(self, key, make_value):
+        """The value stored under ``key`` (str); when absent, store ``make_value()``
+        first (one transaction, so concurrent starters agree). Deferred → str."""
+        def q(c):
+            c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                      (key, make_value()))
+            return c.execute("SELECT value FROM meta WHERE key = ?", (key,)).one()[0]
+        return self._run(q)
+
     # notifications -------------------------------------------------------
     def add_notification(self, user_id, text, link, time_ms):
         """Store an unread notification (``time_ms`` in ms). Deferred → notification

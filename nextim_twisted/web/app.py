@@ -1,0 +1,352 @@
+"""The HTTP face of the daemon (Klein): ``webim/*``, the ``/packets`` long-poll,
+the admin API and the bundled client (D1, D2, D13, D14, D16).
+
+Every answer is JSON, ``ok`` or JSONP; every refusal is the D2 envelope — unknown
+paths and methods included, never an HTML page or a traceback.
+"""
+import hmac
+import json
+import os
+import time
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from ..auth import Credentials
+from ..errors import (BadRequest, Forbidden, MethodNotAllowed, NotFound, ProtocolError, ShuttingDown,
+                      TooLarge, Unauthorized)
+from ..handlers import OK, admin, chat, online, rooms, settings
+from ..handlers.params import Params
+from .encoding import check_callback, render, render_error
+
+log = Logger()
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+
+
+class InternalError(ProtocolError):
+    status = 500
+    code = "internal_error"
+
+
+class Endpoint:
+    """One ``webim/<name>`` endpoint: its handler and whether it changes state (D13)."""
+
+    def __init__(self, handler, writes=False, allow_password=False):
+        self.handler = handler
+        self.writes = writes
+        self.allow_password = allow_password
+
+    def changes_state(self, params):
+        if callable(self.writes):
+            return self.writes(params)
+        return self.writes
+
+
+#: protocol-reference §2, endpoints 1–15 (D1: each takes GET and POST).
+WEBIM = {
+    "online": Endpoint(online.online, writes=True, allow_password=True),
+    "offline": Endpoint(online.offline, writes=True),
+    "refresh": Endpoint(online.refresh, writes=True),
+    "buddies": Endpoint(online.buddies),
+    "rooms": Endpoint(rooms.rooms),
+    "join": Endpoint(rooms.join, writes=True),
+    "leave": Endpoint(rooms.leave, writes=True),
+    "members": Endpoint(rooms.members),
+    "history": Endpoint(chat.history),
+    "message": Endpoint(chat.message, writes=True),
+    "clear_history": Endpoint(chat.clear_history, writes=True),
+    "presence": Endpoint(chat.presence, writes=True),
+    "status": Endpoint(chat.status, writes=True),
+    "setting": Endpoint(settings.setting, writes=lambda p: p.values.get("data") is not None),
+    "notification": Endpoint(settings.notifications),
+    "notifications": Endpoint(settings.notifications),
+}
+
+
+def _header(request, name):
+    value = request.getHeader(name)
+    return value if value else None
+
+
+def decode_params(request, max_body):
+    """Query string and form body as :class:`Params` (first value of each name).
+
+    :raises TooLarge: body over ``max_body`` bytes (D15).
+    :raises BadRequest: a name or value that is not valid UTF-8.
+    """
+    length = request.getHeader(b"content-length")
+    if length and length.isdigit() and int(length) > max_body:
+        raise TooLarge(f"request body over {max_body} bytes", code="body_too_large")
+    if request.content is not None:
+        request.content.seek(0, os.SEEK_END)
+        if request.content.tell() > max_body:
+            raise TooLarge(f"request body over {max_body} bytes", code="body_too_large")
+        request.content.seek(0)
+    values = {}
+    for raw_name, raw_values in (request.args or {}).items():
+        try:
+            name = raw_name.decode("utf-8")
+            value = raw_values[0].decode("utf-8") if raw_values else ""
+        except UnicodeDecodeError:
+            raise BadRequest("parameters must be UTF-8", code="bad_encoding") from None
+        if "\x00" in value or "\x00" in name:
+            raise BadRequest("parameters must not contain NUL characters", code="bad_encoding")
+        values.setdefault(name, value)
+    return Params(values)
+
+
+def raw_callback(request):
+    """The ``callback`` parameter before anything else is decoded, validated (D1)."""
+    raw = (request.args or {}).get(b"callback")
+    if not raw:
+        return None
+    try:
+        value = raw[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("callback: must be a JavaScript identifier path", code="bad_callback") from None
+    return check_callback(value)
+
+
+class WebApp:
+    """Klein routes bound to a handler :class:`~nextim_twisted.handlers.context.Context`."""
+
+    app = Klein()
+
+    def __init__(self, ctx, static_dir=STATIC_DIR):
+        self.ctx = ctx
+        self.static_dir = static_dir
+
+    def resource(self):
+        """The root ``IResource`` to serve."""
+        return self.app.resource()
+
+    # -- plumbing ------------------------------------------------------------
+    def credentials(self, request, params, callback):
+        """What the request offers as identity (D13)."""
+        auth = _header(request, b"authorization")
+        bearer = None
+        if auth and auth[:7].lower() == b"bearer ":
+            bearer = auth[7:].strip().decode("latin-1")
+        host = _header(request, b"host")
+        scheme = "https" if request.isSecure() else "http"
+        cfg = self.ctx.config.auth
+        cookie = lambda name: (request.getCookie(name.encode()) or b"").decode("latin-1") or None  # noqa: E731
+        return Credentials(
+            bearer=bearer,
+            token_param=params.get("token"),
+            token_cookie=cookie(cfg.token_cookie),
+            session_cookie=cookie(cfg.session_cookie),
+            ticket=params.get("ticket"),
+            username=params.get("username"),
+            password=params.values.get("password"),
+            method=request.method.decode("ascii", "replace"),
+            origin=(_header(request, b"origin") or b"").decode("latin-1") or None,
+            request_origin=f"{scheme}://{host.decode('latin-1')}" if host else None,
+            jsonp=callback is not None,
+        )
+
+    async def guarded(self, request, work):
+        """Run ``work(params, callback)`` and render its result or its refusal."""
+        callback = None
+        started = time.monotonic()
+        try:
+            callback = raw_callback(request)
+            if self.ctx.shutting_down:
+                raise ShuttingDown("the server is shutting down; try again shortly")
+            params = decode_params(request, self.ctx.config.server.max_body_bytes)
+            result = await work(params, callback)
+            body = render(request, result, callback)
+        except ProtocolError as error:
+            body = render_error(request, error, callback)
+        except Exception:
+            log.failure("unexpected error in {method} {path}", method=request.method, path=request.path)
+            body = render_error(request, InternalError("internal error", code="internal_error"), callback)
+        log.debug("{method} {path} {status} {ms:.1f}ms", method=request.method.decode("ascii", "replace"),
+                  path=request.path.decode("latin-1"), status=request.code,
+                  ms=(time.monotonic() - started) * 1000)
+        return body
+
+    # -- webim/* ---------------------------------------------------------------
+    @app.route("/webim/<string:name>", methods=["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    def webim(self, request, name):
+        if name.endswith(".php"):
+            name = name[:-4]
+
+        async def work(params, callback):
+            if request.method not in (b"GET", b"POST"):
+                raise MethodNotAllowed("use GET or POST")
+            if name == "login":
+                return await self.login(request, params, callback)
+            if name == "logout":
+                return self.logout(request)
+            endpoint = WEBIM.get(name)
+            if endpoint is None:
+                raise NotFound(f"unknown endpoint webim/{name}", code="unknown_endpoint")
+            creds = self.credentials(request, params, callback)
+            identity = await self.ctx.auth.identify(creds, endpoint.changes_state(params),
+                                                    endpoint.allow_password)
+            return await endpoint.handler(self.ctx, identity, params)
+
+        return defer.ensureDeferred(self.guarded(request, work))
+
+    async def login(self, request, params, callback):
+        """``POST webim/login`` (accounts): set the HttpOnly SameSite login cookie."""
+        if self.ctx.config.auth.method != "accounts":
+            raise NotFound("login is only available with [auth] method = \"accounts\"", code="unknown_endpoint")
+        if request.method != b"POST" or callback is not None:
+            raise Forbidden("log in with a POST", code="csrf")
+        origin = (_header(request, b"origin") or b"").decode("latin-1")
+        creds = self.credentials(request, params, callback)
+        if origin and origin not in self.ctx.auth._allowed_origins and origin != creds.request_origin:
+            raise Forbidden("origin not allowed", code="csrf")
+        user_id, answer = await online.login(self.ctx, params)
+        self._set_cookie(request, self.ctx.auth.make_login_cookie(user_id), self.ctx.config.auth.session_ttl)
+        return answer
+
+    def logout(self, request):
+        """``POST webim/logout``: clear the login cookie."""
+        if request.method != b"POST":
+            raise Forbidden("log out with a POST", code="csrf")
+        self._set_cookie(request, "", 0)
+        return OK
+
+    def _set_cookie(self, request, value, max_age):
+        cfg = self.ctx.config.auth
+        request.addCookie(cfg.session_cookie.encode(), value.encode(), path=b"/", max_age=str(max_age).encode(),
+                          httpOnly=True, secure=cfg.cookie_secure, sameSite="lax")
+
+    # -- long poll -------------------------------------------------------------
+    @app.route("/packets", methods=["GET", "POST"])
+    def packets(self, request):
+        return self.poll(request)
+
+    def poll(self, request):
+        """``GET /packets?ticket=&callback=&ack=`` (D5, D6): park until packets arrive or
+        the hold runs out. An unknown ticket is a 404 in both modes (D2)."""
+        callback = None
+        try:
+            callback = raw_callback(request)
+            if self.ctx.shutting_down:
+                raise ShuttingDown("the server is shutting down; try again shortly")
+            params = decode_params(request, self.ctx.config.server.max_body_bytes)
+            ack = params.integer("ack")
+            session = self.ctx.router.session(params.get("ticket"))
+        except NotFound as error:
+            body = render_error(request, error, None)
+            request.setResponseCode(404)
+            return body
+        except ProtocolError as error:
+            return render_error(request, error, callback)
+        d = session.poll(ack)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallback(lambda envelope: render(request, envelope, callback))
+        d.addErrback(lambda f: f.trap(defer.CancelledError) and b"")
+        return d
+
+    # -- admin API (D14) -------------------------------------------------------
+    def check_admin(self, request):
+        """:raises Forbidden: admin API disabled; :raises Unauthorized: wrong key."""
+        key = self.ctx.config.admin.api_key
+        if not key:
+            raise Forbidden("the admin API is disabled: set [admin] api_key", code="admin_disabled")
+        auth = (_header(request, b"authorization") or b"").decode("latin-1")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise Unauthorized("admin API key required: Authorization: Bearer <key>", code="bad_api_key")
+
+    def admin_call(self, request, fn, *args, body=False):
+        async def work(params, callback):
+            self.check_admin(request)
+            if body:
+                return await fn(self.ctx, *args, self.json_body(request))
+            return await fn(self.ctx, *args)
+        return defer.ensureDeferred(self.guarded(request, work))
+
+    def json_body(self, request):
+        """The request body as a JSON object (``{}`` when empty).
+
+        :raises BadRequest: not UTF-8 JSON, or not an object.
+        """
+        raw = request.content.read() if request.content is not None else b""
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise BadRequest("body must be a JSON object", code="bad_json") from None
+        if not isinstance(value, dict):
+            raise BadRequest("body must be a JSON object", code="bad_json")
+        return value
+
+    @app.route("/admin/users/<string:user_id>", methods=["PUT"])
+    def admin_put_user(self, request, user_id):
+        return self.admin_call(request, admin.put_user, user_id, body=True)
+
+    @app.route("/admin/users/<string:user_id>", methods=["DELETE"])
+    def admin_delete_user(self, request, user_id):
+        return self.admin_call(request, admin.delete_user, user_id)
+
+    @app.route("/admin/users/<string:user_id>/buddies/<string:buddy_id>", methods=["PUT"])
+    def admin_put_buddy(self, request, user_id, buddy_id):
+        return self.admin_call(request, admin.put_buddy, user_id, buddy_id, body=True)
+
+    @app.route("/admin/users/<string:user_id>/buddies/<string:buddy_id>", methods=["DELETE"])
+    def admin_delete_buddy(self, request, user_id, buddy_id):
+        return self.admin_call(request, admin.delete_buddy, user_id, buddy_id)
+
+    @app.route("/admin/users/<string:user_id>/notifications", methods=["POST"])
+    def admin_notify(self, request, user_id):
+        return self.admin_call(request, admin.add_notification, user_id, body=True)
+
+    @app.route("/admin/rooms/<string:room_id>", methods=["PUT"])
+    def admin_put_room(self, request, room_id):
+        return self.admin_call(request, admin.put_room, room_id, body=True)
+
+    @app.route("/admin/rooms/<string:room_id>", methods=["DELETE"])
+    def admin_delete_room(self, request, room_id):
+        return self.admin_call(request, admin.delete_room, room_id)
+
+    @app.route("/admin/rooms/<string:room_id>/members/<string:user_id>", methods=["PUT"])
+    def admin_put_member(self, request, room_id, user_id):
+        return self.admin_call(request, admin.put_member, room_id, user_id)
+
+    @app.route("/admin/rooms/<string:room_id>/members/<string:user_id>", methods=["DELETE"])
+    def admin_delete_member(self, request, room_id, user_id):
+        return self.admin_call(request, admin.delete_member, room_id, user_id)
+
+    @app.route("/admin/broadcast", methods=["POST"])
+    def admin_broadcast(self, request):
+        return self.admin_call(request, admin.broadcast, body=True)
+
+    @app.route("/admin/stats", methods=["GET"])
+    def admin_stats(self, request):
+        return self.admin_call(request, admin.stats)
+
+    # -- the bundled client ------------------------------------------------------
+    @app.route("/", methods=["GET", "HEAD"])
+    def index(self, request):
+        if (request.args or {}).get(b"ticket"):
+            return self.poll(request)  # seed-literal configs poll the bare server URL (§7 A3)
+        path = os.path.join(self.static_dir, "index.html")
+        if not os.path.exists(path):
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"nextim-twisted is running; the web client is not installed.\n"
+        return File(path)
+
+    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
+    def static(self, request):
+        return File(self.static_dir)
+
+    # -- everything else: the D2 envelope ------------------------------------------
+    @app.handle_errors(WerkzeugNotFound)
+    def not_found(self, request, failure):
+        return render_error(request, NotFound("no such path", code="unknown_path"))
+
+    @app.handle_errors(WerkzeugMethodNotAllowed)
+    def method_not_allowed(self, request, failure):
+        return render_error(request, MethodNotAllowed("method not allowed for this path"))

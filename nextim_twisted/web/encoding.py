@@ -1,0 +1,61 @@
+"""Plain and JSONP answers (D1) and the D2 error envelope, on twisted.web requests."""
+import json
+import re
+
+from ..errors import BadRequest
+from ..handlers import OK
+
+#: D1: a JSONP callback name, dotted paths allowed (``parent.jsonp123``).
+CALLBACK = re.compile(r"^[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*$", re.ASCII)
+MAX_CALLBACK = 128
+
+
+def check_callback(value):
+    """The callback name, or None. :raises BadRequest: not a safe JavaScript name (D1)."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_CALLBACK or not CALLBACK.match(value):
+        raise BadRequest("callback: must be a JavaScript identifier path of at most 128 characters",
+                         code="bad_callback")
+    return value
+
+
+def dumps(value):
+    """Compact strict JSON as UTF-8 bytes. U+2028/U+2029 are escaped so the text is
+    also valid inside a JSONP script; lone surrogates fall back to ``\\u`` escapes."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def _common_headers(request):
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+
+
+def render(request, value, callback=None, status=200):
+    """Write ``value`` as the answer: JSON (or ``ok``) in plain mode, ``/**/cb(json);``
+    under JSONP (D1). Returns the body bytes (Klein writes them)."""
+    _common_headers(request)
+    if callback is not None:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"application/javascript; charset=utf-8")
+        payload = b'"ok"' if value is OK else dumps(value)
+        return b"/**/" + callback.encode("ascii") + b"(" + payload + b");"
+    request.setResponseCode(status)
+    if value is OK:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"ok"
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return dumps(value)
+
+
+def render_error(request, error, callback=None):
+    """The D2 envelope for a :class:`ProtocolError`: its status in plain mode, 200 under
+    JSONP (a browser does not run a script answered with an error status)."""
+    for name, value in error.headers.items():
+        request.setHeader(name.encode("ascii"), value.encode("ascii"))
+    return render(request, error.envelope(), callback, status=error.status)

@@ -1,0 +1,9 @@
+"""Registers ``twistd nextim`` (DESIGN.md layout: ServiceMaker only)."""
+from twisted.application.service import ServiceMaker
+
+nextim = ServiceMaker(
+    "nextim-twisted",
+    "nextim_twisted.tap",
+    "Web instant-messaging daemon speaking the NextIM protocol.",
+    "nextim",
+)
