@@ -40,9 +40,9 @@ async def message(ctx, identity, params):
     ``nick``, ``timestamp`` and ``offline`` are ignored: the server decides them.
     """
     session = session_of(identity)
-    type_ = message_type(params.required("type"))
+    type_, _, body = params.required("type", "to", "body")
+    type_ = message_type(type_)
     to = params.ident("to")
-    body = params.required("body")
     if len(body) > ctx.config.limits.message_chars:
         raise TooLarge(f"body: at most {ctx.config.limits.message_chars} characters", code="body_too_long")
     style = model.sanitize_style(params.get("style", ""))
@@ -72,8 +72,8 @@ async def status(ctx, identity, params):
     """``webim/status``: relay a typing status (``typing``/``clear`` or another short
     token, §7 A15) to the online recipient; never stored."""
     session_of(identity)
+    _, show = params.required("to", "show")
     to = params.ident("to")
-    show = params.required("show")
     if not _STATUS_TOKEN.match(show):
         raise BadRequest("show: a short word such as typing or clear", code="bad_parameter")
     require_live(ctx, identity)

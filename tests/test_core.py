@@ -1,0 +1,244 @@
+"""Sessions, timers and routing in core/ driven by a Clock (D5, D6, D7, D8, D9)."""
+from twisted.internet import task
+
+from nextim_twisted.core.router import Router
+from nextim_twisted.core.session import STOPPED, Session
+from nextim_twisted.core.presence import normalize_show
+
+
+def results(d):
+    out = []
+    d.addBoth(out.append)
+    return out
+
+
+def make_session(clock, ended, max_queue=5):
+    return Session("t1", "alice", clock, hold_s=25, idle_s=10, max_queue=max_queue,
+                   on_end=lambda s, reason: ended.append(reason))
+
+
+def test_poll_hold_returns_empty_batch():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    got = results(s.poll())
+    clock.advance(24.9)
+    assert got == []
+    clock.advance(0.2)
+    assert got == [{"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": 0}]
+    assert ended == []
+
+
+def test_packet_wakes_parked_poll_with_seq():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    got = results(s.poll(ack=0))
+    s.push("messages", {"body": "hi"})
+    assert got[0]["messages"] == [{"body": "hi", "seq": 1}]
+    assert got[0]["seq"] == 1
+
+
+def test_ack_resends_unacked_and_drops_acked():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    s.push("messages", {"n": 1})
+    s.push("presences", {"n": 2})
+    first = results(s.poll(ack=0))[0]
+    assert [p["seq"] for p in first["messages"] + first["presences"]] == [1, 2]
+    # The answer was lost: the client retries with the same ack and gets the same packets.
+    retry = results(s.poll(ack=0))[0]
+    assert retry == first
+    s.push("statuses", {"n": 3})
+    after = results(s.poll(ack=2))[0]
+    assert after["messages"] == [] and after["presences"] == []
+    assert after["statuses"] == [{"n": 3, "seq": 3}]
+
+
+def test_legacy_poll_without_ack_counts_as_delivered():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    s.push("messages", {"n": 1})
+    assert results(s.poll())[0]["messages"] == [{"n": 1, "seq": 1}]
+    got = results(s.poll())
+    assert got == []  # parked: nothing re-sent
+
+
+def test_newer_poll_stops_older():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    older = results(s.poll())
+    newer = results(s.poll())
+    assert older == [STOPPED]
+    assert newer == []
+
+
+def test_idle_session_ends_and_parked_poll_keeps_it_alive():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    clock.advance(9)
+    results(s.poll())          # parks: idle timer stops
+    clock.advance(25)          # hold expires, idle restarts
+    assert ended == []
+    clock.advance(9.9)
+    assert ended == []
+    clock.advance(0.2)
+    assert ended == ["idle"]
+
+
+def test_cancelled_poll_restarts_idle_timer():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    d = s.poll()
+    d.addErrback(lambda f: None)
+    d.cancel()
+    assert not s.parked
+    clock.advance(10.1)
+    assert ended == ["idle"]
+
+
+def test_queue_overflow_ends_session():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended, max_queue=3)
+    for i in range(3):
+        assert s.push("messages", {"n": i})
+    assert not s.push("messages", {"n": 3})
+    assert ended == ["overflow"] and s.ended
+
+
+def test_show_aliases():
+    assert normalize_show("busy") == "dnd"
+    assert normalize_show("BUZY") == "dnd"
+    assert normalize_show("invisible") == "invisible"
+    assert normalize_show("unavailable") == "unavailable"
+    assert normalize_show("sleeping") is None
+
+
+# -- router -----------------------------------------------------------------------
+
+def profile(uid):
+    return {"id": uid, "nick": uid.title()}
+
+
+def make_router(session_idle=100, **kw):
+    """A router whose sessions outlive the test unless it sets ``session_idle``."""
+    clock = task.Clock()
+    return clock, Router(clock, poll_hold=25, session_idle=session_idle, user_grace=10, **kw)
+
+
+def drain(session):
+    """Packets queued on a session (answers a poll with ack)."""
+    return results(session.poll(ack=None))[0] if session.queue else {"messages": [], "presences": [], "statuses": []}
+
+
+def test_reload_inside_grace_sends_no_presence():
+    clock, r = make_router()
+    sa, _ = r.open_session(profile("alice"), None, None, ["bob"], [])
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
+    assert [p["type"] for p in drain(sa)["presences"]] == ["online"]
+    r.end_session(sb.ticket)                 # bob reloads the page …
+    clock.advance(5)
+    sb2, _ = r.open_session(profile("bob"), None, None, ["alice"], [])  # … and is back in 5 s
+    clock.advance(30)
+    assert drain(sa)["presences"] == []
+    assert r.is_online("bob")
+
+
+def test_grace_expiry_sends_offline_to_online_buddies_only():
+    clock, r = make_router()
+    sa, _ = r.open_session(profile("alice"), None, None, ["bob"], [])
+    sc, _ = r.open_session(profile("carol"), None, None, [], [])
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
+    drain(sa)
+    r.end_session(sb.ticket)
+    clock.advance(9.9)
+    assert drain(sa)["presences"] == []
+    clock.advance(0.2)
+    offline = drain(sa)["presences"]
+    assert [(p["type"], p["from"], p["to"], p["show"]) for p in offline] == [("offline", "bob", "alice", "unavailable")]
+    assert drain(sc)["presences"] == []
+    assert not r.is_online("bob")
+
+
+def test_invisible_looks_offline_and_back_online():
+    clock, r = make_router()
+    sa, _ = r.open_session(profile("alice"), None, None, ["bob"], [])
+    sb, _ = r.open_session(profile("bob"), "invisible", None, ["alice"], [])
+    assert drain(sa)["presences"] == []          # invisible arrival is not announced
+    assert r.presence_of("bob", "alice") == ("offline", "unavailable", "")
+    assert r.presence_of("bob", "bob")[1] == "invisible"
+    r.set_presence("bob", "away", "lunch")
+    p = drain(sa)["presences"]
+    assert [(x["type"], x["show"], x["status"]) for x in p] == [("online", "away", "lunch")]
+    r.set_presence("bob", "invisible", None)
+    assert [x["type"] for x in drain(sa)["presences"]] == ["offline"]
+
+
+def test_unicast_fans_out_to_tabs_and_sender_copies():
+    clock, r = make_router()
+    a1, _ = r.open_session(profile("alice"), None, None, [], [])
+    a2, _ = r.open_session(profile("alice"), None, None, [], [])
+    b1, _ = r.open_session(profile("bob"), None, None, [], [])
+    b2, _ = r.open_session(profile("bob"), None, None, [], [])
+    msg = {"id": 7, "type": "unicast", "from": "alice", "to": "bob", "nick": "Alice", "body": "hi",
+           "style": "", "timestamp": 1}
+    assert r.route_unicast(msg, a1.ticket)
+    assert drain(a1)["messages"] == []                      # never back to the sending tab
+    assert [m["body"] for m in drain(a2)["messages"]] == ["hi"]
+    assert [m["body"] for m in drain(b1)["messages"]] == ["hi"]
+    assert [m["body"] for m in drain(b2)["messages"]] == ["hi"]
+    assert "id" not in drain(b1).get("messages", [{}])[0] if b1.queue else True
+    # strangers who talked now exchange presence (D8)
+    r.set_presence("alice", "away", "")
+    assert [p["type"] for p in drain(b1)["presences"]] == ["show"]
+
+
+def test_multicast_reaches_live_members_except_sending_tab():
+    clock, r = make_router()
+    a, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    b, _ = r.open_session(profile("bob"), None, None, [], ["lobby"])
+    c, _ = r.open_session(profile("carol"), None, None, [], [])   # blocked the room
+    msg = {"id": 1, "type": "multicast", "from": "alice", "to": "lobby", "nick": "Alice", "body": "all",
+           "style": "", "timestamp": 1}
+    r.route_multicast(msg, a.ticket)
+    assert drain(a)["messages"] == []
+    assert [m["body"] for m in drain(b)["messages"]] == ["all"]
+    assert drain(c)["messages"] == []
+    assert r.room_count("lobby") == 2
+    r.leave_room("bob", "lobby")
+    assert r.room_members("lobby") == [{"id": "alice", "nick": "Alice", "presence": "online", "show": "available"}]
+
+
+def test_grace_expiry_leaves_rooms():
+    clock, r = make_router()
+    a, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    r.end_session(a.ticket)
+    assert r.room_count("lobby") == 1
+    clock.advance(11)
+    assert r.room_count("lobby") == 0
+
+
+def test_status_only_to_online_recipient():
+    clock, r = make_router()
+    a, _ = r.open_session(profile("alice"), None, None, [], [])
+    assert not r.route_status("alice", "bob", "typing")
+    b, _ = r.open_session(profile("bob"), None, None, [], [])
+    assert r.route_status("alice", "bob", "typing")
+    assert drain(b)["statuses"] == [{"from": "alice", "nick": "Alice", "to": "bob", "show": "typing", "seq": 1}]
+
+
+def test_idle_session_expiry_starts_grace():
+    clock, r = make_router(session_idle=10)
+    a, _ = r.open_session(profile("alice"), None, None, [], [])
+    clock.advance(10.1)                      # never polled
+    assert a.ticket not in r.sessions
+    assert r.is_online("alice")              # grace
+    clock.advance(10)
+    assert not r.is_online("alice")
+
+
+def test_shutdown_answers_parked_polls():
+    clock, r = make_router()
+    a, _ = r.open_session(profile("alice"), None, None, [], [])
+    got = results(a.poll(ack=0))
+    r.shutdown()
+    assert got[0]["status"] == "ok" and got[0]["messages"] == []
+    assert r.stats()["sessions"] == 0
