@@ -10,8 +10,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={
-        "twisted": ["plugins/nextim_plugin.py"],
-        "nextim_twisted.web": ["static/*"],
+        "nextim_twisted.web": ["static/*", "static/**/*", "*.json"],
     },
     include_package_data=True,
     install_requires=[

@@ -74,8 +74,8 @@ async def online(ctx, identity, params):
         buddy = profiles.get(buddy_id)
         if buddy is None:
             continue
-        info = model.buddy_info(buddy, groups.get(buddy_id, "stranger" if buddy_id not in groups else ""),
-                                router.presence_of(buddy_id, uid))
+        # Not a directory buddy: the UI sorts the "stranger" group last (§2.2).
+        info = model.buddy_info(buddy, groups.get(buddy_id, "stranger"), router.presence_of(buddy_id, uid))
         if buddy_id in active:
             info["history"] = [model.log_item(m) for m in
                                await store.unicast_history(uid, buddy_id, ctx.config.limits.history)]
