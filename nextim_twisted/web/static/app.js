@@ -1,0 +1,1863 @@
+/*
+ * NextIM browser client for nextim-twisted.
+ *
+ * Plain ES2019, no framework, no build step. The daemon serves this file at
+ * /static/app.js; the page at / starts it automatically (same-origin mode,
+ * login form). A site on another origin embeds it with
+ *
+ *     <script src="http://daemon:8000/static/app.js"></script>
+ *     NextIM.start({server: "http://daemon:8000", jsonp: true, token: "<jwt>"})
+ *
+ * Rules kept throughout:
+ *  - everything that comes from the server is put into the page as text
+ *    (textContent / createTextNode), never as HTML. The one exception is
+ *    the admin-written notification text, which goes through sanitizeHtml();
+ *  - the comet poll acknowledges what it has processed (`ack`, DESIGN D6), so
+ *    a lost answer is sent again instead of being lost;
+ *  - errors never stop the client: polls retry with backoff and jitter, and a
+ *    vanished ticket (404) leads to a fresh `online`.
+ */
+(function (global) {
+  "use strict";
+
+  var document = global.document;
+
+  // ---------------------------------------------------------------------------
+  // Constants (protocol-reference §8 and the issue)
+
+  var CALL_TIMEOUT_MS = 15000;      // plain XHR calls
+  var JSONP_TIMEOUT_MS = 10000;     // JSONP calls (reference used 5 s; be lenient)
+  var POLL_TIMEOUT_MS = 40000;      // server holds a poll up to 25 s
+  var POLL_GAP_MS = 50;             // pause between two successful polls
+  var TYPING_IDLE_MS = 6000;        // send "clear" after this long without keys
+  var TYPING_SHOW_MS = 10000;       // show "X is typing" at most this long
+  var BACKOFF_BASE_MS = 1000;
+  var BACKOFF_MAX_MS = 30000;
+  var ROOM_REFRESH_MS = 60000;      // room counts have no push; refresh now and then
+
+  var SHOW_LABELS = {
+    available: "Available",
+    chat: "Free to chat",
+    away: "Away",
+    dnd: "Do not disturb",
+    invisible: "Invisible",
+    offline: "Offline",
+    unavailable: "Offline"
+  };
+  // What the presence menu offers, in order. "offline" ends the session.
+  var MENU_SHOWS = ["available", "away", "dnd", "invisible", "offline"];
+
+  var DEFAULT_SETTING = {
+    play_sound: true,
+    buddy_sticky: true,
+    minimize_layout: false,
+    msg_auto_pop: true,
+    blocked_rooms: []
+  };
+
+  var STORE_PREFIX = "nextim:";
+
+  // ---------------------------------------------------------------------------
+  // Small helpers
+
+  /** Create an element. attrs: class, testid, text, title, data (object),
+   *  on (object of listeners), and any other DOM property or attribute. */
+  function h(tag, attrs) {
+    var el = document.createElement(tag);
+    var a = attrs || {};
+    Object.keys(a).forEach(function (k) {
+      var v = a[k];
+      if (v === undefined || v === null || v === false) return;
+      if (k === "class") el.className = v;
+      else if (k === "testid") el.setAttribute("data-testid", v);
+      else if (k === "text") el.textContent = String(v);
+      else if (k === "data") Object.keys(v).forEach(function (d) { el.dataset[d] = v[d]; });
+      else if (k === "on") Object.keys(v).forEach(function (ev) { el.addEventListener(ev, v[ev]); });
+      else if (k in el && typeof v !== "string") el[k] = v;
+      else el.setAttribute(k, v === true ? "" : String(v));
+    });
+    for (var i = 2; i < arguments.length; i++) appendChildren(el, arguments[i]);
+    return el;
+  }
+
+  function appendChildren(el, c) {
+    if (c === null || c === undefined || c === false) return;
+    if (Array.isArray(c)) { c.forEach(function (x) { appendChildren(el, x); }); return; }
+    el.appendChild(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+  }
+
+  function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
+
+  function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
+
+  /** Exponential backoff with jitter: a fleet of clients that lost the server
+   *  at the same moment must not come back at the same moment. */
+  function backoffDelay(failures) {
+    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.max(0, failures - 1)));
+    return Math.round(cap / 2 + Math.random() * cap / 2);
+  }
+
+  function csv(list) { return list.filter(Boolean).join(","); }
+
+  function store(kind) {
+    // localStorage may be unavailable (privacy modes, sandboxed iframes).
+    try { return kind === "session" ? global.sessionStorage : global.localStorage; } catch (e) { return null; }
+  }
+  function loadPref(key, fallback, kind) {
+    var s = store(kind);
+    if (!s) return fallback;
+    try { var v = s.getItem(STORE_PREFIX + key); return v === null ? fallback : JSON.parse(v); } catch (e) { return fallback; }
+  }
+  function savePref(key, value, kind) {
+    var s = store(kind);
+    if (!s) return;
+    try {
+      if (value === undefined) s.removeItem(STORE_PREFIX + key);
+      else s.setItem(STORE_PREFIX + key, JSON.stringify(value));
+    } catch (e) { /* quota or privacy mode: preferences are a nicety */ }
+  }
+
+  function initials(nick, id) {
+    var s = String(nick || id || "?").trim();
+    var parts = s.split(/\s+/);
+    var first = Array.from(parts[0] || "?")[0] || "?";
+    var second = parts.length > 1 ? (Array.from(parts[1])[0] || "") : "";
+    return (first + second).toUpperCase();
+  }
+
+  function hue(id) {
+    var x = 0;
+    var s = String(id);
+    for (var i = 0; i < s.length; i++) x = (x * 31 + s.charCodeAt(i)) % 360;
+    return x;
+  }
+
+  function isHttpUrl(value, base) {
+    try {
+      var u = new URL(String(value), base || global.location.href);
+      return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+    } catch (e) { return null; }
+  }
+
+  function chatKey(type, id) { return type + ":" + id; }
+
+  function normalizeType(t) {
+    if (t === "chat") return "unicast";
+    if (t === "grpchat") return "multicast";
+    return t || "unicast";
+  }
+
+  // ---------------------------------------------------------------------------
+  // Time: server timestamps shown in the viewer's local time, corrected by the
+  // clock skew measured at `online` (server_time - local time).
+
+  function pad2(n) { return (n < 10 ? "0" : "") + n; }
+
+  /** Format a server timestamp (ms) for display. skew = server - local. */
+  function formatTime(ts, skew, nowLocal) {
+    var t = parseFloat(ts);
+    if (!isFinite(t)) return "";
+    var d = new Date(t - (skew || 0));
+    var now = new Date(nowLocal === undefined ? Date.now() : nowLocal);
+    var hm = pad2(d.getHours()) + ":" + pad2(d.getMinutes());
+    if (d.toDateString() === now.toDateString()) return hm;
+    var date = d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate());
+    return date + " " + hm;
+  }
+
+  function dayLabel(ts, skew) {
+    var d = new Date(parseFloat(ts) - (skew || 0));
+    var today = new Date();
+    var yesterday = new Date(Date.now() - 86400000);
+    if (d.toDateString() === today.toDateString()) return "Today";
+    if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return d.toLocaleDateString();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Notification HTML sanitizer: DOMParser (inert document: no scripts run, no
+  // images load) + a walk that rebuilds only allow-listed elements into the
+  // live document. Anything not rebuilt never reaches the page.
+
+  var ALLOWED_TAGS = { B: 1, STRONG: 1, I: 1, EM: 1, U: 1, A: 1, BR: 1, IMG: 1, P: 1, SPAN: 1 };
+  // Dropped together with their content (the rest is unwrapped: text kept).
+  var DROPPED_TAGS = {
+    SCRIPT: 1, STYLE: 1, IFRAME: 1, FRAME: 1, FRAMESET: 1, OBJECT: 1, EMBED: 1, APPLET: 1,
+    SVG: 1, MATH: 1, TEMPLATE: 1, NOSCRIPT: 1, FORM: 1, INPUT: 1, TEXTAREA: 1, SELECT: 1,
+    BUTTON: 1, LINK: 1, META: 1, BASE: 1, TITLE: 1, HEAD: 1, AUDIO: 1, VIDEO: 1, SOURCE: 1,
+    CANVAS: 1, PORTAL: 1, DIALOG: 1
+  };
+
+  function sanitizeHtml(html, targetDoc) {
+    var out = (targetDoc || document).createDocumentFragment();
+    if (html === null || html === undefined) return out;
+    var parsed = new global.DOMParser().parseFromString(String(html), "text/html");
+    copyAllowed(parsed.body, out, out.ownerDocument || targetDoc || document);
+    return out;
+  }
+
+  function copyAllowed(src, dst, doc) {
+    for (var n = src.firstChild; n; n = n.nextSibling) {
+      if (n.nodeType === 3) { dst.appendChild(doc.createTextNode(n.nodeValue)); continue; }
+      if (n.nodeType !== 1) continue; // comments, processing instructions
+      var tag = n.tagName.toUpperCase();
+      if (DROPPED_TAGS[tag]) continue;
+      if (!ALLOWED_TAGS[tag]) { copyAllowed(n, dst, doc); continue; } // unwrap unknown
+      var el = doc.createElement(tag.toLowerCase());
+      if (tag === "A") {
+        var href = isHttpUrl(n.getAttribute("href") || "");
+        if (href) {
+          el.setAttribute("href", href);
+          el.setAttribute("target", "_blank");
+          el.setAttribute("rel", "noopener noreferrer nofollow");
+        }
+      } else if (tag === "IMG") {
+        var src2 = isHttpUrl(n.getAttribute("src") || "");
+        if (!src2) continue; // an image without a safe source is nothing
+        el.setAttribute("src", src2);
+        el.setAttribute("alt", n.getAttribute("alt") || "");
+        el.setAttribute("referrerpolicy", "no-referrer");
+        el.setAttribute("loading", "lazy");
+      }
+      if (tag !== "BR" && tag !== "IMG") copyAllowed(n, el, doc);
+      dst.appendChild(el);
+    }
+  }
+
+  /** Message style (D15): the server already filters it; keep a second
+   *  allow-list here so a bad server cannot style us into trouble. */
+  var STYLE_PROPS = {
+    "color": 1, "background-color": 1, "font-weight": 1, "font-style": 1,
+    "font-size": 1, "font-family": 1, "text-decoration": 1
+  };
+  function applyMessageStyle(el, style) {
+    if (!style || typeof style !== "string") return;
+    style.split(";").forEach(function (decl) {
+      var i = decl.indexOf(":");
+      if (i < 0) return;
+      var prop = decl.slice(0, i).trim().toLowerCase();
+      var value = decl.slice(i + 1).trim();
+      if (!STYLE_PROPS[prop]) return;
+      if (!/^[#\w\s,.%'-]{1,64}$/.test(value) || /expression|url/i.test(value)) return;
+      el.style.setProperty(prop, value);
+    });
+  }
+
+  /** Render message text with clickable http(s) links, all as text nodes. */
+  function linkify(el, text) {
+    var re = /\bhttps?:\/\/[^\s<>"']+/g;
+    var last = 0;
+    var m;
+    while ((m = re.exec(text)) !== null) {
+      var url = m[0].replace(/[.,;:!?)\]]+$/, "");
+      if (m.index > last) el.appendChild(document.createTextNode(text.slice(last, m.index)));
+      var safe = isHttpUrl(url);
+      if (safe) {
+        el.appendChild(h("a", { href: safe, target: "_blank", rel: "noopener noreferrer nofollow", text: url }));
+      } else {
+        el.appendChild(document.createTextNode(url));
+      }
+      last = m.index + url.length;
+      re.lastIndex = last;
+    }
+    if (last < text.length) el.appendChild(document.createTextNode(text.slice(last)));
+  }
+
+  // ---------------------------------------------------------------------------
+  // Transport: plain same-origin fetch (POST form) or JSONP (<script> GET).
+
+  function ApiError(status, code, message) {
+    var e = new Error(message || code || ("HTTP " + status));
+    e.name = "ApiError";
+    e.status = status;       // HTTP status; 0 when unknown (network, JSONP)
+    e.code = code || "";
+    return e;
+  }
+
+  var jsonpSeq = Date.now() % 1000000;
+
+  function Transport(opts) {
+    this.jsonp = !!opts.jsonp;
+    this.token = opts.token || null;
+    // Base for webim/<name>: the daemon's root. Relative in page mode so the
+    // client also works behind a reverse proxy under a path prefix.
+    var server = opts.server ? String(opts.server) : "";
+    if (server && !/\/$/.test(server)) server += "/";
+    this.base = server;
+  }
+
+  Transport.prototype.url = function (name) { return this.base + "webim/" + name; };
+
+  Transport.prototype.withToken = function (params) {
+    var p = Object.assign({}, params);
+    if (this.token) p.token = this.token;
+    Object.keys(p).forEach(function (k) { if (p[k] === undefined || p[k] === null) delete p[k]; });
+    return p;
+  };
+
+  /** Call webim/<name>; resolves with parsed JSON (or "ok"); rejects ApiError. */
+  Transport.prototype.call = function (name, params) {
+    var p = this.withToken(params);
+    if (this.jsonp) return jsonpRequest(this.url(name), p, JSONP_TIMEOUT_MS).then(checkEnvelope);
+    return fetchForm(this.url(name), p, CALL_TIMEOUT_MS, null);
+  };
+
+  /** One comet poll. Same-origin servers get fetch (so a 404 is visible);
+   *  another origin gets JSONP, like the reference client. */
+  Transport.prototype.poll = function (server, params, signal) {
+    var sameOrigin = false;
+    try { sameOrigin = new URL(server, global.location.href).origin === global.location.origin; } catch (e) { /* keep false */ }
+    if (this.jsonp || !sameOrigin) {
+      return jsonpRequest(server, params, POLL_TIMEOUT_MS, signal);
+    }
+    var url = server + (server.indexOf("?") >= 0 ? "&" : "?") + new URLSearchParams(params).toString();
+    return fetchJson(url, POLL_TIMEOUT_MS, signal);
+  };
+
+  /** Fire-and-forget call that survives page unload (webim/refresh). */
+  Transport.prototype.beacon = function (name, params) {
+    var p = new URLSearchParams(this.withToken(params));
+    var url = this.url(name);
+    try {
+      if (global.navigator && global.navigator.sendBeacon && global.navigator.sendBeacon(url, p)) return;
+    } catch (e) { /* fall through to fetch */ }
+    try {
+      global.fetch(url, { method: "POST", body: p, keepalive: true, credentials: this.jsonp ? "omit" : "same-origin", mode: this.jsonp ? "no-cors" : "same-origin" });
+    } catch (e) { /* page is going away; nothing more to do */ }
+  };
+
+  function checkEnvelope(data) {
+    if (data && typeof data === "object" && !Array.isArray(data) && data.success === false) {
+      throw ApiError(200, data.error || "error", data.error_msg || data.error || "Request failed");
+    }
+    return data;
+  }
+
+  function withTimeout(ms, signal) {
+    var ctl = new AbortController();
+    var timer = setTimeout(function () { ctl.abort(); }, ms);
+    if (signal) {
+      if (signal.aborted) ctl.abort();
+      else signal.addEventListener("abort", function () { ctl.abort(); });
+    }
+    return { signal: ctl.signal, done: function () { clearTimeout(timer); } };
+  }
+
+  function parseBody(text) {
+    if (text === "ok") return "ok";
+    try { return JSON.parse(text); } catch (e) { return text; }
+  }
+
+  function fetchForm(url, params, timeoutMs, signal) {
+    var t = withTimeout(timeoutMs, signal);
+    return global.fetch(url, {
+      method: "POST",
+      body: new URLSearchParams(params),
+      credentials: "same-origin",
+      headers: { "X-Requested-With": "XMLHttpRequest" },
+      signal: t.signal
+    }).then(readResponse, networkError).finally(t.done);
+  }
+
+  function fetchJson(url, timeoutMs, signal) {
+    var t = withTimeout(timeoutMs, signal);
+    return global.fetch(url, { credentials: "same-origin", cache: "no-store", signal: t.signal })
+      .then(readResponse, networkError).finally(t.done);
+  }
+
+  function readResponse(res) {
+    return res.text().then(function (text) {
+      var data = parseBody(text);
+      if (!res.ok) {
+        var env = data && typeof data === "object" ? data : {};
+        throw ApiError(res.status, env.error || "http_" + res.status, env.error_msg || ("HTTP " + res.status));
+      }
+      return checkEnvelope(data);
+    });
+  }
+
+  function networkError(err) {
+    var e = ApiError(0, err && err.name === "AbortError" ? "timeout" : "network", "Cannot reach the server");
+    e.cause = err;
+    throw e;
+  }
+
+  /** JSONP: a <script> whose answer calls NextIM._cb.j<N>(data). A script
+   *  that fails to load (any HTTP error, network down) is an error whose
+   *  status we cannot see; callers treat it accordingly. */
+  function jsonpRequest(url, params, timeoutMs, signal) {
+    return new Promise(function (resolve, reject) {
+      var name = "j" + (++jsonpSeq);
+      var registry = global.NextIM._cb;
+      var q = new URLSearchParams(params);
+      q.set("callback", "NextIM._cb." + name);
+      var script = document.createElement("script");
+      var settled = false;
+      var timer = null;
+
+      function finish(err, data) {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        // A late answer may still arrive: leave a no-op so it does not throw.
+        registry[name] = function () { delete registry[name]; };
+        setTimeout(function () { delete registry[name]; }, POLL_TIMEOUT_MS);
+        if (script.parentNode) script.parentNode.removeChild(script);
+        if (err) reject(err); else resolve(data);
+      }
+
+      registry[name] = function (data) { finish(null, data); };
+      script.async = true;
+      script.src = url + (url.indexOf("?") >= 0 ? "&" : "?") + q.toString();
+      script.onerror = function () { finish(ApiError(0, "jsonp_error", "Cannot reach the server")); };
+      // Loaded but the callback never ran: not a valid answer.
+      script.onload = function () { setTimeout(function () { finish(ApiError(0, "jsonp_error", "Bad answer from the server")); }, 0); };
+      timer = setTimeout(function () { finish(ApiError(0, "timeout", "The server did not answer")); }, timeoutMs);
+      if (signal) signal.addEventListener("abort", function () { finish(ApiError(0, "aborted", "aborted")); });
+      (document.head || document.documentElement).appendChild(script);
+    });
+  }
+
+  // ---------------------------------------------------------------------------
+  // Sound: a short WebAudio beep, created lazily (browsers only allow audio
+  // after a user gesture; the context is resumed on the first click/key).
+
+  function Beeper() { this.ctx = null; this.count = 0; }
+  Beeper.prototype.unlock = function () {
+    if (this.ctx) { if (this.ctx.state === "suspended") this.ctx.resume().catch(function () {}); return; }
+    var AC = global.AudioContext || global.webkitAudioContext;
+    if (!AC) return;
+    try { this.ctx = new AC(); } catch (e) { this.ctx = null; }
+  };
+  Beeper.prototype.beep = function () {
+    this.count++;
+    if (!this.ctx) this.unlock();
+    var ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      var t = ctx.currentTime;
+      var osc = ctx.createOscillator();
+      var gain = ctx.createGain();
+      osc.type = "sine";
+      osc.frequency.setValueAtTime(880, t);
+      osc.frequency.setValueAtTime(1320, t + 0.07);
+      gain.gain.setValueAtTime(0.0001, t);
+      gain.gain.exponentialRampToValueAtTime(0.12, t + 0.01);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.18);
+      osc.connect(gain);
+      gain.connect(ctx.destination);
+      osc.start(t);
+      osc.stop(t + 0.2);
+    } catch (e) { /* sound is optional */ }
+  };
+
+  // ---------------------------------------------------------------------------
+  // The application
+
+  function App(opts) {
+    this.opts = opts;
+    this.embedded = !!opts.embedded;
+    this.tokenMode = !!(opts.token || opts.getToken);
+    this.t = new Transport(opts);
+    this.beeper = new Beeper();
+
+    this.conn = "offline";     // connecting | online | reconnecting | offline
+    this.user = null;
+    this.ticket = null;
+    this.server = null;
+    this.ack = 0;
+    this.skew = 0;
+    this.gen = 0;              // generation of the poll loop; bump to stop it
+    this.pollCtl = null;
+    this.pollFailures = 0;
+    this.onlineFailures = 0;
+    this.show = loadPref("show", "available");
+    this.status = "";
+    this.setting = Object.assign({}, DEFAULT_SETTING);
+    this.buddies = new Map();  // id -> buddy
+    this.rooms = new Map();    // id -> room
+    this.chats = new Map();    // "type:id" -> chat
+    this.tabs = [];            // open chat keys, in tab order
+    this.active = null;        // key of the chat shown
+    this.notifications = [];
+    this.packetLog = [];       // last comet packets, for debugging and tests
+    this.ui = {};
+    this.dirty = {};
+    this.renderTimer = null;
+    this.roomTimer = null;
+    this.roomRefreshTimer = null;
+    this.minimized = this.embedded && loadPref("minimized", false);
+
+    this.build();
+    this.bindGlobalEvents();
+  }
+
+  // ---- lifecycle -------------------------------------------------------------
+
+  /** Entry point: go online if we can (cookie or token); else show login. */
+  App.prototype.begin = function () {
+    var saved = loadPref("tabs", null, "session");
+    if (saved && Array.isArray(saved.tabs)) {
+      var self = this;
+      saved.tabs.forEach(function (k) {
+        var i = k.indexOf(":");
+        if (i > 0) self.ensureChat(k.slice(0, i), k.slice(i + 1));
+      });
+      this.tabs = saved.tabs.filter(function (k) { return self.chats.has(k); });
+      this.active = this.tabs.indexOf(saved.active) >= 0 ? saved.active : null;
+    }
+    if (loadPref("offline", false)) {
+      this.setView("offline");
+      this.setConn("offline");
+      return Promise.resolve();
+    }
+    return this.goOnline(this.show === "offline" ? "available" : this.show, true);
+  };
+
+  /** Call webim/online and start the comet. firstLoad: a 401 shows login. */
+  App.prototype.goOnline = function (show, firstLoad) {
+    var self = this;
+    var gen = ++this.gen;
+    this.abortPoll();
+    this.setConn(this.user ? "reconnecting" : "connecting");
+    if (!this.user) this.setView("loading");
+    var params = {
+      show: show || "available",
+      buddy_ids: csv(this.openIds("unicast")),
+      room_ids: csv(this.openIds("multicast"))
+    };
+    var sentAt = Date.now();
+    return this.t.call("online", params).then(function (d) {
+      if (gen !== self.gen) return;
+      if (!d || !d.connection || !d.user) throw ApiError(0, "bad_answer", "Unexpected answer from the server");
+      self.onlineFailures = 0;
+      savePref("offline", undefined);
+      self.applyOnline(d, sentAt);
+      self.startPolling();
+    }).catch(function (err) {
+      if (gen !== self.gen) return;
+      self.onOnlineError(err, show, firstLoad);
+    });
+  };
+
+  App.prototype.onOnlineError = function (err, show, firstLoad) {
+    var self = this;
+    if (err.status === 401 || err.code === "not_authenticated") {
+      if (this.opts.getToken && !this.tokenRetried) {
+        // Token mode: the host may hand us a fresh token once.
+        this.tokenRetried = true;
+        Promise.resolve(this.opts.getToken()).then(function (tok) {
+          self.t.token = tok;
+          return self.goOnline(show, firstLoad);
+        }).catch(function () { self.showAuthError(); });
+        return;
+      }
+      this.showAuthError();
+      return;
+    }
+    // Server unreachable or busy: keep trying, with backoff.
+    this.onlineFailures++;
+    var gen = this.gen;
+    this.setConn("reconnecting", err.message);
+    if (!this.user) this.setView("loading", err.message);
+    setTimeout(function () { if (gen === self.gen) self.goOnline(show, firstLoad); }, backoffDelay(this.onlineFailures));
+  };
+
+  App.prototype.showAuthError = function () {
+    this.resetSession();
+    this.setConn("offline");
+    if (this.tokenMode) this.setView("autherror");
+    else this.setView("login");
+  };
+
+  /** Take in the answer of webim/online. */
+  App.prototype.applyOnline = function (d, sentAt) {
+    var self = this;
+    this.tokenRetried = false;
+    // Skew = server clock - local clock, measured at the middle of the call.
+    var now = Date.now();
+    if (isFinite(parseFloat(d.server_time))) this.skew = parseFloat(d.server_time) - (sentAt + now) / 2;
+    this.user = d.user;
+    this.ticket = d.connection.ticket;
+    this.server = d.connection.server || (this.t.base + "packets");
+    this.ack = 0;
+    this.pollFailures = 0;
+    this.show = d.user.show && d.user.show !== "unavailable" ? d.user.show : this.show;
+    if (this.show === "offline") this.show = "available";
+    this.status = d.user.status || "";
+    savePref("show", this.show);
+    if (d.setting && typeof d.setting === "object" && !Array.isArray(d.setting)) {
+      this.setting = Object.assign({}, DEFAULT_SETTING, d.setting);
+    }
+    if (!Array.isArray(this.setting.blocked_rooms)) this.setting.blocked_rooms = [];
+
+    // Buddies: the answer is the truth now; anyone not in it is offline.
+    var seen = {};
+    (d.buddies || []).forEach(function (b) { seen[b.id] = true; self.upsertBuddy(b, true); });
+    this.buddies.forEach(function (b) { if (!seen[b.id]) { b.presence = "offline"; b.show = "unavailable"; } });
+    var presences = d.presences || {};
+    Object.keys(presences).forEach(function (id) {
+      var b = self.buddies.get(id);
+      if (b) { b.presence = "online"; b.show = presences[id] || "available"; }
+    });
+
+    (d.rooms || []).forEach(function (r) { self.upsertRoom(r); });
+
+    // Histories: embedded ones for the chats we asked about; fetch the others.
+    this.chats.forEach(function (chat) {
+      var src = chat.type === "unicast" ? self.buddies.get(chat.id) : self.rooms.get(chat.id);
+      if (src && Array.isArray(src.history)) self.setHistory(chat, src.history, now);
+      else { chat.loaded = false; if (self.tabs.indexOf(chat.key) >= 0) self.loadHistory(chat); }
+    });
+    this.buddies.forEach(function (b) { delete b.history; });
+    this.rooms.forEach(function (r) { delete r.history; });
+
+    (d.new_messages || []).forEach(function (m) { self.onMessage(m, { offline: true }); });
+
+    this.setView("main");
+    this.setConn("online");
+    this.invalidate("all");
+    this.loadNotifications();
+    this.scheduleRoomRefresh();
+  };
+
+  App.prototype.resetSession = function () {
+    this.gen++;
+    this.abortPoll();
+    this.ticket = null;
+    this.ack = 0;
+  };
+
+  /** The user chose "offline": end this tab's session; stay offline on reload. */
+  App.prototype.goOffline = function () {
+    var ticket = this.ticket;
+    this.resetSession();
+    this.setConn("offline");
+    savePref("offline", true);
+    this.buddies.forEach(function (b) { b.presence = "offline"; b.show = "unavailable"; });
+    this.invalidate("all");
+    if (!ticket) return Promise.resolve();
+    return this.t.call("offline", { ticket: ticket }).catch(function () { /* session times out anyway */ });
+  };
+
+  App.prototype.logout = function () {
+    var self = this;
+    return this.goOffline().then(function () {
+      savePref("offline", undefined);
+      savePref("tabs", undefined, "session");
+      return self.t.call("logout", {}).catch(function () {});
+    }).then(function () {
+      self.user = null;
+      self.buddies.clear();
+      self.rooms.clear();
+      self.chats.clear();
+      self.tabs = [];
+      self.active = null;
+      self.notifications = [];
+      self.setView("login");
+      self.invalidate("all");
+    });
+  };
+
+  /** Stop without going through the UI (tests, host pages). */
+  App.prototype.stop = function () {
+    var ticket = this.ticket;
+    this.resetSession();
+    this.setConn("offline");
+    if (!ticket) return Promise.resolve();
+    return this.t.call("offline", { ticket: ticket }).catch(function () {});
+  };
+
+  // ---- comet -----------------------------------------------------------------
+
+  App.prototype.abortPoll = function () {
+    if (this.pollCtl) { this.pollCtl.abort(); this.pollCtl = null; }
+  };
+
+  App.prototype.startPolling = function () {
+    var gen = this.gen;
+    var self = this;
+    setTimeout(function () { self.pollLoop(gen); }, 0);
+  };
+
+  App.prototype.pollLoop = async function (gen) {
+    while (gen === this.gen) {
+      var data;
+      this.pollCtl = new AbortController();
+      try {
+        data = await this.t.poll(this.server, { ticket: this.ticket, ack: this.ack }, this.pollCtl.signal);
+      } catch (err) {
+        if (gen !== this.gen) return;
+        if (this.sessionGone(err)) { this.reonline(); return; }
+        this.pollFailures++;
+        this.setConn("reconnecting", err.message);
+        await sleep(backoffDelay(this.pollFailures));
+        continue;
+      }
+      if (gen !== this.gen) return;
+      this.pollFailures = 0;
+      this.setConn("online");
+      if (data && data.status === "ok") {
+        this.handleBatch(data);
+        await sleep(POLL_GAP_MS);
+      } else {
+        // "stopped" (a newer poll took over) or an odd answer: poll again,
+        // but never in a tight loop.
+        await sleep(200);
+      }
+    }
+  };
+
+  /** A 404 on the poll means the session is gone (D2). JSONP cannot see the
+   *  status, so there a second failure in a row is taken as the same. */
+  App.prototype.sessionGone = function (err) {
+    if (err.status === 404) return true;
+    if (err.code === "jsonp_error" && this.pollFailures >= 1) return true;
+    return false;
+  };
+
+  /** Session lost: a fresh `online` gives a new ticket (ack starts at 0) and
+   *  reloads the open chats' history, so nothing missed stays missing. */
+  App.prototype.reonline = function () {
+    this.pollFailures = 0;
+    this.setConn("reconnecting");
+    return this.goOnline(this.show, false);
+  };
+
+  App.prototype.handleBatch = function (d) {
+    var self = this;
+    this.packetLog.push(d);
+    if (this.packetLog.length > 100) this.packetLog.shift();
+    // Process everything before acknowledging: if we crash halfway the
+    // server sends it again (D6). Each handler is isolated so one bad
+    // packet cannot stop the channel.
+    (d.messages || []).forEach(function (m) { self.safely(self.onMessage, m, {}); });
+    (d.presences || []).forEach(function (p) { self.safely(self.onPresence, p); });
+    (d.statuses || []).forEach(function (s) { self.safely(self.onStatus, s); });
+    if (typeof d.seq === "number" && isFinite(d.seq)) this.ack = d.seq;
+  };
+
+  App.prototype.safely = function (fn) {
+    try { fn.apply(this, Array.prototype.slice.call(arguments, 1)); } catch (e) {
+      if (global.console) global.console.error("nextim: packet handler failed", e);
+    }
+  };
+
+  // ---- data model -------------------------------------------------------------
+
+  App.prototype.upsertBuddy = function (info, authoritative) {
+    var b = this.buddies.get(info.id);
+    if (!b) {
+      b = { id: String(info.id), nick: info.id, group: "", presence: "offline", show: "unavailable", status: "" };
+      this.buddies.set(b.id, b);
+    }
+    ["nick", "group", "pic_url", "default_pic_url", "url", "status", "history"].forEach(function (k) {
+      if (info[k] !== undefined && info[k] !== null) b[k] = info[k];
+    });
+    if (info.presence !== undefined || authoritative) {
+      b.presence = info.presence === "online" ? "online" : "offline";
+      b.show = b.presence === "online" ? (info.show && info.show !== "unavailable" ? info.show : "available") : "unavailable";
+    }
+    this.invalidate("buddies");
+    return b;
+  };
+
+  /** Someone not in the buddy list wrote to us: add them and ask who it is. */
+  App.prototype.ensureBuddy = function (id, nick) {
+    if (this.buddies.has(id)) return this.buddies.get(id);
+    var b = this.upsertBuddy({ id: id, nick: nick || id, group: "Strangers" });
+    var self = this;
+    if (this.ticket) {
+      this.t.call("buddies", { ticket: this.ticket, ids: id }).then(function (list) {
+        (Array.isArray(list) ? list : []).forEach(function (info) { if (info && info.id === id) self.upsertBuddy(info); });
+      }).catch(function () { /* keep the placeholder */ });
+    }
+    return b;
+  };
+
+  App.prototype.upsertRoom = function (info) {
+    var r = this.rooms.get(info.id);
+    if (!r) {
+      r = { id: String(info.id), nick: info.id, count: 0, all_count: 0, blocked: false, members: null };
+      this.rooms.set(r.id, r);
+    }
+    ["nick", "pic_url", "url", "all_count", "count", "history"].forEach(function (k) {
+      if (info[k] !== undefined && info[k] !== null) r[k] = info[k];
+    });
+    r.blocked = !!info.blocked || this.setting.blocked_rooms.indexOf(r.id) >= 0;
+    this.invalidate("rooms");
+    return r;
+  };
+
+  App.prototype.ensureChat = function (type, id) {
+    var key = chatKey(type, id);
+    var chat = this.chats.get(key);
+    if (!chat) {
+      chat = {
+        key: key, type: type, id: id,
+        messages: [], keys: {}, rev: 0,
+        loaded: false, loading: null, pending: [],
+        unread: 0, typingUntil: 0, typingNick: "",
+        draft: "", sentTyping: "clear", typingTimer: null
+      };
+      this.chats.set(key, chat);
+    }
+    return chat;
+  };
+
+  App.prototype.openIds = function (type) {
+    var out = [];
+    var self = this;
+    this.tabs.forEach(function (k) { var c = self.chats.get(k); if (c && c.type === type) out.push(c.id); });
+    return out;
+  };
+
+  function msgKey(m) {
+    return [normalizeType(m.type), m.from, m.to, m.timestamp, m.body].join("\u0001");
+  }
+
+  /** Replace a chat's messages with the server's history (oldest first),
+   *  keeping live packets that raced the request and local sends the
+   *  server had not confirmed yet. */
+  App.prototype.setHistory = function (chat, list, requestedAt) {
+    var msgs = (Array.isArray(list) ? list : []).slice();
+    var keys = {};
+    msgs.forEach(function (m) { keys[msgKey(m)] = true; });
+    chat.pending.forEach(function (m) { var k = msgKey(m); if (!keys[k]) { keys[k] = true; msgs.push(m); } });
+    chat.messages.forEach(function (m) {
+      if (m.local && (m.state !== "sent" || m.confirmedAt > requestedAt)) msgs.push(m);
+    });
+    msgs.sort(function (a, b) { return parseFloat(a.timestamp) - parseFloat(b.timestamp); });
+    chat.messages = msgs;
+    chat.keys = keys;
+    chat.pending = [];
+    chat.loaded = true;
+    chat.rev++;
+    if (chat.key === this.active) this.invalidate("chat");
+  };
+
+  App.prototype.loadHistory = function (chat) {
+    if (chat.loading || !this.ticket) return chat.loading;
+    var self = this;
+    var requestedAt = Date.now();
+    chat.loading = this.t.call("history", { ticket: this.ticket, id: chat.id, type: chat.type }).then(function (list) {
+      chat.loading = null;
+      self.setHistory(chat, list, requestedAt);
+    }).catch(function (err) {
+      chat.loading = null;
+      chat.error = err.message;
+      if (chat.key === self.active) self.invalidate("chat");
+    });
+    if (chat.key === this.active) this.invalidate("chat");
+    return chat.loading;
+  };
+
+  App.prototype.addMessage = function (chat, m) {
+    if (!chat.loaded) { chat.pending.push(m); return true; }
+    var k = msgKey(m);
+    if (chat.keys[k]) return false;
+    chat.keys[k] = true;
+    chat.messages.push(m);
+    if (chat.key === this.active) this.invalidate("chat");
+    return true;
+  };
+
+  // ---- incoming packets ----------------------------------------------------------
+
+  /** logItem from the comet or new_messages. flags.offline: stored while we
+   *  were away, which says nothing about the sender's presence now. */
+  App.prototype.onMessage = function (m, flags) {
+    if (!m || !this.user) return;
+    var type = normalizeType(m.type);
+    var me = this.user.id;
+    var mine = m.from === me;
+    var peer;
+    if (type === "multicast") {
+      peer = m.to;
+      var room = this.rooms.get(peer);
+      if (room && room.blocked) return; // blocked: we do not want it, even if it slips through
+    } else {
+      // unicast (and admin broadcast delivered unicast-shaped): my own
+      // message echoed from my other tab belongs to the conversation `to`.
+      type = "unicast";
+      peer = mine ? m.to : m.from;
+      var b = this.ensureBuddy(peer, mine ? peer : m.nick);
+      if (!mine && m.nick) b.nick = m.nick;
+      if (!mine && !flags.offline && b.presence !== "online") {
+        b.presence = "online";
+        if (b.show === "unavailable") b.show = "available";
+      }
+    }
+    var chat = this.ensureChat(type, peer);
+    if (!mine && type === "unicast") chat.typingUntil = 0;
+    var stored = Object.assign({}, m, { type: type });
+    if (!this.addMessage(chat, stored)) return;
+    if (!mine) {
+      var seen = this.isSeen(chat);
+      if (!seen) chat.unread++;
+      if (this.tabs.indexOf(chat.key) < 0 && this.setting.msg_auto_pop !== false) this.openTab(chat.key, false);
+      if (!seen && this.setting.play_sound !== false) this.beeper.beep();
+    }
+    this.invalidate("chat", "tabs", "buddies", "rooms", "title");
+  };
+
+  App.prototype.onPresence = function (p) {
+    if (!p || !p.from || !this.user) return;
+    var type = p.type;
+    if (p.from === this.user.id) {
+      // My own presence from my other tab: follow its show.
+      if (type === "show" && p.show && p.show !== "unavailable") { this.show = p.show; this.status = p.status || ""; this.invalidate("header"); }
+      return;
+    }
+    if (type === "join" || type === "leave" || type === "grponline" || type === "grpoffline") {
+      this.scheduleRoomCounts();
+      return;
+    }
+    var b = this.ensureBuddy(p.from, p.nick);
+    if (p.nick) b.nick = p.nick;
+    var gone = type === "offline" || p.show === "unavailable" || p.show === "invisible";
+    b.presence = gone ? "offline" : "online";
+    b.show = gone ? "unavailable" : (p.show || "available");
+    if (p.status !== undefined && p.status !== null) b.status = p.status;
+    if (gone) { var c = this.chats.get(chatKey("unicast", b.id)); if (c) c.typingUntil = 0; }
+    this.invalidate("buddies", "chat", "tabs");
+    this.scheduleRoomCounts();
+  };
+
+  App.prototype.onStatus = function (s) {
+    if (!s || !this.user || s.from === this.user.id) return;
+    if (s.to && s.to !== this.user.id) return;
+    var chat = this.ensureChat("unicast", s.from);
+    var self = this;
+    if (s.show === "typing") {
+      chat.typingUntil = Date.now() + TYPING_SHOW_MS;
+      chat.typingNick = s.nick || (this.buddies.get(s.from) || {}).nick || s.from;
+      // Re-render when the indicator expires without a "clear".
+      setTimeout(function () { self.invalidate("chat"); }, TYPING_SHOW_MS + 50);
+    } else {
+      chat.typingUntil = 0;
+    }
+    this.invalidate("chat");
+  };
+
+  // ---- outgoing ---------------------------------------------------------------
+
+  App.prototype.sendMessage = function (chat, body) {
+    var self = this;
+    if (!body || !this.ticket) return;
+    var m = {
+      type: chat.type, from: this.user.id, to: chat.id, nick: this.user.nick,
+      body: body, style: "", timestamp: Date.now() + this.skew,
+      local: true, state: "sending"
+    };
+    chat.messages.push(m);
+    chat.rev++;
+    this.stopTyping(chat, false);
+    this.invalidate("chat");
+    this.t.call("message", { ticket: this.ticket, type: chat.type, to: chat.id, body: body, style: "" }).then(function () {
+      m.state = "sent";
+      m.confirmedAt = Date.now();
+      chat.rev++;
+      self.invalidate("chat");
+    }).catch(function (err) {
+      m.state = "failed";
+      m.error = err.message;
+      chat.rev++;
+      self.invalidate("chat");
+    });
+  };
+
+  App.prototype.retryMessage = function (chat, m) {
+    var i = chat.messages.indexOf(m);
+    if (i >= 0) chat.messages.splice(i, 1);
+    this.sendMessage(chat, m.body);
+  };
+
+  /** Typing notifications: "typing" once per burst (deduplicated), "clear"
+   *  after 6 s without keys; nothing to buddies that are offline. */
+  App.prototype.noteTyping = function (chat) {
+    if (chat.type !== "unicast" || !this.ticket) return;
+    var b = this.buddies.get(chat.id);
+    if (!b || b.presence !== "online") return;
+    var self = this;
+    if (chat.sentTyping !== "typing") {
+      chat.sentTyping = "typing";
+      this.t.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
+    }
+    clearTimeout(chat.typingTimer);
+    chat.typingTimer = setTimeout(function () { self.stopTyping(chat, true); }, TYPING_IDLE_MS);
+  };
+
+  /** sendClear=false after sending a message: the message itself tells the
+   *  other side that typing ended. */
+  App.prototype.stopTyping = function (chat, sendClear) {
+    clearTimeout(chat.typingTimer);
+    chat.typingTimer = null;
+    if (chat.sentTyping !== "typing") return;
+    chat.sentTyping = "clear";
+    if (sendClear && this.ticket) this.t.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
+  };
+
+  App.prototype.setShow = function (show) {
+    var self = this;
+    if (show === "offline") return this.goOffline();
+    this.show = show;
+    savePref("show", show);
+    this.invalidate("header");
+    if (!this.ticket) return this.goOnline(show, false);
+    return this.t.call("presence", { ticket: this.ticket, show: show, status: this.status }).catch(function (err) {
+      self.flash(err.message);
+    });
+  };
+
+  App.prototype.setStatusText = function (text) {
+    if (text === this.status) return;
+    this.status = text;
+    if (!this.ticket) return;
+    var self = this;
+    this.t.call("presence", { ticket: this.ticket, show: this.show, status: text }).catch(function (err) {
+      self.flash(err.message);
+    });
+  };
+
+  App.prototype.saveSetting = function () {
+    var self = this;
+    if (!this.ticket) return Promise.resolve();
+    return this.t.call("setting", { ticket: this.ticket, data: JSON.stringify(this.setting) }).catch(function (err) {
+      self.flash("Settings not saved: " + err.message);
+    });
+  };
+
+  App.prototype.setRoomBlocked = function (room, blocked) {
+    var self = this;
+    var list = this.setting.blocked_rooms.filter(function (id) { return id !== room.id; });
+    if (blocked) list.push(room.id);
+    this.setting.blocked_rooms = list;
+    room.blocked = blocked;
+    this.invalidate("rooms", "chat");
+    var call = blocked
+      ? this.t.call("leave", { ticket: this.ticket, id: room.id, nick: this.user.nick })
+      : this.t.call("join", { ticket: this.ticket, id: room.id, nick: this.user.nick });
+    return Promise.all([this.saveSetting(), call.then(function (info) {
+      if (!blocked && info && typeof info === "object") {
+        if (info.count !== undefined) room.count = info.count;
+        if (info.all_count !== undefined) room.all_count = info.all_count;
+      }
+      if (!blocked) {
+        // Messages sent while blocked are in the history; reload it.
+        var chat = self.chats.get(chatKey("multicast", room.id));
+        if (chat) { chat.loaded = false; self.loadHistory(chat); }
+      }
+      self.scheduleRoomCounts();
+    }).catch(function (err) { self.flash(err.message); })]);
+  };
+
+  App.prototype.clearHistory = function (chat) {
+    var self = this;
+    chat.messages = [];
+    chat.keys = {};
+    chat.rev++;
+    this.invalidate("chat");
+    this.t.call("clear_history", { ticket: this.ticket, id: chat.id, type: chat.type }).catch(function (err) {
+      self.flash(err.message);
+    });
+  };
+
+  App.prototype.loadNotifications = function () {
+    var self = this;
+    if (!this.ticket) return;
+    this.t.call("notifications", { ticket: this.ticket }).then(function (list) {
+      self.notifications = (Array.isArray(list) ? list : []).filter(function (n) { return n && n.text; });
+      self.invalidate("notifications");
+    }).catch(function () { /* notifications are optional */ });
+  };
+
+  /** Room counts: there is no push for them (join/leave presences are off by
+   *  default, D9), so refresh from webim/members after presence changes. */
+  App.prototype.scheduleRoomCounts = function () {
+    var self = this;
+    if (this.roomTimer) return;
+    this.roomTimer = setTimeout(function () { self.roomTimer = null; self.refreshRoomCounts(); }, 800);
+  };
+
+  App.prototype.scheduleRoomRefresh = function () {
+    var self = this;
+    clearInterval(this.roomRefreshTimer);
+    this.roomRefreshTimer = setInterval(function () { if (self.ticket) self.refreshRoomCounts(); }, ROOM_REFRESH_MS);
+  };
+
+  App.prototype.refreshRoomCounts = function () {
+    var self = this;
+    if (!this.ticket) return;
+    this.rooms.forEach(function (room) {
+      if (room.blocked) return;
+      self.t.call("members", { ticket: self.ticket, id: room.id }).then(function (list) {
+        if (!Array.isArray(list)) return;
+        room.members = list;
+        room.count = list.filter(function (m) { return m.presence !== "offline"; }).length;
+        self.invalidate("rooms", "chat");
+      }).catch(function () {});
+    });
+  };
+
+  // ---- tabs -----------------------------------------------------------------------
+
+  App.prototype.openTab = function (key, focus) {
+    var i = key.indexOf(":");
+    var chat = this.ensureChat(key.slice(0, i), key.slice(i + 1));
+    if (this.tabs.indexOf(key) < 0) this.tabs.push(key);
+    if (focus) {
+      this.active = key;
+      if (chat) chat.unread = 0;
+      if (this.minimized) this.setMinimized(false);
+    } else if (!this.active) {
+      this.active = key;
+      if (chat && this.isSeen(chat)) chat.unread = 0;
+    }
+    if (chat && !chat.loaded && chat.key === this.active) this.loadHistory(chat);
+    this.saveTabs();
+    this.invalidate("tabs", "chat", "buddies", "rooms", "title");
+    if (focus) this.focusInput = true;
+  };
+
+  App.prototype.closeTab = function (key) {
+    var i = this.tabs.indexOf(key);
+    if (i < 0) return;
+    this.tabs.splice(i, 1);
+    var chat = this.chats.get(key);
+    if (chat) { this.stopTyping(chat, true); chat.unread = 0; }
+    if (this.active === key) this.active = this.tabs[Math.min(i, this.tabs.length - 1)] || null;
+    var next = this.active && this.chats.get(this.active);
+    if (next) { next.unread = 0; if (!next.loaded) this.loadHistory(next); }
+    this.saveTabs();
+    this.invalidate("tabs", "chat", "buddies", "rooms", "title");
+  };
+
+  App.prototype.saveTabs = function () {
+    savePref("tabs", { tabs: this.tabs, active: this.active }, "session");
+  };
+
+  /** Is a chat on screen right now (so a new message is read at once)? */
+  App.prototype.isSeen = function (chat) {
+    return chat.key === this.active && !this.minimized && document.visibilityState !== "hidden" && this.view === "main";
+  };
+
+  App.prototype.totalUnread = function () {
+    var n = 0;
+    this.chats.forEach(function (c) { n += c.unread; });
+    return n;
+  };
+
+  // ---- DOM: build once -------------------------------------------------------------
+
+  App.prototype.build = function () {
+    var self = this;
+    var ui = this.ui;
+    var host = this.opts.container;
+    if (typeof host === "string") host = document.getElementById(host);
+    if (!host) { host = h("div"); document.body.appendChild(host); }
+    ui.root = h("div", { class: "nx-root" + (this.embedded ? " nx-embedded" : " nx-page"), testid: "nextim-root" });
+    host.appendChild(ui.root);
+
+    ui.flash = h("div", { class: "nx-flash", role: "status", "aria-live": "polite", testid: "flash" });
+
+    // Login view (accounts mode only).
+    ui.loginUser = h("input", { name: "username", autocomplete: "username", required: true, testid: "login-username", id: "nx-login-username" });
+    ui.loginPass = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true, testid: "login-password", id: "nx-login-password" });
+    ui.loginError = h("div", { class: "nx-login-error", role: "alert", testid: "login-error" });
+    ui.loginButton = h("button", { type: "submit", class: "nx-btn nx-btn-primary", testid: "login-submit", text: "Sign in" });
+    ui.login = h("form", { class: "nx-login", testid: "login-view", on: { submit: function (e) { e.preventDefault(); self.submitLogin(); } } },
+      h("div", { class: "nx-login-logo", "aria-hidden": "true", text: "💬" }),
+      h("h1", { text: "NextIM" }),
+      h("p", { class: "nx-muted", text: "Sign in to chat" }),
+      h("label", { for: "nx-login-username", text: "User name" }), ui.loginUser,
+      h("label", { for: "nx-login-password", text: "Password" }), ui.loginPass,
+      ui.loginError, ui.loginButton);
+
+    ui.loading = h("div", { class: "nx-center", testid: "loading-view" },
+      h("div", { class: "nx-spinner", "aria-hidden": "true" }),
+      ui.loadingText = h("p", { class: "nx-muted", text: "Connecting…" }));
+
+    ui.offlineView = h("div", { class: "nx-center", testid: "offline-view" },
+      h("p", { text: "You are offline." }),
+      h("button", { class: "nx-btn nx-btn-primary", testid: "go-online", text: "Go online", on: { click: function () { savePref("offline", undefined); self.goOnline(self.show === "offline" ? "available" : self.show, true); } } }));
+
+    ui.authError = h("div", { class: "nx-center", testid: "auth-error-view" },
+      h("p", { text: "Chat is not available: you are not signed in to the site, or your session expired." }),
+      h("button", { class: "nx-btn", text: "Try again", on: { click: function () { self.goOnline(self.show, true); } } }));
+
+    ui.main = this.buildMain();
+    ui.root.appendChild(ui.flash);
+    [ui.login, ui.loading, ui.offlineView, ui.authError, ui.main].forEach(function (v) { v.hidden = true; ui.root.appendChild(v); });
+    if (this.embedded) ui.root.appendChild(this.buildLauncher());
+    this.setView("loading");
+  };
+
+  App.prototype.buildMain = function () {
+    var self = this;
+    var ui = this.ui;
+
+    ui.myAvatar = h("span", { class: "nx-avatar nx-avatar-sm" });
+    ui.myNick = h("span", { class: "nx-my-nick", testid: "my-nick" });
+    ui.presenceDot = h("span", { class: "nx-dot" });
+    ui.presenceLabel = h("span", { testid: "my-presence" });
+    ui.presenceButton = h("button", {
+      class: "nx-presence-btn", type: "button", testid: "presence-button", "aria-haspopup": "menu", "aria-expanded": "false",
+      on: { click: function (e) { e.stopPropagation(); self.togglePresenceMenu(); } }
+    }, ui.presenceDot, ui.presenceLabel, h("span", { class: "nx-caret", "aria-hidden": "true", text: "▾" }));
+    ui.presenceMenu = h("div", { class: "nx-menu", role: "menu", testid: "presence-menu", hidden: true },
+      MENU_SHOWS.map(function (s) {
+        return h("button", {
+          type: "button", role: "menuitem", class: "nx-menu-item", testid: "presence-option-" + s,
+          on: { click: function () { self.closeMenus(); self.setShow(s); } }
+        }, h("span", { class: "nx-dot nx-show-" + s }), SHOW_LABELS[s]);
+      }));
+    ui.statusInput = h("input", {
+      class: "nx-status-input", testid: "status-input", placeholder: "What's on your mind?", maxlength: "140", "aria-label": "Status message",
+      on: {
+        keydown: function (e) { if (e.key === "Enter") { e.preventDefault(); self.setStatusText(ui.statusInput.value.trim()); ui.statusInput.blur(); } },
+        blur: function () { self.setStatusText(ui.statusInput.value.trim()); }
+      }
+    });
+    ui.connState = h("span", { class: "nx-conn", testid: "conn-state", role: "status", "aria-live": "polite" });
+
+    ui.notifCount = h("span", { class: "nx-badge", testid: "notifications-count", hidden: true });
+    ui.notifButton = h("button", { type: "button", class: "nx-icon-btn", title: "Notifications", "aria-label": "Notifications", testid: "notifications-button",
+      on: { click: function (e) { e.stopPropagation(); self.togglePanel("notifications"); } } }, "🔔", ui.notifCount);
+    ui.settingsButton = h("button", { type: "button", class: "nx-icon-btn", title: "Settings", "aria-label": "Settings", testid: "settings-button",
+      on: { click: function (e) { e.stopPropagation(); self.togglePanel("settings"); } } }, "⚙");
+    ui.logoutButton = h("button", { type: "button", class: "nx-btn nx-btn-small", testid: "logout-button", text: "Sign out",
+      hidden: this.tokenMode, on: { click: function () { self.logout(); } } });
+    ui.minButton = this.embedded ? h("button", { type: "button", class: "nx-icon-btn", title: "Minimize", "aria-label": "Minimize", testid: "minimize-button",
+      on: { click: function () { self.setMinimized(true); } } }, "—") : null;
+
+    ui.notifList = h("div", { class: "nx-notif-list", testid: "notification-list" });
+    ui.notifPanel = h("div", { class: "nx-panel", testid: "notifications-panel", hidden: true, on: { click: function (e) { e.stopPropagation(); } } },
+      h("h3", { text: "Notifications" }), ui.notifList);
+
+    ui.settingInputs = {};
+    var settingRows = [
+      ["play_sound", "Play a sound for new messages"],
+      ["msg_auto_pop", "Open a tab when a message arrives"]
+    ].map(function (row) {
+      var box = h("input", { type: "checkbox", testid: "setting-" + row[0], id: "nx-setting-" + row[0],
+        on: { change: function () { self.setting[row[0]] = box.checked; if (row[0] === "play_sound" && box.checked) self.beeper.beep(); self.saveSetting(); } } });
+      ui.settingInputs[row[0]] = box;
+      return h("label", { class: "nx-check", for: "nx-setting-" + row[0] }, box, " ", row[1]);
+    });
+    ui.settingsPanel = h("div", { class: "nx-panel", testid: "settings-panel", hidden: true, on: { click: function (e) { e.stopPropagation(); } } },
+      h("h3", { text: "Settings" }), settingRows);
+
+    var header = h("header", { class: "nx-header" },
+      h("div", { class: "nx-me" }, ui.myAvatar,
+        h("div", { class: "nx-me-text" }, ui.myNick,
+          h("div", { class: "nx-presence-wrap" }, ui.presenceButton, ui.presenceMenu))),
+      ui.statusInput,
+      h("div", { class: "nx-header-right" }, ui.connState, ui.notifButton, ui.settingsButton, ui.logoutButton, ui.minButton),
+      ui.notifPanel, ui.settingsPanel);
+
+    ui.buddyList = h("div", { class: "nx-buddy-list", testid: "buddy-list" });
+    ui.roomList = h("div", { class: "nx-room-list", testid: "room-list" });
+    ui.buddyFilter = h("input", { class: "nx-filter", type: "search", placeholder: "Search buddies", testid: "buddy-filter", "aria-label": "Search buddies",
+      on: { input: function () { self.invalidate("buddies"); } } });
+    var sidebar = h("aside", { class: "nx-sidebar" },
+      ui.buddyFilter,
+      h("section", { class: "nx-section" }, h("h2", { text: "Buddies" }), ui.buddyList),
+      h("section", { class: "nx-section" }, h("h2", { text: "Rooms" }), ui.roomList));
+
+    ui.tabs = h("nav", { class: "nx-tabs", testid: "chat-tabs", role: "tablist" });
+    ui.chat = h("div", { class: "nx-chat", testid: "chat-pane" });
+    var chats = h("section", { class: "nx-chats" }, ui.tabs, ui.chat);
+
+    return h("div", { class: "nx-main", testid: "main-view" }, header, h("div", { class: "nx-body" }, sidebar, chats));
+  };
+
+  App.prototype.buildLauncher = function () {
+    var self = this;
+    this.ui.launcherBadge = h("span", { class: "nx-badge", hidden: true, testid: "launcher-unread" });
+    this.ui.launcher = h("button", { type: "button", class: "nx-launcher", testid: "launcher", hidden: true,
+      on: { click: function () { self.setMinimized(false); } } }, "💬 Chat ", this.ui.launcherBadge);
+    return this.ui.launcher;
+  };
+
+  App.prototype.setMinimized = function (min) {
+    this.minimized = min;
+    savePref("minimized", min);
+    var chat = this.active && this.chats.get(this.active);
+    if (!min && chat) chat.unread = 0;
+    this.invalidate("all");
+  };
+
+  App.prototype.bindGlobalEvents = function () {
+    var self = this;
+    var unlock = function () { self.beeper.unlock(); };
+    document.addEventListener("pointerdown", unlock, { once: true, capture: true });
+    document.addEventListener("keydown", unlock, { once: true, capture: true });
+    document.addEventListener("click", function () { self.closeMenus(); });
+    document.addEventListener("keydown", function (e) { if (e.key === "Escape") self.closeMenus(); });
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "visible") {
+        var chat = self.active && self.chats.get(self.active);
+        if (chat && chat.unread) { chat.unread = 0; self.invalidate("tabs", "buddies", "rooms", "title"); }
+      }
+    });
+    // Reload/close: tell the server this tab's session ends now, so its
+    // grace timer starts at once (D5) and a reload never flaps presence.
+    global.addEventListener("pagehide", function () {
+      if (self.ticket && self.conn !== "offline") {
+        self.t.beacon("refresh", { ticket: self.ticket });
+        self.resetSession();
+        self.pagehidden = true;
+      }
+    });
+    // Back from the back/forward cache: the old ticket is gone.
+    global.addEventListener("pageshow", function (e) {
+      if (e.persisted && self.pagehidden) { self.pagehidden = false; self.reonline(); }
+    });
+  };
+
+  App.prototype.closeMenus = function () {
+    var ui = this.ui;
+    if (!ui.presenceMenu) return;
+    ui.presenceMenu.hidden = true;
+    ui.presenceButton.setAttribute("aria-expanded", "false");
+    ui.notifPanel.hidden = true;
+    ui.settingsPanel.hidden = true;
+  };
+
+  App.prototype.togglePresenceMenu = function () {
+    var open = this.ui.presenceMenu.hidden;
+    this.closeMenus();
+    this.ui.presenceMenu.hidden = !open;
+    this.ui.presenceButton.setAttribute("aria-expanded", open ? "true" : "false");
+  };
+
+  App.prototype.togglePanel = function (which) {
+    var panel = which === "notifications" ? this.ui.notifPanel : this.ui.settingsPanel;
+    var open = panel.hidden;
+    this.closeMenus();
+    panel.hidden = !open;
+    if (open && which === "notifications") {
+      savePref("notif_seen", this.newestNotificationTime());
+      this.invalidate("notifications");
+    }
+  };
+
+  App.prototype.submitLogin = function () {
+    var self = this;
+    var ui = this.ui;
+    ui.loginError.textContent = "";
+    ui.loginButton.disabled = true;
+    this.t.call("login", { username: ui.loginUser.value.trim(), password: ui.loginPass.value }).then(function () {
+      ui.loginPass.value = "";
+      ui.loginButton.disabled = false;
+      savePref("offline", undefined);
+      return self.goOnline(self.show === "offline" ? "available" : self.show, true);
+    }).catch(function (err) {
+      ui.loginButton.disabled = false;
+      ui.loginError.textContent = err.status === 401 ? "Wrong user name or password." : err.message;
+      ui.loginPass.select();
+    });
+  };
+
+  App.prototype.flash = function (text) {
+    var el = this.ui.flash;
+    el.textContent = text;
+    el.classList.add("nx-flash-on");
+    clearTimeout(this.flashTimer);
+    this.flashTimer = setTimeout(function () { el.classList.remove("nx-flash-on"); }, 4000);
+  };
+
+  // ---- DOM: state -> view -------------------------------------------------------------
+
+  App.prototype.setView = function (view, detail) {
+    this.view = view;
+    var ui = this.ui;
+    ui.login.hidden = view !== "login";
+    ui.loading.hidden = view !== "loading";
+    ui.offlineView.hidden = view !== "offline";
+    ui.authError.hidden = view !== "autherror";
+    ui.main.hidden = view !== "main";
+    ui.root.dataset.view = view;
+    if (view === "loading") ui.loadingText.textContent = detail ? "Connecting… (" + detail + ")" : "Connecting…";
+    if (view === "login") setTimeout(function () { ui.loginUser.focus(); }, 0);
+    this.invalidate("title");
+  };
+
+  App.prototype.setConn = function (state, detail) {
+    if (this.conn === state && !detail) return;
+    this.conn = state;
+    this.connDetail = detail || "";
+    this.invalidate("header");
+  };
+
+  /** Coalesce re-renders: many packets in one batch → one paint. setTimeout
+   *  rather than requestAnimationFrame so hidden tabs keep their title and
+   *  counters current. */
+  App.prototype.invalidate = function () {
+    for (var i = 0; i < arguments.length; i++) this.dirty[arguments[i]] = true;
+    if (this.renderTimer) return;
+    var self = this;
+    this.renderTimer = setTimeout(function () { self.renderTimer = null; self.render(); }, 0);
+  };
+
+  App.prototype.render = function () {
+    var d = this.dirty;
+    this.dirty = {};
+    var all = d.all;
+    if (all || d.header) this.renderHeader();
+    if (all || d.buddies) this.renderBuddies();
+    if (all || d.rooms) this.renderRooms();
+    if (all || d.tabs) this.renderTabs();
+    if (all || d.chat) this.renderChat();
+    if (all || d.notifications) this.renderNotifications();
+    if (all || d.title || d.tabs || d.chat) this.renderTitle();
+  };
+
+  var CONN_LABELS = { connecting: "Connecting…", online: "Online", reconnecting: "Reconnecting…", offline: "Offline" };
+
+  App.prototype.renderHeader = function () {
+    var ui = this.ui;
+    var u = this.user || {};
+    ui.myNick.textContent = u.nick || u.id || "";
+    this.fillAvatar(ui.myAvatar, u);
+    var show = this.conn === "offline" ? "offline" : this.show;
+    ui.presenceDot.className = "nx-dot nx-show-" + show;
+    ui.presenceLabel.textContent = SHOW_LABELS[show] || show;
+    ui.presenceButton.dataset.show = show;
+    if (document.activeElement !== ui.statusInput) ui.statusInput.value = this.status || "";
+    ui.connState.textContent = this.conn;
+    ui.connState.dataset.state = this.conn;
+    ui.connState.title = (CONN_LABELS[this.conn] || this.conn) + (this.connDetail ? " — " + this.connDetail : "");
+    ui.root.dataset.conn = this.conn;
+    Object.keys(ui.settingInputs).forEach(function (k) { ui.settingInputs[k].checked = this.setting[k] !== false; }, this);
+    if (this.embedded) {
+      ui.root.classList.toggle("nx-min", !!this.minimized && this.view === "main");
+      ui.launcher.hidden = !this.minimized || this.view !== "main";
+    }
+  };
+
+  App.prototype.fillAvatar = function (el, who) {
+    clear(el);
+    el.style.setProperty("--nx-hue", String(hue(who.id || "")));
+    var src = who.pic_url && isHttpUrl(who.pic_url);
+    if (src) {
+      var img = h("img", { src: src, alt: "", referrerpolicy: "no-referrer", loading: "lazy" });
+      // A broken picture falls back to initials.
+      img.addEventListener("error", function () { clear(el); el.textContent = initials(who.nick, who.id); });
+      el.appendChild(img);
+    } else {
+      el.textContent = initials(who.nick, who.id);
+    }
+  };
+
+  function showRank(b) {
+    if (b.presence !== "online") return 9;
+    return { chat: 0, available: 0, away: 1, dnd: 2 }[b.show] !== undefined ? { chat: 0, available: 0, away: 1, dnd: 2 }[b.show] : 3;
+  }
+
+  App.prototype.renderBuddies = function () {
+    var self = this;
+    var list = this.ui.buddyList;
+    var filter = (this.ui.buddyFilter.value || "").trim().toLowerCase();
+    var groups = new Map();
+    this.buddies.forEach(function (b) {
+      if (filter && String(b.nick).toLowerCase().indexOf(filter) < 0 && String(b.id).toLowerCase().indexOf(filter) < 0) return;
+      var g = b.group || "Buddies";
+      if (!groups.has(g)) groups.set(g, []);
+      groups.get(g).push(b);
+    });
+    var names = Array.from(groups.keys()).sort(function (a, b) {
+      // Strangers go last, like the reference UI.
+      var sa = /stranger/i.test(a) ? 1 : 0;
+      var sb = /stranger/i.test(b) ? 1 : 0;
+      return sa - sb || a.localeCompare(b);
+    });
+    clear(list);
+    if (!names.length) list.appendChild(h("p", { class: "nx-empty", text: filter ? "No match." : "No buddies yet." }));
+    names.forEach(function (name) {
+      var members = groups.get(name).sort(function (a, b) {
+        return showRank(a) - showRank(b) || String(a.nick).localeCompare(String(b.nick));
+      });
+      var online = members.filter(function (b) { return b.presence === "online"; }).length;
+      list.appendChild(h("div", { class: "nx-group", testid: "buddy-group-" + name },
+        h("h3", { class: "nx-group-title" }, h("span", { text: name }), h("span", { class: "nx-muted", text: online + "/" + members.length })),
+        h("ul", { class: "nx-list" }, members.map(function (b) { return self.buddyItem(b); }))));
+    });
+  };
+
+  App.prototype.buddyItem = function (b) {
+    var self = this;
+    var key = chatKey("unicast", b.id);
+    var chat = this.chats.get(key);
+    var unread = chat ? chat.unread : 0;
+    var show = b.presence === "online" ? (b.show || "available") : "offline";
+    var avatar = h("span", { class: "nx-avatar" });
+    this.fillAvatar(avatar, b);
+    return h("li", { class: "nx-item" + (b.presence === "online" ? " nx-online" : " nx-offline") + (key === this.active ? " nx-current" : "") },
+      h("button", { type: "button", class: "nx-item-btn", testid: "buddy-" + b.id, data: { presence: b.presence },
+        on: { click: function () { self.openTab(key, true); } } },
+        h("span", { class: "nx-avatar-wrap" }, avatar, h("span", { class: "nx-dot nx-dot-badge nx-show-" + show })),
+        h("span", { class: "nx-item-text" },
+          h("span", { class: "nx-item-title", testid: "buddy-nick-" + b.id, text: b.nick || b.id }),
+          h("span", { class: "nx-item-sub" },
+            h("span", { class: "nx-presence-text", testid: "buddy-presence-" + b.id, data: { presence: b.presence, show: show }, text: SHOW_LABELS[show] || show }),
+            b.status ? h("span", { class: "nx-status-text", testid: "buddy-status-" + b.id, text: " · " + b.status }) : null)),
+        unread ? h("span", { class: "nx-badge", testid: "buddy-unread-" + b.id, text: String(unread) }) : null));
+  };
+
+  App.prototype.renderRooms = function () {
+    var self = this;
+    var list = this.ui.roomList;
+    clear(list);
+    var rooms = Array.from(this.rooms.values()).sort(function (a, b) { return String(a.nick).localeCompare(String(b.nick)); });
+    if (!rooms.length) list.appendChild(h("p", { class: "nx-empty", text: "No rooms." }));
+    list.appendChild(h("ul", { class: "nx-list" }, rooms.map(function (r) { return self.roomItem(r); })));
+  };
+
+  App.prototype.roomItem = function (r) {
+    var self = this;
+    var key = chatKey("multicast", r.id);
+    var chat = this.chats.get(key);
+    var unread = chat ? chat.unread : 0;
+    var avatar = h("span", { class: "nx-avatar nx-avatar-room", text: "#" });
+    return h("li", { class: "nx-item" + (r.blocked ? " nx-blocked" : "") + (key === this.active ? " nx-current" : "") },
+      h("button", { type: "button", class: "nx-item-btn", testid: "room-" + r.id, data: { blocked: String(!!r.blocked) },
+        on: { click: function () { self.openTab(key, true); } } },
+        h("span", { class: "nx-avatar-wrap" }, avatar),
+        h("span", { class: "nx-item-text" },
+          h("span", { class: "nx-item-title", text: r.nick || r.id }),
+          h("span", { class: "nx-item-sub" },
+            r.blocked ? h("span", { text: "blocked" })
+              : h("span", { testid: "room-count-" + r.id, data: { count: String(r.count || 0) }, text: (r.count || 0) + " online" + (r.all_count ? " of " + r.all_count : "") }))),
+        unread ? h("span", { class: "nx-badge", testid: "room-unread-" + r.id, text: String(unread) }) : null),
+      h("button", { type: "button", class: "nx-btn nx-btn-small nx-room-block", testid: "room-block-" + r.id,
+        title: r.blocked ? "Join the room again" : "Stop receiving this room's messages",
+        text: r.blocked ? "Unblock" : "Block",
+        on: { click: function () { self.setRoomBlocked(r, !r.blocked); } } }));
+  };
+
+  App.prototype.chatTitle = function (chat) {
+    if (chat.type === "unicast") { var b = this.buddies.get(chat.id); return b ? (b.nick || b.id) : chat.id; }
+    var r = this.rooms.get(chat.id);
+    return r ? (r.nick || r.id) : chat.id;
+  };
+
+  App.prototype.renderTabs = function () {
+    var self = this;
+    var nav = this.ui.tabs;
+    clear(nav);
+    this.tabs.forEach(function (key) {
+      var chat = self.chats.get(key);
+      if (!chat) return;
+      var tid = chat.type + "-" + chat.id;
+      var dot = null;
+      if (chat.type === "unicast") {
+        var b = self.buddies.get(chat.id);
+        dot = h("span", { class: "nx-dot nx-show-" + (b && b.presence === "online" ? b.show : "offline") });
+      } else {
+        dot = h("span", { class: "nx-tab-hash", text: "#" });
+      }
+      nav.appendChild(h("div", { class: "nx-tab" + (key === self.active ? " nx-tab-active" : ""), role: "presentation" },
+        h("button", { type: "button", role: "tab", class: "nx-tab-btn", testid: "tab-" + tid, "aria-selected": String(key === self.active),
+          on: { click: function () { self.openTab(key, true); } } },
+          dot, h("span", { class: "nx-tab-label", text: self.chatTitle(chat) }),
+          chat.unread ? h("span", { class: "nx-badge", testid: "tab-unread-" + tid, text: String(chat.unread) }) : null),
+        h("button", { type: "button", class: "nx-tab-close", testid: "tab-close-" + tid, "aria-label": "Close", text: "×",
+          on: { click: function () { self.closeTab(key); } } })));
+    });
+  };
+
+  App.prototype.renderChat = function () {
+    var chat = this.active && this.chats.get(this.active);
+    var pane = this.ui.chat;
+    if (!chat) {
+      this.paneKey = null;
+      clear(pane);
+      pane.dataset.chat = "";
+      pane.appendChild(h("div", { class: "nx-center nx-muted", testid: "chat-empty" },
+        h("div", { class: "nx-big-icon", "aria-hidden": "true", text: "💬" }),
+        h("p", { text: "Pick a buddy or a room to start chatting." })));
+      return;
+    }
+    if (this.paneKey !== chat.key) this.buildChatPane(chat);
+    this.updateChatPane(chat);
+  };
+
+  /** Build the static parts of the chat pane when the active chat changes. */
+  App.prototype.buildChatPane = function (chat) {
+    var self = this;
+    var ui = this.ui;
+    var pane = ui.chat;
+    clear(pane);
+    this.paneKey = chat.key;
+    this.paneRev = -1;
+    this.paneCount = 0;
+    pane.dataset.chat = chat.key;
+    ui.chatTitle = h("h2", { class: "nx-chat-title", testid: "chat-title" });
+    ui.chatSub = h("div", { class: "nx-chat-sub", testid: "chat-subtitle" });
+    ui.chatActions = h("div", { class: "nx-chat-actions" });
+    ui.messages = h("div", { class: "nx-messages", testid: "messages", role: "log", "aria-live": "polite" });
+    ui.typing = h("div", { class: "nx-typing", testid: "typing-indicator", hidden: true });
+    ui.members = h("ul", { class: "nx-members", testid: "room-members" });
+    ui.input = h("textarea", {
+      class: "nx-input", testid: "chat-input", rows: "1", placeholder: "Write a message…", "aria-label": "Message",
+      on: {
+        keydown: function (e) {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); self.submitInput(chat); }
+        },
+        input: function () { chat.draft = ui.input.value; if (ui.input.value) self.noteTyping(chat); else self.stopTyping(chat, true); self.autoGrow(); }
+      }
+    });
+    ui.input.value = chat.draft || "";
+    ui.sendButton = h("button", { type: "button", class: "nx-btn nx-btn-primary", testid: "chat-send", text: "Send",
+      on: { click: function () { self.submitInput(chat); } } });
+    ui.composer = h("form", { class: "nx-composer", on: { submit: function (e) { e.preventDefault(); self.submitInput(chat); } } }, ui.input, ui.sendButton);
+    ui.blockedNote = h("div", { class: "nx-blocked-note", testid: "room-blocked-note", hidden: true },
+      "You blocked this room; its messages are not delivered to you. ",
+      h("button", { type: "button", class: "nx-btn nx-btn-small", text: "Unblock", on: { click: function () { var r = self.rooms.get(chat.id); if (r) self.setRoomBlocked(r, false); } } }));
+    var body = h("div", { class: "nx-chat-body" }, h("div", { class: "nx-chat-main" }, ui.messages, ui.typing, ui.blockedNote, ui.composer),
+      chat.type === "multicast" ? h("aside", { class: "nx-members-wrap" }, h("h3", { text: "Members" }), ui.members) : null);
+    pane.appendChild(h("div", { class: "nx-chat-head" }, h("div", {}, ui.chatTitle, ui.chatSub), ui.chatActions));
+    pane.appendChild(body);
+    if (chat.type === "unicast") {
+      ui.chatActions.appendChild(this.clearButton(chat));
+    } else if (this.ticket) {
+      this.scheduleRoomCounts();
+    }
+    if (!chat.loaded) this.loadHistory(chat);
+  };
+
+  App.prototype.clearButton = function (chat) {
+    var self = this;
+    var armed = false;
+    var btn = h("button", { type: "button", class: "nx-btn nx-btn-small", testid: "chat-clear", text: "Clear history",
+      on: {
+        click: function () {
+          // Two clicks instead of confirm(): no modal dialogs in an embed.
+          if (!armed) { armed = true; btn.textContent = "Click again to clear"; setTimeout(function () { armed = false; btn.textContent = "Clear history"; }, 3000); return; }
+          armed = false;
+          btn.textContent = "Clear history";
+          self.clearHistory(chat);
+        }
+      } });
+    return btn;
+  };
+
+  App.prototype.submitInput = function (chat) {
+    var ui = this.ui;
+    var room = chat.type === "multicast" ? this.rooms.get(chat.id) : null;
+    if (room && room.blocked) return;
+    var body = ui.input.value.replace(/\s+$/, "");
+    if (!body.trim()) return;
+    ui.input.value = "";
+    chat.draft = "";
+    this.autoGrow();
+    this.sendMessage(chat, body);
+    ui.input.focus();
+  };
+
+  App.prototype.autoGrow = function () {
+    var el = this.ui.input;
+    if (!el) return;
+    el.style.height = "auto";
+    el.style.height = Math.min(el.scrollHeight, 140) + "px";
+  };
+
+  App.prototype.updateChatPane = function (chat) {
+    var ui = this.ui;
+    ui.chatTitle.textContent = this.chatTitle(chat);
+    clear(ui.chatSub);
+    if (chat.type === "unicast") {
+      var b = this.buddies.get(chat.id) || { presence: "offline" };
+      var show = b.presence === "online" ? (b.show || "available") : "offline";
+      ui.chatSub.appendChild(h("span", { class: "nx-dot nx-show-" + show }));
+      ui.chatSub.appendChild(h("span", { text: " " + (SHOW_LABELS[show] || show) + (b.status ? " · " + b.status : "") }));
+    } else {
+      var r = this.rooms.get(chat.id) || {};
+      ui.chatSub.textContent = r.blocked ? "Blocked" : (r.count || 0) + " online" + (r.all_count ? " of " + r.all_count + " members" : "");
+      this.renderMembers(r);
+      ui.blockedNote.hidden = !r.blocked;
+      ui.composer.hidden = !!r.blocked;
+    }
+    this.renderMessages(chat);
+    this.renderTyping(chat);
+    if (this.isSeen(chat) && chat.unread) { chat.unread = 0; this.invalidate("tabs", "buddies", "rooms", "title"); }
+    if (this.focusInput) { this.focusInput = false; ui.input.focus(); }
+  };
+
+  App.prototype.renderMembers = function (room) {
+    var self = this;
+    var ul = this.ui.members;
+    clear(ul);
+    var members = (room.members || []).slice().sort(function (a, b) {
+      return (a.presence === "offline") - (b.presence === "offline") || String(a.nick).localeCompare(String(b.nick));
+    });
+    members.forEach(function (m) {
+      var on = m.presence !== "offline";
+      var show = on ? (m.show && m.show !== "unavailable" ? m.show : "available") : "offline";
+      ul.appendChild(h("li", { class: on ? "nx-online" : "nx-offline", testid: "member-" + m.id, data: { presence: on ? "online" : "offline" } },
+        h("span", { class: "nx-dot nx-show-" + show }), " ", m.nick || m.id, self.user && m.id === self.user.id ? " (you)" : ""));
+    });
+  };
+
+  /** Append new messages; rebuild only when the list was replaced. Keep the
+   *  view pinned to the bottom unless the user scrolled up to read. */
+  App.prototype.renderMessages = function (chat) {
+    var box = this.ui.messages;
+    var atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    var msgs = chat.messages;
+    var rebuild = this.paneRev !== chat.rev || this.paneCount > msgs.length;
+    if (rebuild) {
+      clear(box);
+      this.paneCount = 0;
+      this.paneRev = chat.rev;
+      this.lastDay = null;
+      atBottom = true;
+      if (!chat.loaded && !msgs.length) {
+        box.appendChild(h("p", { class: "nx-muted nx-center-text", testid: "history-loading", text: chat.error ? "Could not load history: " + chat.error : "Loading history…" }));
+        if (!chat.pending.length) return;
+      }
+    }
+    var list = chat.loaded ? msgs : msgs.concat(chat.pending);
+    if (rebuild && !list.length && chat.loaded) box.appendChild(h("p", { class: "nx-muted nx-center-text", testid: "no-messages", text: "No messages yet. Say hello!" }));
+    for (var i = this.paneCount; i < list.length; i++) {
+      if (i === 0 && box.querySelector("[data-testid=no-messages]")) clear(box);
+      this.appendMessage(box, list[i], chat);
+    }
+    this.paneCount = list.length;
+    if (atBottom) box.scrollTop = box.scrollHeight;
+  };
+
+  App.prototype.appendMessage = function (box, m, chat) {
+    var self = this;
+    var mine = this.user && m.from === this.user.id;
+    var day = dayLabel(m.timestamp, this.skew);
+    if (day !== this.lastDay) {
+      this.lastDay = day;
+      box.appendChild(h("div", { class: "nx-day", text: day }));
+    }
+    var body = h("div", { class: "nx-msg-body", testid: "msg-body" });
+    linkify(body, String(m.body === undefined || m.body === null ? "" : m.body));
+    applyMessageStyle(body, m.style);
+    var exact = new Date(parseFloat(m.timestamp) - this.skew);
+    var meta = h("div", { class: "nx-msg-meta" },
+      h("span", { class: "nx-msg-nick", testid: "msg-nick", text: mine ? "You" : (m.nick || m.from) }),
+      h("time", { class: "nx-msg-time", testid: "msg-time", datetime: isFinite(exact.getTime()) ? exact.toISOString() : "", title: isFinite(exact.getTime()) ? exact.toLocaleString() : "",
+        text: formatTime(m.timestamp, this.skew) }));
+    var row = h("div", { class: "nx-msg" + (mine ? " nx-mine" : ""), testid: "message", data: { from: String(m.from), state: m.state || "stored" } }, meta, body);
+    if (m.local && m.state === "sending") row.appendChild(h("div", { class: "nx-msg-state", text: "sending…" }));
+    if (m.local && m.state === "failed") {
+      row.appendChild(h("div", { class: "nx-msg-state nx-failed", testid: "msg-failed" }, "Not sent (" + (m.error || "error") + ") ",
+        h("button", { type: "button", class: "nx-link-btn", text: "Retry", on: { click: function () { self.retryMessage(chat, m); } } })));
+    }
+    box.appendChild(row);
+  };
+
+  App.prototype.renderTyping = function (chat) {
+    var el = this.ui.typing;
+    var on = chat.type === "unicast" && chat.typingUntil > Date.now();
+    el.hidden = !on;
+    el.textContent = on ? chat.typingNick + " is typing…" : "";
+  };
+
+  App.prototype.newestNotificationTime = function () {
+    var t = 0;
+    this.notifications.forEach(function (n) { var x = notifTime(n.time); if (x > t) t = x; });
+    return t || 1;
+  };
+
+  function notifTime(v) {
+    if (typeof v === "number") return v < 1e12 ? v * 1000 : v;
+    var p = Date.parse(v);
+    if (isFinite(p)) return p;
+    var f = parseFloat(v);
+    return isFinite(f) ? (f < 1e12 ? f * 1000 : f) : 0;
+  }
+
+  App.prototype.renderNotifications = function () {
+    var self = this;
+    var ui = this.ui;
+    var seen = loadPref("notif_seen", 0);
+    var unseen = this.notifications.filter(function (n) { return notifTime(n.time) > seen || (!n.time && !seen); }).length;
+    ui.notifCount.hidden = !unseen;
+    ui.notifCount.textContent = String(unseen);
+    clear(ui.notifList);
+    if (!this.notifications.length) ui.notifList.appendChild(h("p", { class: "nx-empty", text: "Nothing new." }));
+    this.notifications.forEach(function (n) {
+      var text = h("div", { class: "nx-notif-text", testid: "notification-text" });
+      text.appendChild(sanitizeHtml(n.text));
+      var link = n.link && isHttpUrl(n.link);
+      var t = notifTime(n.time);
+      ui.notifList.appendChild(h("div", { class: "nx-notif", testid: "notification" }, text,
+        h("div", { class: "nx-notif-meta" },
+          t ? h("span", { class: "nx-muted", text: formatTime(t, self.skew) }) : null,
+          link ? h("a", { href: link, target: "_blank", rel: "noopener noreferrer", text: "Open" }) : null)));
+    });
+  };
+
+  App.prototype.renderTitle = function () {
+    var n = this.totalUnread();
+    if (this.embedded) {
+      this.ui.launcherBadge.hidden = !n;
+      this.ui.launcherBadge.textContent = String(n);
+      return;
+    }
+    var base = this.opts.title || "NextIM";
+    document.title = (n ? "(" + n + ") " : "") + base;
+  };
+
+  // ---------------------------------------------------------------------------
+  // Public API
+
+  var NextIM = global.NextIM || {};
+  NextIM._cb = NextIM._cb || {};
+  NextIM.apps = NextIM.apps || [];
+  NextIM.version = "1.0.0";
+
+  /**
+   * Start a client.
+   *   server:    daemon base URL ("" = this origin, page mode)
+   *   jsonp:     true for cross-origin embedding (every call is a <script> GET)
+   *   token:     JWT that identifies the user (token auth mode, D13)
+   *   getToken:  optional function returning a (promise of a) fresh token
+   *   container: element or id to render into (default: a floating widget)
+   *   css:       false to skip loading <server>/static/style.css in embed mode
+   */
+  NextIM.start = function (options) {
+    var opts = Object.assign({}, options || {});
+    if (opts.embedded === undefined) opts.embedded = !opts.container;
+    if (opts.server === undefined) opts.server = "";
+    if (opts.jsonp && !opts.server) throw new Error("NextIM.start: jsonp mode needs the daemon's server URL");
+    if (opts.server && opts.css !== false) ensureStylesheet(String(opts.server).replace(/\/$/, "") + "/static/style.css");
+    var app = new App(opts);
+    NextIM.apps.push(app);
+    app.begin();
+    return app;
+  };
+
+  function ensureStylesheet(href) {
+    var links = document.querySelectorAll("link[rel=stylesheet]");
+    for (var i = 0; i < links.length; i++) if (links[i].href === href) return;
+    document.head.appendChild(h("link", { rel: "stylesheet", href: href }));
+  }
+
+  // Exposed for tests and for host pages that want the same helpers.
+  NextIM._sanitize = sanitizeHtml;
+  NextIM._formatTime = formatTime;
+  NextIM._backoff = backoffDelay;
+
+  global.NextIM = NextIM;
+
+  // Page mode: index.html marks its container; no inline script needed (so
+  // the daemon can send a strict Content-Security-Policy).
+  function autostart() {
+    var el = document.querySelector("[data-nextim-autostart]");
+    if (el && !el.dataset.nextimStarted) {
+      el.dataset.nextimStarted = "1";
+      NextIM.start({ container: el, embedded: false, server: el.getAttribute("data-server") || "" });
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autostart);
+  else autostart();
+})(window);

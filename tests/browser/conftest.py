@@ -1,0 +1,245 @@
+"""Fixtures for the browser tests: a real ``twistd nextim --demo`` process and
+headless Debian Chromium driven by Playwright's *sync* API.
+
+These are plain synchronous pytest functions. They never touch the Twisted
+reactor (pytest-twisted is installed for the other tests, but the sync
+Playwright API must not run inside a running reactor).
+
+Set up once per machine::
+
+    apt-get install -y chromium && pip install playwright   # never `playwright install`
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - reported as a skip below
+    sync_playwright = None
+    expect = None
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+STATIC_DIR = REPO_ROOT / "nextim_twisted" / "web" / "static"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SHORT_TIMERS = "[timers]\nuser_grace = 2\nsession_idle = 5\npoll_hold = 10\n"
+USER_GRACE = 2  # seconds, as in SHORT_TIMERS
+NICKS = {"alice": "Alice", "bob": "Bob", "carol": "Carol"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "browser: drives headless Chromium with the sync Playwright API "
+                   "(plain sync test, no Twisted reactor)")
+
+
+def twistd_command():
+    """argv prefix that runs twistd with this Python (``twist`` has no --nodaemon)."""
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """A running daemon: ``url``, ``workdir``, ``logs()``."""
+
+    def __init__(self, argv, workdir, port):
+        self.argv = argv
+        self.workdir = workdir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+        self._out = None
+        self._err = None
+
+    def start(self, timeout=20.0):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)
+        self._out = open(self.workdir / "daemon.stdout", "wb")
+        self._err = open(self.workdir / "daemon.stderr", "wb")
+        self.proc = subprocess.Popen(self.argv, cwd=self.workdir, env=env,
+                                     stdout=self._out, stderr=self._err)
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"daemon did not answer GET / within {timeout} s ({last})\n{self.logs()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for f in (self._out, self._err):
+            if f and not f.closed:
+                f.close()
+
+    def logs(self, tail=12000):
+        parts = []
+        for name in ("daemon.stdout", "daemon.stderr"):
+            p = self.workdir / name
+            if p.exists():
+                text = p.read_text(errors="replace")
+                parts.append(f"----- {name} (last {tail} chars) -----\n{text[-tail:]}")
+        return "\n".join(parts)
+
+
+def start_daemon(workdir, extra_args=(), config_text=SHORT_TIMERS, demo=True):
+    port = free_port()
+    (workdir / "short_timers.toml").write_text(config_text)
+    argv = twistd_command() + ["--nodaemon", "--pidfile=", "nextim"]
+    if demo:
+        argv.append("--demo")
+    argv += ["--listen", f"tcp:{port}:interface=127.0.0.1", "--config", "short_timers.toml", *extra_args]
+    return DaemonProcess(argv, workdir, port).start()
+
+
+_daemons = []
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    """One demo daemon for the whole browser test session."""
+    d = start_daemon(tmp_path_factory.mktemp("nextim-daemon"))
+    _daemons.append(d)
+    try:
+        yield d
+    finally:
+        d.stop()
+        _daemons.remove(d)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if sync_playwright is None:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        expect.set_options(timeout=6000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageWatch:
+    """What a page did that a test must not allow: dialogs and uncaught errors."""
+
+    def __init__(self, page, label):
+        self.label = label
+        self.dialogs = []
+        self.errors = []
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _dialog(self, dialog):
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def pages(browser, request):
+    """Factory: ``pages.new(url, label)`` opens a page in a fresh browser
+    context (own cookies and storage = another person). At teardown every
+    client goes offline cleanly, and any dialog or page error fails the test."""
+    opened = []
+
+    class Factory:
+        def new(self, url, label="page", viewport=(1200, 760)):
+            ctx = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            page = ctx.new_page()
+            watch = PageWatch(page, label)
+            opened.append((label, ctx, page, watch))
+            if url:
+                page.goto(url)
+            return page
+
+        def watches(self):
+            return [w for _, _, _, w in opened]
+
+    request.node._nextim_pages = opened
+    yield Factory()
+    for _, ctx, page, _ in opened:
+        try:
+            if not page.is_closed():
+                page.evaluate("() => Promise.all(((window.NextIM && NextIM.apps) || []).map(a => a.stop()))")
+        except Exception:
+            pass
+        ctx.close()
+    problems = [f"{w.label}: dialog {d}" for _, _, _, w in opened for d in w.dialogs]
+    problems += [f"{w.label}: page error {e}" for _, _, _, w in opened for e in w.errors]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def login(pages, daemon):
+    """``login("alice")`` → a page signed in as alice, comet online."""
+
+    def _login(user, password=None):
+        page = pages.new(daemon.url + "/", label=user)
+        sign_in(page, user, password or user)
+        expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
+        expect(page.get_by_test_id("my-nick")).to_have_text(NICKS.get(user, user))
+        return page
+
+    return _login
+
+
+def sign_in(page, user, password):
+    page.get_by_test_id("login-username").fill(user)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure: a screenshot of every open page into test-artifacts/, and
+    the daemon's log in the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when not in ("call", "setup", "teardown") or not rep.failed:
+        return
+    opened = getattr(item, "_nextim_pages", None) or []
+    if opened:
+        ARTIFACTS.mkdir(exist_ok=True)
+    for i, (label, _ctx, page, _w) in enumerate(opened):
+        try:
+            if not page.is_closed():
+                path = ARTIFACTS / f"{item.name}-{rep.when}-{i}-{label}.png"
+                page.screenshot(path=str(path), full_page=True)
+                rep.sections.append(("screenshot", str(path)))
+        except Exception as e:  # a crashed page must not hide the real failure
+            rep.sections.append(("screenshot failed", f"{label}: {e}"))
+    for d in _daemons:
+        rep.sections.append((f"daemon log ({d.url})", d.logs()))
+
