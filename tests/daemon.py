@@ -1,0 +1,343 @@
+"""A real ``twistd -n nextim`` process for end-to-end tests, and a small blocking
+HTTP client to drive it.
+
+Nothing here uses the Twisted reactor: the tests that use it are plain synchronous
+pytest functions; long polls run in threads.
+
+Usage::
+
+    d = Daemon()                     # or Daemon({"storage": {"backend": "postgres", "dsn": ...}})
+    d.start()
+    c = d.client()
+    r = c.post("/webim/online", {}, headers={"Authorization": "Bearer " + d.token("alice", "Alice")})
+    r.status, r.headers["content-type"], r.json()
+    d.admin("PUT", "/admin/users/bob", {"nick": "Bob"})
+    d.stop()                          # SIGTERM and wait; d.kill9(); d.restart()
+
+``Daemon`` is also a context manager (``start`` on enter, ``stop`` + cleanup on exit).
+"""
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+import jwt
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DaemonError(AssertionError):
+    """The daemon did not start or stop as expected; the message carries its log."""
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistd_command():
+    """argv prefix that runs twistd with this Python."""
+    exe = shutil.which("twistd")
+    if exe:
+        return [exe]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+# -- TOML ------------------------------------------------------------------------
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config):
+    """``{section: {key: value}}`` as TOML text (flat sections only)."""
+    lines = []
+    for section, keys in config.items():
+        lines.append(f"[{section}]")
+        for key, value in keys.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- HTTP ------------------------------------------------------------------------
+
+class Response:
+    """A finished HTTP answer: ``status``, ``headers`` (lower-case names), ``body`` (bytes)."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8")
+
+    @property
+    def content_type(self):
+        return self.headers.get("content-type", "").split(";")[0].strip()
+
+    def json(self):
+        """The body parsed as JSON (raises with the body shown if it is not JSON)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise AssertionError(f"not JSON (status {self.status}): {self.body[:500]!r}") from None
+
+    def jsonp(self, callback):
+        """The JSON inside a D1 JSONP body ``/**/<callback>(<json>);``."""
+        text = self.text
+        prefix, suffix = f"/**/{callback}(", ");"
+        if not (text.startswith(prefix) and text.endswith(suffix)):
+            raise AssertionError(f"not a JSONP body for {callback}: {text[:500]!r}")
+        return json.loads(text[len(prefix):-len(suffix)])
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.content_type} {self.body[:300]!r}>"
+
+
+class Client:
+    """Blocking HTTP client (stdlib ``http.client``), one connection per request, so
+    one instance may be shared by threads.
+
+    :param base_url: ``http://127.0.0.1:PORT``.
+    :param headers: headers sent with every request (e.g. ``Authorization``).
+    """
+
+    def __init__(self, base_url, headers=None, timeout=15):
+        parts = urllib.parse.urlsplit(base_url)
+        self.host = parts.hostname
+        self.port = parts.port
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+
+    def request(self, method, path, params=None, data=None, body=None, headers=None, timeout=None):
+        """Send one request.
+
+        :param params: query parameters (dict).
+        :param data: form fields (dict), sent url-encoded in the body.
+        :param body: raw body (bytes or str); ``data`` wins if both are given.
+        :returns: :class:`Response`.
+        """
+        if params:
+            path += ("&" if "?" in path else "?") + urllib.parse.urlencode(params)
+        all_headers = dict(self.headers)
+        if data is not None:
+            body = urllib.parse.urlencode(data)
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded; charset=UTF-8"
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        all_headers.update(headers or {})
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+        finally:
+            conn.close()
+
+    def get(self, path, params=None, **kw):
+        return self.request("GET", path, params=params, **kw)
+
+    def post(self, path, data=None, **kw):
+        return self.request("POST", path, data=data if data is not None else {}, **kw)
+
+
+# -- the process -----------------------------------------------------------------
+
+def default_config(port):
+    return {
+        "server": {"listen": f"tcp:{port}:interface=127.0.0.1",
+                   "public_url": f"http://127.0.0.1:{port}",
+                   "domain": "test.local"},
+        "storage": {"backend": "sqlite", "path": "nextim.sqlite"},
+        "auth": {"method": "token", "token_secret": secrets.token_hex(16)},
+        "admin": {"api_key": secrets.token_hex(16)},
+        "timers": {"poll_hold": 3, "session_idle": 3, "user_grace": 2},
+    }
+
+
+class Daemon:
+    """One ``twistd -n --pidfile= nextim`` child process in its own temp dir.
+
+    :param overrides: ``{section: {key: value}}`` merged into the default config
+        (a value of ``None`` removes the key), e.g. postgres storage.
+    :param startup_timeout: seconds to wait for ``GET /webim/online`` to answer.
+    """
+
+    def __init__(self, overrides=None, startup_timeout=20, workdir=None):
+        self.port = free_port()
+        self.config = default_config(self.port)
+        for section, keys in (overrides or {}).items():
+            self.config.setdefault(section, {}).update(keys)
+        self.startup_timeout = startup_timeout
+        self._own_dir = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="nextim-e2e-")
+        self.config_path = os.path.join(self.dir, "cfg.toml")
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.proc = None
+        self._log = None
+        self.starts = 0
+
+    # -- config and credentials --
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_url(self):
+        return self.config["server"]["public_url"].rstrip("/")
+
+    @property
+    def secret(self):
+        return self.config["auth"]["token_secret"]
+
+    @property
+    def api_key(self):
+        return self.config["admin"]["api_key"]
+
+    def url(self, path="/"):
+        """Absolute URL of ``path`` on this daemon."""
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def token(self, user_id, nick=None, ttl=3600, **claims):
+        """An HS256 site token (D13) for ``user_id``; extra claims as keyword arguments."""
+        payload = {"sub": user_id, "exp": int(time.time()) + ttl}
+        if nick is not None:
+            payload["nick"] = nick
+        payload.update(claims)
+        return jwt.encode(payload, self.secret, algorithm="HS256")
+
+    def client(self, headers=None, timeout=15):
+        """A :class:`Client` for this daemon."""
+        return Client(self.base_url, headers=headers, timeout=timeout)
+
+    def admin(self, method, path, json_body=None, key=None):
+        """Call the admin API with the bearer API key. :returns: :class:`Response`."""
+        body = json.dumps(json_body) if json_body is not None else None
+        headers = {"Authorization": f"Bearer {key if key is not None else self.api_key}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return self.client().request(method, path, body=body, headers=headers)
+
+    def log_text(self):
+        """Everything the process wrote so far (stdout and stderr)."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _fail(self, what):
+        raise DaemonError(f"{what}\n--- daemon log ({self.log_path}) ---\n{self.log_text()[-8000:]}")
+
+    # -- lifecycle --
+    def command(self):
+        return twistd_command() + ["-n", "--pidfile=", "nextim", "--config", self.config_path,
+                                   "--listen", self.config["server"]["listen"]]
+
+    def start(self):
+        """Write the config, start the process and wait until it answers HTTP."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise DaemonError("already running")
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(to_toml(self.config))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"=== start #{self.starts + 1}: {' '.join(self.command())}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(self.command(), cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.starts += 1
+        deadline = time.monotonic() + self.startup_timeout
+        probe = self.client(timeout=2)
+        while True:
+            if self.proc.poll() is not None:
+                self._fail(f"nextim exited with status {self.proc.returncode} during startup")
+            try:
+                probe.get("/webim/online")
+                return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill9()
+                self._fail(f"nextim did not answer on {self.base_url} within {self.startup_timeout} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout=10):
+        """SIGTERM and wait for the exit. :returns: the exit status (None if not running)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                self._fail(f"nextim did not exit within {timeout} s of SIGTERM")
+        return self._reap()
+
+    def kill9(self):
+        """SIGKILL and wait (a crash: no shutdown code runs)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        return self._reap()
+
+    def _reap(self):
+        code = self.proc.returncode
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def restart(self):
+        """Stop (SIGTERM) if running, then start again on the same port and directory."""
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def cleanup(self):
+        """Kill if still running and remove the temp dir (only if this object made it)."""
+        self.kill9()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        try:
+            if self.running:
+                self.stop()
+        finally:
+            self.cleanup()
