@@ -4,6 +4,7 @@ Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
 default; an unknown key, a wrong type or a missing secret raises
 :class:`ConfigError` whose message names the key (issue 2: "one clear line").
 """
+import re
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -28,6 +29,8 @@ SCHEMA = {
         "path": (str, "nextim.sqlite"),
         "dsn": (str, None),
         "synchronous": (str, "FULL"),
+        "schema": (str, None),               # PostgreSQL schema (search_path); None: the DSN's default
+        "retention_days": (int, 0),          # delete messages older than this; 0 = keep forever
     },
     "auth": {
         "method": (str, "token"),            # "token" | "accounts" (D13)
@@ -182,6 +185,11 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError("[storage] dsn: required when backend = \"postgres\"")
     if s["storage"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("[storage] synchronous: must be OFF, NORMAL, FULL or EXTRA")
+    if s["storage"]["schema"] is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", s["storage"]["schema"]):
+        raise ConfigError("[storage] schema: must be a plain SQL identifier (letters, digits, _)")
+    if not 0 <= s["storage"]["retention_days"] <= 100000:
+        raise ConfigError(f"[storage] retention_days: must be 0 (keep forever) or a number of days, "
+                          f"got {s['storage']['retention_days']!r}")
     if s["auth"]["method"] not in ("token", "accounts"):
         raise ConfigError(f"[auth] method: must be \"token\" or \"accounts\", got {s['auth']['method']!r}")
     if s["auth"]["method"] == "token" and not s["auth"]["token_secret"]:

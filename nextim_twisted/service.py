@@ -12,6 +12,7 @@ from . import demo
 from .auth import Authenticator
 from .core.router import Router
 from .handlers.context import Context
+from .retention import Retention
 from .store.sql import SQLStore
 from .web.app import WebApp
 
@@ -22,7 +23,7 @@ def make_store(config, reactor):
     """The configured storage backend (not started)."""
     storage = config.storage
     if storage.backend == "postgres":
-        return SQLStore.postgres(storage.dsn, reactor=reactor)
+        return SQLStore.postgres(storage.dsn, schema=storage.schema, reactor=reactor)
     return SQLStore.sqlite(os.path.abspath(storage.path), synchronous=storage.synchronous.upper(),
                            reactor=reactor)
 
@@ -52,6 +53,7 @@ class NextimService(service.Service):
         self.web = WebApp(self.ctx)
         self.port = None
         self.ready = None
+        self.retention = None
 
     def startService(self):
         super().startService()
@@ -62,6 +64,10 @@ class NextimService(service.Service):
         await self.store.start()
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        if self.config.storage.retention_days > 0:
+            # purge now and every 24 h (issue 5: [storage] retention_days)
+            self.retention = Retention(self.store, self.reactor, self.config.storage.retention_days)
+            self.retention.start()
         if self.demo and await demo.seed(self.store, self.auth.blocking, self.ctx.now_ms()):
             log.info("demo data created: users {users} (each password equals the user name), room lobby",
                      users=", ".join(u for u, _ in demo.DEMO_USERS))
@@ -89,6 +95,8 @@ class NextimService(service.Service):
 
     async def _stop(self):
         self.ctx.shutting_down = True
+        if self.retention is not None:
+            self.retention.stop()
         parked = self.router.stats()["parked_polls"]
         self.router.shutdown()
         if parked:

@@ -145,6 +145,24 @@ class Store:
         rows hidden from both sides are deleted (protocol-reference §2.3). Deferred → None."""
         raise NotImplementedError
 
+    def purge_messages(self, older_than_ms):
+        """Delete every message with ``timestamp < older_than_ms`` (epoch ms), in one
+        transaction (retention: ``[storage] retention_days``, ``nextimctl history
+        purge``). Deferred → number of messages deleted (int)."""
+        raise NotImplementedError
+
+    def export_messages(self, user_id=None, since_ms=None, after_id=0, limit=1000):
+        """One page of messages in id order: ``id > after_id``, at most ``limit``;
+        filtered to those sent by or addressed to ``user_id`` and to ``timestamp >=
+        since_ms`` (ms) when given (``nextimctl history export``). Deferred → list of
+        message dicts."""
+        raise NotImplementedError
+
+    def stats_counts(self):
+        """Deferred → ``{"users", "rooms", "messages", "undelivered"}`` (ints;
+        undelivered = unicast messages not yet delivered, D10)."""
+        raise NotImplementedError
+
     # settings ------------------------------------------------------------
     def get_setting(self, user_id):
         """Deferred → the stored JSON text or ``None``."""

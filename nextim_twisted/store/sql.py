@@ -108,7 +108,8 @@ class SQLStore(Store):
     ``schema`` (PostgreSQL schema name or ``None``), ``pool`` (the adbapi
     ConnectionPool, for tools and tests).
 
-    Additions to the base interface: :meth:`message_count`, :meth:`schema_version`.
+    Additions to the base interface: :meth:`message_count`, :meth:`schema_version`,
+    :attr:`schema_versions` (set by :meth:`start`).
     """
 
     def __init__(self, pool, dialect, location, schema_name=None, clock=None):
@@ -120,6 +121,7 @@ class SQLStore(Store):
         self.location = location
         self.schema = schema_name
         self._now_ms = clock or (lambda: int(time.time() * 1000))
+        self.schema_versions = None
 
     # construction --------------------------------------------------------
     @classmethod
@@ -209,7 +211,8 @@ class SQLStore(Store):
         """Start the pool and create or upgrade the schema in one transaction
         (PostgreSQL: under an advisory lock, so concurrent starts are safe).
         Deferred → None; fails with SchemaError for a newer database, after
-        closing the pool."""
+        closing the pool. Afterwards :attr:`schema_versions` is
+        ``(version before, version after)`` (``nextimctl migrate`` prints it)."""
         if not self.pool.running:
             self.pool.start()
 
@@ -220,6 +223,7 @@ class SQLStore(Store):
             return schema.migrate(c.execute, c.one, self.dialect)
 
         def done(versions):
+            self.schema_versions = versions
             old, new = versions
             if old != new:
                 log.info("database schema {old} -> {new} ({dialect})",
@@ -528,6 +532,54 @@ class SQLStore(Store):
         """Deferred → number of stored message rows (int), for tests and stats."""
         def q(c):
             return int(c.execute("SELECT COUNT(*) FROM messages").one()[0])
+        return self._run(q, write=False)
+
+    def purge_messages(self, older_than_ms):
+        """Delete every message (any type, delivered or not) whose ``timestamp`` is
+        before ``older_than_ms`` (epoch ms), in one transaction (retention, issue 5).
+        Deferred → number of rows deleted (int)."""
+        cutoff = int(older_than_ms)
+
+        def q(c):
+            return max(0, c.execute("DELETE FROM messages WHERE timestamp < ?",
+                                    (cutoff,)).rowcount)
+        return self._run(q)
+
+    def export_messages(self, user_id=None, since_ms=None, after_id=0, limit=1000):
+        """One page of history for export, in id (insertion) order: up to ``limit``
+        message dicts with ``id > after_id``; only those sent by or addressed to
+        ``user_id`` when given, only those with ``timestamp >= since_ms`` (ms) when
+        given. Page on with ``after_id`` = the last id returned. Cleared rows are
+        included (an export is the operator's view, not a user's). Deferred → list."""
+        where, params = ["id > ?"], [int(after_id)]
+        if user_id is not None:
+            where.append("(from_id = ? OR to_id = ?)")
+            params += [user_id, user_id]
+        if since_ms is not None:
+            where.append("timestamp >= ?")
+            params.append(int(since_ms))
+        params.append(int(limit))
+
+        def q(c):
+            return [_message(r) for r in c.execute(
+                "SELECT %s FROM messages WHERE %s ORDER BY id LIMIT ?"
+                % (_MSG_COLS, " AND ".join(where)), params).all()]
+        return self._run(q, write=False)
+
+    def stats_counts(self):
+        """Row counts in one (read) transaction: ``{"users", "rooms", "messages",
+        "undelivered"}`` (ints; ``undelivered`` = unicast messages not yet delivered,
+        the ones a user gets as ``new_messages``, D10). Deferred → dict."""
+        def q(c):
+            def count(sql):
+                return int(c.execute(sql).one()[0])
+            return {
+                "users": count("SELECT COUNT(*) FROM users"),
+                "rooms": count("SELECT COUNT(*) FROM rooms"),
+                "messages": count("SELECT COUNT(*) FROM messages"),
+                "undelivered": count("SELECT COUNT(*) FROM messages "
+                                     "WHERE type = 'unicast' AND delivered = 0"),
+            }
         return self._run(q, write=False)
 
     # settings ------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""History retention (issue 5): delete messages older than ``[storage]
+retention_days``, once when the daemon starts and then every 24 hours.
+
+Driven by an injected ``IReactorTime`` (DESIGN.md: tests use a ``Clock``); the
+deletion itself is :meth:`~nextim_twisted.store.base.Store.purge_messages`, one
+transaction, off the reactor thread.
+"""
+from twisted.internet import task
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Seconds between two purges.
+PURGE_INTERVAL = 24 * 3600
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class Retention:
+    """Purges messages older than ``days`` days on a timer.
+
+    :param store: a started :class:`~nextim_twisted.store.base.Store`.
+    :param clock: ``IReactorTime``; "now" is ``clock.seconds()``.
+    :param days: positive int; messages with ``timestamp < now - days`` are deleted.
+    :param interval: seconds between purges (default :data:`PURGE_INTERVAL`).
+
+    A failed purge (database down) is logged and retried at the next interval; it
+    never stops the timer. :attr:`last` is the Deferred of the latest purge (fires
+    with the number deleted, or ``None`` after a logged failure).
+    """
+
+    def __init__(self, store, clock, days, interval=PURGE_INTERVAL):
+        if days < 1:
+            raise ValueError("retention days must be at least 1")
+        self.store = store
+        self.clock = clock
+        self.days = days
+        self.interval = interval
+        self.last = None
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def cutoff_ms(self):
+        """Epoch ms before which messages are deleted now."""
+        return int(self.clock.seconds() * 1000) - self.days * DAY_MS
+
+    def purge_once(self):
+        """Run one purge now. Deferred → number of messages deleted (``None`` if it failed)."""
+        d = self.store.purge_messages(self.cutoff_ms())
+
+        def done(count):
+            if count:
+                log.info("retention: deleted {count} messages older than {days} days",
+                         count=count, days=self.days)
+            return count
+
+        def failed(failure):
+            log.error("retention: purge failed, retrying in {hours} h: {error}",
+                      hours=self.interval / 3600, error=failure.getErrorMessage())
+            return None
+
+        d.addCallbacks(done, failed)
+        self.last = d
+        return d
+
+    def _tick(self):
+        # Not returning the Deferred: the next purge is scheduled at once, on the
+        # 24 h grid, however long this one takes.
+        self.purge_once()
+
+    def start(self):
+        """Purge now, then every :attr:`interval` seconds."""
+        self._loop.start(self.interval, now=True)
+
+    def stop(self):
+        """Stop the timer (a purge already running finishes). Idempotent."""
+        if self._loop.running:
+            self._loop.stop()
