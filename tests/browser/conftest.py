@@ -112,17 +112,20 @@ class DaemonProcess:
         return "\n".join(parts)
 
 
-def start_daemon(workdir, extra_args=(), config_text=SHORT_TIMERS, demo=True):
+def start_daemon(workdir, config_text=SHORT_TIMERS, demo=True, set_public_url=False):
+    """Start ``twistd nextim`` in ``workdir`` on a free loopback port."""
     port = free_port()
     (workdir / "short_timers.toml").write_text(config_text)
     argv = twistd_command() + ["--nodaemon", "--pidfile=", "nextim"]
     if demo:
         argv.append("--demo")
-    argv += ["--listen", f"tcp:{port}:interface=127.0.0.1", "--config", "short_timers.toml", *extra_args]
+    argv += ["--listen", f"tcp:{port}:interface=127.0.0.1", "--config", "short_timers.toml"]
+    if set_public_url:
+        argv += ["--public-url", f"http://127.0.0.1:{port}"]
     return DaemonProcess(argv, workdir, port).start()
 
 
-_daemons = []
+_daemons = []  # running daemons, whose logs go into failure reports
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,44 @@
 
   function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
 
+  // Line icons drawn as inline SVG (no icon font, no emoji: both depend on
+  // fonts the viewer may not have). 24x24, stroked with currentColor.
+  var ICONS = {
+    bell: ["M12 3.5a5.5 5.5 0 0 0-5.5 5.5v3.6L5 15.5v1h14v-1l-1.5-2.9V9A5.5 5.5 0 0 0 12 3.5z", "M10 19a2 2 0 0 0 4 0"],
+    sliders: ["M4 6h9", "M17 6h3", "M4 12h3", "M11 12h9", "M4 18h11", "M19 18h1", "c15,6", "c9,12", "c17,18"],
+    minus: ["M6 12h12"],
+    chat: ["M5 5h14a1.5 1.5 0 0 1 1.5 1.5v9a1.5 1.5 0 0 1-1.5 1.5h-8l-4.5 3.5V17H5a1.5 1.5 0 0 1-1.5-1.5v-9A1.5 1.5 0 0 1 5 5z"]
+  };
+  var SVG_NS = "http://www.w3.org/2000/svg";
+  function icon(name, size) {
+    var svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", String(size || 18));
+    svg.setAttribute("height", String(size || 18));
+    svg.setAttribute("fill", "none");
+    svg.setAttribute("stroke", "currentColor");
+    svg.setAttribute("stroke-width", "1.8");
+    svg.setAttribute("stroke-linecap", "round");
+    svg.setAttribute("stroke-linejoin", "round");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", "nx-icon");
+    ICONS[name].forEach(function (d) {
+      var el;
+      if (d.charAt(0) === "c") {
+        var xy = d.slice(1).split(",");
+        el = document.createElementNS(SVG_NS, "circle");
+        el.setAttribute("cx", xy[0]);
+        el.setAttribute("cy", xy[1]);
+        el.setAttribute("r", "2");
+      } else {
+        el = document.createElementNS(SVG_NS, "path");
+        el.setAttribute("d", d);
+      }
+      svg.appendChild(el);
+    });
+    return svg;
+  }
+
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 
   /** Exponential backoff with jitter: a fleet of clients that lost the server
@@ -274,6 +312,11 @@
     return e;
   }
 
+  /** 401 in plain mode; under JSONP the status is 200 and only the code says it. */
+  function isAuthError(err) {
+    return err.status === 401 || /^(not_authenticated|invalid_token|token_expired|unauthorized)$/.test(err.code || "");
+  }
+
   var jsonpSeq = Date.now() % 1000000;
 
   function Transport(opts) {
@@ -288,9 +331,13 @@
 
   Transport.prototype.url = function (name) { return this.base + "webim/" + name; };
 
+  /** The token proves who we are when there is no ticket yet (online,
+   *  buddies before login...). Calls with a ticket do not send it: the ticket
+   *  identifies the user (D13), and a site token that expired during a long
+   *  visit must not break a live session. */
   Transport.prototype.withToken = function (params) {
     var p = Object.assign({}, params);
-    if (this.token) p.token = this.token;
+    if (this.token && !p.ticket) p.token = this.token;
     Object.keys(p).forEach(function (k) { if (p[k] === undefined || p[k] === null) delete p[k]; });
     return p;
   };
@@ -542,7 +589,7 @@
 
   App.prototype.onOnlineError = function (err, show, firstLoad) {
     var self = this;
-    if (err.status === 401 || err.code === "not_authenticated") {
+    if (isAuthError(err)) {
       if (this.opts.getToken && !this.tokenRetried) {
         // Token mode: the host may hand us a fresh token once.
         this.tokenRetried = true;
@@ -1167,7 +1214,7 @@
     ui.loginError = h("div", { class: "nx-login-error", role: "alert", testid: "login-error" });
     ui.loginButton = h("button", { type: "submit", class: "nx-btn nx-btn-primary", testid: "login-submit", text: "Sign in" });
     ui.login = h("form", { class: "nx-login", testid: "login-view", on: { submit: function (e) { e.preventDefault(); self.submitLogin(); } } },
-      h("div", { class: "nx-login-logo", "aria-hidden": "true", text: "💬" }),
+      h("div", { class: "nx-login-logo" }, icon("chat", 40)),
       h("h1", { text: "NextIM" }),
       h("p", { class: "nx-muted", text: "Sign in to chat" }),
       h("label", { for: "nx-login-username", text: "User name" }), ui.loginUser,
@@ -1223,13 +1270,13 @@
 
     ui.notifCount = h("span", { class: "nx-badge", testid: "notifications-count", hidden: true });
     ui.notifButton = h("button", { type: "button", class: "nx-icon-btn", title: "Notifications", "aria-label": "Notifications", testid: "notifications-button",
-      on: { click: function (e) { e.stopPropagation(); self.togglePanel("notifications"); } } }, "🔔", ui.notifCount);
+      on: { click: function (e) { e.stopPropagation(); self.togglePanel("notifications"); } } }, icon("bell"), ui.notifCount);
     ui.settingsButton = h("button", { type: "button", class: "nx-icon-btn", title: "Settings", "aria-label": "Settings", testid: "settings-button",
-      on: { click: function (e) { e.stopPropagation(); self.togglePanel("settings"); } } }, "⚙");
+      on: { click: function (e) { e.stopPropagation(); self.togglePanel("settings"); } } }, icon("sliders"));
     ui.logoutButton = h("button", { type: "button", class: "nx-btn nx-btn-small", testid: "logout-button", text: "Sign out",
       hidden: this.tokenMode, on: { click: function () { self.logout(); } } });
     ui.minButton = this.embedded ? h("button", { type: "button", class: "nx-icon-btn", title: "Minimize", "aria-label": "Minimize", testid: "minimize-button",
-      on: { click: function () { self.setMinimized(true); } } }, "—") : null;
+      on: { click: function () { self.setMinimized(true); } } }, icon("minus")) : null;
 
     ui.notifList = h("div", { class: "nx-notif-list", testid: "notification-list" });
     ui.notifPanel = h("div", { class: "nx-panel", testid: "notifications-panel", hidden: true, on: { click: function (e) { e.stopPropagation(); } } },
@@ -1248,7 +1295,7 @@
     ui.settingsPanel = h("div", { class: "nx-panel", testid: "settings-panel", hidden: true, on: { click: function (e) { e.stopPropagation(); } } },
       h("h3", { text: "Settings" }), settingRows);
 
-    var header = h("header", { class: "nx-header" },
+    var header = h("div", { class: "nx-header" },
       h("div", { class: "nx-me" }, ui.myAvatar,
         h("div", { class: "nx-me-text" }, ui.myNick,
           h("div", { class: "nx-presence-wrap" }, ui.presenceButton, ui.presenceMenu))),
@@ -1260,14 +1307,14 @@
     ui.roomList = h("div", { class: "nx-room-list", testid: "room-list" });
     ui.buddyFilter = h("input", { class: "nx-filter", type: "search", placeholder: "Search buddies", testid: "buddy-filter", "aria-label": "Search buddies",
       on: { input: function () { self.invalidate("buddies"); } } });
-    var sidebar = h("aside", { class: "nx-sidebar" },
+    var sidebar = h("div", { class: "nx-sidebar" },
       ui.buddyFilter,
-      h("section", { class: "nx-section" }, h("h2", { text: "Buddies" }), ui.buddyList),
-      h("section", { class: "nx-section" }, h("h2", { text: "Rooms" }), ui.roomList));
+      h("div", { class: "nx-section" }, h("h2", { text: "Buddies" }), ui.buddyList),
+      h("div", { class: "nx-section" }, h("h2", { text: "Rooms" }), ui.roomList));
 
-    ui.tabs = h("nav", { class: "nx-tabs", testid: "chat-tabs", role: "tablist" });
+    ui.tabs = h("div", { class: "nx-tabs", testid: "chat-tabs", role: "tablist" });
     ui.chat = h("div", { class: "nx-chat", testid: "chat-pane" });
-    var chats = h("section", { class: "nx-chats" }, ui.tabs, ui.chat);
+    var chats = h("div", { class: "nx-chats" }, ui.tabs, ui.chat);
 
     return h("div", { class: "nx-main", testid: "main-view" }, header, h("div", { class: "nx-body" }, sidebar, chats));
   };
@@ -1276,7 +1323,7 @@
     var self = this;
     this.ui.launcherBadge = h("span", { class: "nx-badge", hidden: true, testid: "launcher-unread" });
     this.ui.launcher = h("button", { type: "button", class: "nx-launcher", testid: "launcher", hidden: true,
-      on: { click: function () { self.setMinimized(false); } } }, "💬 Chat ", this.ui.launcherBadge);
+      on: { click: function () { self.setMinimized(false); } } }, icon("chat", 20), h("span", { text: "Chat" }), this.ui.launcherBadge);
     return this.ui.launcher;
   };
 
@@ -1576,7 +1623,7 @@
       clear(pane);
       pane.dataset.chat = "";
       pane.appendChild(h("div", { class: "nx-center nx-muted", testid: "chat-empty" },
-        h("div", { class: "nx-big-icon", "aria-hidden": "true", text: "💬" }),
+        h("div", { class: "nx-big-icon" }, icon("chat", 48)),
         h("p", { text: "Pick a buddy or a room to start chatting." })));
       return;
     }
@@ -1617,7 +1664,7 @@
       "You blocked this room; its messages are not delivered to you. ",
       h("button", { type: "button", class: "nx-btn nx-btn-small", text: "Unblock", on: { click: function () { var r = self.rooms.get(chat.id); if (r) self.setRoomBlocked(r, false); } } }));
     var body = h("div", { class: "nx-chat-body" }, h("div", { class: "nx-chat-main" }, ui.messages, ui.typing, ui.blockedNote, ui.composer),
-      chat.type === "multicast" ? h("aside", { class: "nx-members-wrap" }, h("h3", { text: "Members" }), ui.members) : null);
+      chat.type === "multicast" ? h("div", { class: "nx-members-wrap" }, h("h3", { text: "Members" }), ui.members) : null);
     pane.appendChild(h("div", { class: "nx-chat-head" }, h("div", {}, ui.chatTitle, ui.chatSub), ui.chatActions));
     pane.appendChild(body);
     if (chat.type === "unicast") {

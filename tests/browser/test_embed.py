@@ -1,0 +1,101 @@
+"""The embedding example: a host site on another origin mints JWTs and loads
+the client from the daemon in JSONP mode (examples/embed/)."""
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.browser.conftest import REPO_ROOT, SHORT_TIMERS, _daemons, expect, free_port, start_daemon
+
+pytestmark = pytest.mark.browser
+
+EXAMPLE = REPO_ROOT / "examples" / "embed"
+
+
+@pytest.fixture(scope="module")
+def embed_daemon(tmp_path_factory):
+    """The daemon with the example's token config (plus short timers)."""
+    workdir = tmp_path_factory.mktemp("nextim-embed")
+    config = (EXAMPLE / "nextim.toml").read_text() + "\n" + SHORT_TIMERS
+    d = start_daemon(workdir, config_text=config, demo=False, set_public_url=True)
+    _daemons.append(d)
+    try:
+        yield d
+    finally:
+        d.stop()
+        _daemons.remove(d)
+
+
+@pytest.fixture(scope="module")
+def host_site(embed_daemon):
+    """host_site.py --seed on another origin (localhost vs 127.0.0.1, other port)."""
+    port = free_port()
+    log = open(embed_daemon.workdir / "host_site.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "host_site.py"), "--config", str(embed_daemon.workdir / "short_timers.toml"),
+         "--daemon", embed_daemon.url, "--host", "127.0.0.1", "--port", str(port), "--seed"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("host_site.py did not start:\n"
+                                       + (embed_daemon.workdir / "host_site.log").read_text())
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def site_login(pages, host_site, user):
+    page = pages.new(host_site + "/", label=user)
+    page.select_option("select[name=user]", user)
+    page.click("button[type=submit]")
+    expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
+    return page
+
+
+def test_embedded_client_chats_over_jsonp_with_site_tokens(pages, host_site, embed_daemon):
+    alice = site_login(pages, host_site, "alice")
+    bob = site_login(pages, host_site, "bob")
+    for page in (alice, bob):
+        # The site vouches for the user: no login form, no sign-out button.
+        expect(page.get_by_test_id("login-view")).to_be_hidden()
+        expect(page.get_by_test_id("logout-button")).to_be_hidden()
+    expect(alice.get_by_test_id("my-nick")).to_have_text("Alice")
+    expect(alice.get_by_test_id("buddy-presence-bob")).to_have_attribute("data-presence", "online")
+
+    alice.get_by_test_id("buddy-bob").click()
+    alice.get_by_test_id("chat-input").fill("from the host page 🌍 <b>hi</b>")
+    alice.get_by_test_id("chat-input").press("Enter")
+    expect(alice.get_by_test_id("message").last).to_have_attribute("data-state", "sent")
+    bob.get_by_test_id("tab-unicast-alice").click()
+    expect(bob.get_by_test_id("msg-body").last).to_have_text("from the host page 🌍 <b>hi</b>")
+
+    # Every call to the daemon went out as a <script> (JSONP), none as fetch/XHR.
+    calls = alice.evaluate("""d => performance.getEntriesByType('resource')
+        .filter(e => e.name.startsWith(d + '/webim/') || e.name.startsWith(d + '/packets'))
+        .map(e => [e.initiatorType, e.name])""", embed_daemon.url)
+    assert calls, "no daemon calls recorded"
+    assert {kind for kind, _ in calls} == {"script"}, calls
+    assert all("callback=NextIM._cb." in url for _, url in calls), calls
+    # The token proves identity only until there is a ticket.
+    with_token = [url.split("?")[0] for _, url in calls if "token=" in url]
+    assert with_token == [embed_daemon.url + "/webim/online"], with_token
+
+
+def test_bad_token_shows_the_auth_error(pages, host_site, embed_daemon):
+    page = pages.new(host_site + "/no-such-page", label="stranger")
+    page.add_script_tag(url=embed_daemon.url + "/static/app.js")
+    page.evaluate("d => NextIM.start({server: d, jsonp: true, token: 'not-a-jwt'})", embed_daemon.url)
+    expect(page.get_by_test_id("auth-error-view")).to_be_visible()
+    expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "offline")
