@@ -59,6 +59,14 @@ SCHEMA = {
         "presences_per_minute": (int, 60),   # D15, per user (presence + status)
         "status_chars": (int, 200),
     },
+    "log": {                                 # issue 5 (nextim_twisted/logs.py)
+        "format": (str, "text"),             # "text" | "json" (JSON lines)
+        "level": (str, "info"),              # "debug" | "info" | "warn" | "error"
+    },
+    "metrics": {                             # issue 5 (web/metrics.py): GET /metrics
+        "enabled": (bool, True),
+        "token": (str, None),                # optional bearer token for scrapes
+    },
 }
 
 
@@ -208,6 +216,12 @@ def from_dict(data, demo=False, overrides=None):
             raise ConfigError(f"[limits] {key}: must be a positive integer, got {value!r}")
     if s["server"]["max_body_bytes"] < 1024:
         raise ConfigError("[server] max_body_bytes: must be at least 1024")
+    if s["log"]["format"] not in ("text", "json"):
+        raise ConfigError(f"[log] format: must be \"text\" or \"json\", got {s['log']['format']!r}")
+    if s["log"]["level"] not in ("debug", "info", "warn", "error"):
+        raise ConfigError(f"[log] level: must be debug, info, warn or error, got {s['log']['level']!r}")
+    if s["metrics"]["token"] is not None and len(s["metrics"]["token"]) < 16:
+        raise ConfigError("[metrics] token: must be at least 16 characters")
     return Config(sections)
 
 

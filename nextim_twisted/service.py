@@ -6,9 +6,8 @@ import secrets
 from twisted.application import service
 from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
-from twisted.web import server
 
-from . import demo
+from . import demo, logs
 from .auth import Authenticator
 from .core.router import Router
 from .handlers.context import Context
@@ -55,6 +54,12 @@ class NextimService(service.Service):
         self.ready = None
         self.retention = None
 
+    def setServiceParent(self, parent):
+        """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
+        (format, level), which twistd uses instead of its own (see :mod:`.logs`)."""
+        logs.install(parent, self.config.log)
+        super().setServiceParent(parent)
+
     def startService(self):
         super().startService()
         self.ready = defer.ensureDeferred(self._start())
@@ -71,9 +76,7 @@ class NextimService(service.Service):
         if self.demo and await demo.seed(self.store, self.auth.blocking, self.ctx.now_ms()):
             log.info("demo data created: users {users} (each password equals the user name), room lobby",
                      users=", ".join(u for u, _ in demo.DEMO_USERS))
-        site = server.Site(self.web.resource())
-        site.displayTracebacks = False
-        site.noisy = False
+        site = self.web.site()  # access log + metrics per request (web/metrics.py)
         endpoint = endpoints.serverFromString(self.reactor, self.config.server.listen)
         self.port = await endpoint.listen(site)
         log.info("nextim-twisted serving {url}/ (storage: {backend})", url=self.config.public_url,

@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, endpoints, reactor, task, threads
-from twisted.web import server
 
 from nextim_twisted import config as config_module
 from nextim_twisted.auth import Authenticator
@@ -64,8 +63,7 @@ class Harness:
     async def start(self):
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
-        site = server.Site(self.web.resource())
-        site.displayTracebacks = False
+        site = self.web.site()
         self.port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 

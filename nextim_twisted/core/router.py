@@ -44,6 +44,8 @@ class Router:
         self.sessions = {}   # ticket -> Session
         self.rooms = {}      # room id -> set of live member ids
         self.overflows = 0
+        # messages routed by type, read by the metrics collector (web/metrics.py)
+        self.messages_routed = {"unicast": 0, "multicast": 0, "broadcast": 0}
 
     def now_ms(self):
         """Current time in integer milliseconds from the injected clock."""
@@ -222,6 +224,7 @@ class Router:
 
         :returns: True if at least one recipient session took it.
         """
+        self.messages_routed["unicast"] += 1
         packet = _packet(message)
         recipient = self.users.get(message["to"])
         sender = self.users.get(message["from"])
@@ -241,6 +244,7 @@ class Router:
     def route_multicast(self, message, sender_ticket=None):
         """Deliver a committed room message to the live members (D7, §4.2): the sender
         gets copies on its other sessions only."""
+        self.messages_routed["multicast"] += 1
         packet = _packet(message)
         for member_id in self.rooms.get(message["to"], ()):
             member = self.users.get(member_id)
@@ -252,6 +256,7 @@ class Router:
     def route_broadcast(self, message):
         """Deliver an admin broadcast to every online user, unicast-shaped with ``to``
         rewritten to the recipient (protocol-reference §4.2). Returns the count."""
+        self.messages_routed["broadcast"] += 1
         count = 0
         for user in list(self.users.values()):
             packet = dict(_packet(message), type="unicast", to=user.id)

@@ -71,6 +71,13 @@ def _marks(n):
     return ", ".join("?" * n)
 
 
+def _operation(fn):
+    """The store method a query function belongs to: ``SQLStore.get_user.<locals>.q``
+    → ``get_user`` (one bounded metrics label per method)."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "query")
+    return qualname.split(".<locals>.")[0].rsplit(".", 1)[-1]
+
+
 class _Cursor:
     """Thin wrapper over an adbapi Transaction: dialect placeholders, fetch helpers."""
 
@@ -196,9 +203,24 @@ class SQLStore(Store):
         return cls(pool, "postgres", dsn, schema)
 
     # plumbing ------------------------------------------------------------
+    #: ``callable(operation, seconds)`` told how long each transaction took (pool wait
+    #: included), ``operation`` being the store method's name (``get_user`` …); set by
+    #: the metrics (issue 5, web/metrics.py). None: no timing.
+    observe_query = None
+
     def _run(self, fn, *args, write=True):
         """Run ``fn(cursor, *args)`` in one transaction on a pool thread."""
-        return self.pool.runInteraction(self._interaction, fn, write, args)
+        d = self.pool.runInteraction(self._interaction, fn, write, args)
+        if self.observe_query is not None:
+            d.addBoth(self._observed, _operation(fn), time.perf_counter())
+        return d
+
+    def _observed(self, result, operation, started):
+        try:
+            self.observe_query(operation, time.perf_counter() - started)
+        except Exception:
+            log.failure("observe_query failed")
+        return result
 
     def _interaction(self, trans, fn, write, args):
         if self.dialect == "sqlite":

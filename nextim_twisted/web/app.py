@@ -7,7 +7,6 @@ paths and methods included, never an HTML page or a traceback.
 import hmac
 import json
 import os
-import time
 
 from klein import Klein
 from twisted.internet import defer
@@ -22,6 +21,7 @@ from ..errors import (BadRequest, Forbidden, MethodNotAllowed, NotFound, Protoco
 from ..handlers import OK, admin, chat, online, rooms, settings
 from ..handlers.params import Params
 from .encoding import check_callback, render, render_error
+from .metrics import Metrics, ObservedSite, Ops
 
 log = Logger()
 
@@ -120,10 +120,17 @@ class WebApp:
     def __init__(self, ctx, static_dir=STATIC_DIR):
         self.ctx = ctx
         self.static_dir = static_dir
+        self.metrics = Metrics(ctx.router, ctx.store)
+        self.ops = Ops(ctx, self.metrics)
 
     def resource(self):
         """The root ``IResource`` to serve."""
         return self.app.resource()
+
+    def site(self):
+        """The ``twisted.web`` Site to listen with: :meth:`resource` plus one access-log
+        event and the metrics of every request (issue 5, ``web/metrics.py``)."""
+        return ObservedSite(self.resource(), self.metrics, webim_names=set(WEBIM) | {"login", "logout"})
 
     # -- plumbing ------------------------------------------------------------
     def credentials(self, request, params, callback):
@@ -153,7 +160,6 @@ class WebApp:
     async def guarded(self, request, work):
         """Run ``work(params, callback)`` and render its result or its refusal."""
         callback = None
-        started = time.monotonic()
         try:
             callback = raw_callback(request)
             if self.ctx.shutting_down:
@@ -166,10 +172,7 @@ class WebApp:
         except Exception:
             log.failure("unexpected error in {method} {path}", method=request.method, path=request.path)
             body = render_error(request, InternalError("internal error", code="internal_error"), callback)
-        log.debug("{method} {path} {status} {ms:.1f}ms", method=request.method.decode("ascii", "replace"),
-                  path=request.path.decode("latin-1"), status=request.code,
-                  ms=(time.monotonic() - started) * 1000)
-        return body
+        return body  # the access event is written by web/metrics.ObservedSite
 
     # -- webim/* ---------------------------------------------------------------
     @app.route("/webim/<string:name>", methods=["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
@@ -190,7 +193,11 @@ class WebApp:
             creds = self.credentials(request, params, callback)
             identity = await self.ctx.auth.identify(creds, endpoint.changes_state(params),
                                                     endpoint.allow_password)
-            return await endpoint.handler(self.ctx, identity, params)
+            request.nextim_user_id = identity.user_id  # for the access log
+            result = await endpoint.handler(self.ctx, identity, params)
+            if name == "online":
+                self.metrics.logged_in(identity.via)
+            return result
 
         return defer.ensureDeferred(self.guarded(request, work))
 
@@ -242,8 +249,10 @@ class WebApp:
             return body
         except ProtocolError as error:
             return render_error(request, error, callback)
+        request.nextim_user_id = session.user_id  # for the access log
         d = session.poll(ack)
         request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallback(self.metrics.polled)
         d.addCallback(lambda envelope: render(request, envelope, callback))
         d.addErrback(lambda f: f.trap(defer.CancelledError) and b"")
         return d
@@ -326,6 +335,17 @@ class WebApp:
     @app.route("/admin/stats", methods=["GET"])
     def admin_stats(self, request):
         return self.admin_call(request, admin.stats)
+
+    # -- operations (issue 5, web/metrics.py) -------------------------------------
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        """Prometheus exposition; ``[metrics] enabled`` / ``token`` guard it."""
+        return self.ops.render_metrics(request)
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request):
+        """200 when storage answers, 503 otherwise (load balancers, systemd checks)."""
+        return defer.ensureDeferred(self.ops.render_health(request))
 
     # -- the bundled client ------------------------------------------------------
     @app.route("/", methods=["GET", "HEAD"])

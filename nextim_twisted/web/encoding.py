@@ -55,7 +55,10 @@ def render(request, value, callback=None, status=200):
 
 def render_error(request, error, callback=None):
     """The D2 envelope for a :class:`ProtocolError`: its status in plain mode, 200 under
-    JSONP (a browser does not run a script answered with an error status)."""
+    JSONP (a browser does not run a script answered with an error status).
+    The code is also left on ``request.nextim_error`` for the access log and
+    ``nextim_errors_total`` (web/metrics.py)."""
+    request.nextim_error = error.code
     for name, value in error.headers.items():
         request.setHeader(name.encode("ascii"), value.encode("ascii"))
     return render(request, error.envelope(), callback, status=error.status)
