@@ -83,6 +83,12 @@ def test_login_form_rejects_bad_password_then_signs_in(pages, daemon):
     expect(note).to_contain_text("Welcome to nextim-twisted")
     expect(note.locator("strong")).to_have_text("nextim-twisted")
     expect(tid(page, "notifications-count")).to_be_hidden()
+    # The server hands a notification out once; the client keeps it, read.
+    page.reload()
+    expect(tid(page, "conn-state")).to_have_attribute("data-state", "online")
+    expect(tid(page, "notifications-count")).to_be_hidden()
+    tid(page, "notifications-button").click()
+    expect(tid(page, "notification-text")).to_have_count(1)
 
 
 def test_buddies_see_each_other_online_and_online_sort_first(login):

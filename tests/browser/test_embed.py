@@ -81,6 +81,16 @@ def test_embedded_client_chats_over_jsonp_with_site_tokens(pages, host_site, emb
     bob.get_by_test_id("tab-unicast-alice").click()
     expect(bob.get_by_test_id("msg-body").last).to_have_text("from the host page 🌍 <b>hi</b>")
 
+    # Minimized to its launcher button, the widget still counts unread messages.
+    bob.get_by_test_id("minimize-button").click()
+    expect(bob.get_by_test_id("buddy-list")).to_be_hidden()
+    alice.get_by_test_id("chat-input").fill("are you there?")
+    alice.get_by_test_id("chat-input").press("Enter")
+    expect(bob.get_by_test_id("launcher-unread")).to_have_text("1")
+    bob.get_by_test_id("launcher").click()
+    expect(bob.get_by_test_id("msg-body").last).to_have_text("are you there?")
+    expect(bob.get_by_test_id("launcher")).to_be_hidden()
+
     # Every call to the daemon went out as a <script> (JSONP), none as fetch/XHR.
     calls = alice.evaluate("""d => performance.getEntriesByType('resource')
         .filter(e => e.name.startsWith(d + '/webim/') || e.name.startsWith(d + '/packets'))

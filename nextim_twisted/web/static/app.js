@@ -29,6 +29,7 @@
   var JSONP_TIMEOUT_MS = 10000;     // JSONP calls (reference used 5 s; be lenient)
   var POLL_TIMEOUT_MS = 40000;      // server holds a poll up to 25 s
   var POLL_GAP_MS = 50;             // pause between two successful polls
+  var POLL_HELD_MS = 1500;          // a poll held this long means the server is there
   var TYPING_IDLE_MS = 6000;        // send "clear" after this long without keys
   var TYPING_SHOW_MS = 10000;       // show "X is typing" at most this long
   var BACKOFF_BASE_MS = 1000;
@@ -163,11 +164,14 @@
     return (first + second).toUpperCase();
   }
 
-  function hue(id) {
-    var x = 0;
+  /** A stable avatar colour per id, from a small palette that keeps white
+   *  initials readable (FNV-1a hash of the id picks the colour). */
+  var AVATAR_COLORS = ["#e5484d", "#e8590c", "#2f9e44", "#0d9488", "#2563eb", "#7c3aed", "#c2255c", "#0e7490"];
+  function avatarColor(id) {
+    var x = 2166136261;
     var s = String(id);
-    for (var i = 0; i < s.length; i++) x = (x * 31 + s.charCodeAt(i)) % 360;
-    return x;
+    for (var i = 0; i < s.length; i++) { x ^= s.charCodeAt(i); x = Math.imul(x, 16777619) >>> 0; }
+    return AVATAR_COLORS[x % AVATAR_COLORS.length];
   }
 
   function isHttpUrl(value, base) {
@@ -689,6 +693,8 @@
 
   App.prototype.logout = function () {
     var self = this;
+    // A shared computer: the next person must not find our notifications.
+    if (this.user) savePref("notifications:" + this.user.id, undefined);
     return this.goOffline().then(function () {
       savePref("offline", undefined);
       savePref("tabs", undefined, "session");
@@ -731,9 +737,17 @@
     while (gen === this.gen) {
       var data;
       this.pollCtl = new AbortController();
+      // A poll the server is holding means we are connected, even though
+      // its answer may take up to the hold time: after an error, report
+      // "online" again once a poll has been held for a moment.
+      var self = this;
+      var heldTimer = this.conn === "online" ? null : setTimeout(function () {
+        if (gen === self.gen && self.ticket) self.setConn("online");
+      }, POLL_HELD_MS);
       try {
         data = await this.t.poll(this.server, { ticket: this.ticket, ack: this.ack }, this.pollCtl.signal);
       } catch (err) {
+        clearTimeout(heldTimer);
         if (gen !== this.gen) return;
         if (this.sessionGone(err)) { this.reonline(); return; }
         this.pollFailures++;
@@ -741,6 +755,7 @@
         await sleep(backoffDelay(this.pollFailures));
         continue;
       }
+      clearTimeout(heldTimer);
       if (gen !== this.gen) return;
       this.pollFailures = 0;
       this.setConn("online");
@@ -1110,11 +1125,26 @@
     });
   };
 
+  /** The server hands each notification out once (then marks it read), so
+   *  keep the recent ones in localStorage: a reload must not lose a
+   *  notification the user has not looked at yet. */
   App.prototype.loadNotifications = function () {
     var self = this;
-    if (!this.ticket) return;
+    if (!this.ticket || !this.user) return;
+    var cacheKey = "notifications:" + this.user.id;
+    this.notifications = loadPref(cacheKey, []);
+    this.invalidate("notifications");
     this.t.call("notifications", { ticket: this.ticket }).then(function (list) {
-      self.notifications = (Array.isArray(list) ? list : []).filter(function (n) { return n && n.text; });
+      var fresh = (Array.isArray(list) ? list : []).filter(function (n) { return n && n.text; });
+      var seen = {};
+      var merged = [];
+      fresh.concat(self.notifications).forEach(function (n) {
+        var k = String(n.time) + "\u0001" + n.text;
+        if (!seen[k]) { seen[k] = true; merged.push({ text: String(n.text), link: n.link || "", time: n.time }); }
+      });
+      merged.sort(function (a, b) { return notifTime(b.time) - notifTime(a.time); });
+      self.notifications = merged.slice(0, 20);
+      savePref(cacheKey, self.notifications);
       self.invalidate("notifications");
     }).catch(function () { /* notifications are optional */ });
   };
@@ -1255,7 +1285,7 @@
     ui.presenceMenu = h("div", { class: "nx-menu", role: "menu", testid: "presence-menu", hidden: true },
       MENU_SHOWS.map(function (s) {
         return h("button", {
-          type: "button", role: "menuitem", class: "nx-menu-item", testid: "presence-option-" + s,
+          type: "button", role: "menuitemradio", class: "nx-menu-item", testid: "presence-option-" + s, data: { show: s },
           on: { click: function () { self.closeMenus(); self.setShow(s); } }
         }, h("span", { class: "nx-dot nx-show-" + s }), SHOW_LABELS[s]);
       }));
@@ -1374,6 +1404,10 @@
 
   App.prototype.togglePresenceMenu = function () {
     var open = this.ui.presenceMenu.hidden;
+    var current = this.conn === "offline" ? "offline" : this.show;
+    Array.prototype.forEach.call(this.ui.presenceMenu.children, function (item) {
+      item.setAttribute("aria-checked", String(item.dataset.show === current));
+    });
     this.closeMenus();
     this.ui.presenceMenu.hidden = !open;
     this.ui.presenceButton.setAttribute("aria-expanded", open ? "true" : "false");
@@ -1385,7 +1419,7 @@
     this.closeMenus();
     panel.hidden = !open;
     if (open && which === "notifications") {
-      savePref("notif_seen", this.newestNotificationTime());
+      savePref("notif_seen:" + (this.user ? this.user.id : ""), this.newestNotificationTime());
       this.invalidate("notifications");
     }
   };
@@ -1486,7 +1520,7 @@
 
   App.prototype.fillAvatar = function (el, who) {
     clear(el);
-    el.style.setProperty("--nx-hue", String(hue(who.id || "")));
+    el.style.setProperty("--nx-avatar", avatarColor(who.id || ""));
     var src = who.pic_url && isHttpUrl(who.pic_url);
     if (src) {
       var img = h("img", { src: src, alt: "", referrerpolicy: "no-referrer", loading: "lazy" });
@@ -1760,6 +1794,7 @@
       this.paneCount = 0;
       this.paneRev = chat.rev;
       this.lastDay = null;
+      this.lastMsg = null;
       atBottom = true;
       if (!chat.loaded && !msgs.length) {
         box.appendChild(h("p", { class: "nx-muted nx-center-text", testid: "history-loading", text: chat.error ? "Could not load history: " + chat.error : "Loading history…" }));
@@ -1782,6 +1817,7 @@
     var day = dayLabel(m.timestamp, this.skew);
     if (day !== this.lastDay) {
       this.lastDay = day;
+      this.lastMsg = null;
       box.appendChild(h("div", { class: "nx-day", text: day }));
     }
     var body = h("div", { class: "nx-msg-body", testid: "msg-body" });
@@ -1792,7 +1828,12 @@
       h("span", { class: "nx-msg-nick", testid: "msg-nick", text: mine ? "You" : (m.nick || m.from) }),
       h("time", { class: "nx-msg-time", testid: "msg-time", datetime: isFinite(exact.getTime()) ? exact.toISOString() : "", title: isFinite(exact.getTime()) ? exact.toLocaleString() : "",
         text: formatTime(m.timestamp, this.skew) }));
-    var row = h("div", { class: "nx-msg" + (mine ? " nx-mine" : ""), testid: "message", data: { from: String(m.from), state: m.state || "stored" } }, meta, body);
+    // A run of messages from one sender within 5 minutes shows its name and
+    // time once.
+    var prev = this.lastMsg;
+    var cont = prev && prev.from === m.from && parseFloat(m.timestamp) - parseFloat(prev.timestamp) < 300000;
+    this.lastMsg = m;
+    var row = h("div", { class: "nx-msg" + (mine ? " nx-mine" : "") + (cont ? " nx-cont" : ""), testid: "message", data: { from: String(m.from), state: m.state || "stored" } }, meta, body);
     if (m.local && m.state === "sending") row.appendChild(h("div", { class: "nx-msg-state", text: "sending…" }));
     if (m.local && m.state === "failed") {
       row.appendChild(h("div", { class: "nx-msg-state nx-failed", testid: "msg-failed" }, "Not sent (" + (m.error || "error") + ") ",
@@ -1825,7 +1866,7 @@
   App.prototype.renderNotifications = function () {
     var self = this;
     var ui = this.ui;
-    var seen = loadPref("notif_seen", 0);
+    var seen = loadPref("notif_seen:" + (this.user ? this.user.id : ""), 0);
     var unseen = this.notifications.filter(function (n) { return notifTime(n.time) > seen || (!n.time && !seen); }).length;
     ui.notifCount.hidden = !unseen;
     ui.notifCount.textContent = String(unseen);
