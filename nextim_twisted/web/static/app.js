@@ -56,6 +56,10 @@
     blocked_rooms: []
   };
 
+  function defaultSetting() {
+    return Object.assign({}, DEFAULT_SETTING, { blocked_rooms: [] });
+  }
+
   var STORE_PREFIX = "nextim:";
 
   // ---------------------------------------------------------------------------
@@ -524,7 +528,7 @@
     this.onlineFailures = 0;
     this.show = loadPref("show", "available");
     this.status = "";
-    this.setting = Object.assign({}, DEFAULT_SETTING);
+    this.setting = defaultSetting();
     this.buddies = new Map();  // id -> buddy
     this.rooms = new Map();    // id -> room
     this.chats = new Map();    // "type:id" -> chat
@@ -628,6 +632,7 @@
     // Skew = server clock - local clock, measured at the middle of the call.
     var now = Date.now();
     if (isFinite(parseFloat(d.server_time))) this.skew = parseFloat(d.server_time) - (sentAt + now) / 2;
+    if (this.user && this.user.id !== d.user.id) this.forgetUser(); // someone else signed in
     this.user = d.user;
     this.ticket = d.connection.ticket;
     this.server = d.connection.server || (this.t.base + "packets");
@@ -638,7 +643,7 @@
     this.status = d.user.status || "";
     savePref("show", this.show);
     if (d.setting && typeof d.setting === "object" && !Array.isArray(d.setting)) {
-      this.setting = Object.assign({}, DEFAULT_SETTING, d.setting);
+      this.setting = Object.assign(defaultSetting(), d.setting);
     }
     if (!Array.isArray(this.setting.blocked_rooms)) this.setting.blocked_rooms = [];
 
@@ -700,16 +705,23 @@
       savePref("tabs", undefined, "session");
       return self.t.call("logout", {}).catch(function () {});
     }).then(function () {
-      self.user = null;
-      self.buddies.clear();
-      self.rooms.clear();
-      self.chats.clear();
-      self.tabs = [];
-      self.active = null;
-      self.notifications = [];
+      self.forgetUser();
       self.setView("login");
-      self.invalidate("all");
     });
+  };
+
+  /** Drop everything that belonged to the signed-in user. */
+  App.prototype.forgetUser = function () {
+    this.user = null;
+    this.buddies.clear();
+    this.rooms.clear();
+    this.chats.clear();
+    this.tabs = [];
+    this.active = null;
+    this.notifications = [];
+    this.packetLog = [];
+    this.setting = defaultSetting();
+    this.invalidate("all");
   };
 
   /** Stop without going through the UI (tests, host pages). */
