@@ -11,6 +11,11 @@ room id may not equal a user id). A running daemon's *live* state is not told: a
 buddy or membership shows at the users' next ``online`` (the admin HTTP API, by
 contrast, updates live sessions at once).
 
+Like the daemon, every command upgrades an older schema first; but only ``migrate``
+creates one: any other command refuses a database without nextim's tables (or a
+missing SQLite file), so a wrong ``--config`` or working directory is reported
+rather than answered from a new, empty database.
+
 Exit status: 0 done; 1 the operation was refused (unknown user, database error,
 database newer than this code …); 2 usage or configuration error. Messages go to
 stderr as one line ``nextimctl: ...``; a traceback only for a bug.
@@ -359,6 +364,21 @@ def _db_error_types():
     return tuple(types)
 
 
+async def _require_schema(store, db_errors):
+    """Refuse to work on a database without nextim's tables (only ``migrate`` creates
+    them), so a wrong ``--config`` or working directory shows instead of silently
+    creating an empty database."""
+    store.pool.start()
+    await store.ping()  # an unreachable database fails here, with its own message
+    try:
+        version = await store.schema_version()
+    except db_errors:
+        version = 0  # no schema_version table
+    if version == 0:
+        raise CtlError("the database has no nextim tables (schema version 0); "
+                       "run 'nextimctl migrate' to create them, or check --config")
+
+
 def _describe(args):
     """``"member add lobby carol"``: the command with its ids, to prefix a refusal."""
     words = [args.command, getattr(args, "action", None)]
@@ -391,6 +411,8 @@ async def run(reactor, args, out=None):
     db_errors = _db_error_types()
     try:
         try:
+            if args.command != "migrate":
+                await _require_schema(ctl.store, db_errors)
             await ctl.store.start()
         except SchemaError as e:
             raise CtlError(str(e)) from None

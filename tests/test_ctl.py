@@ -181,6 +181,18 @@ def test_missing_sqlite_database_is_not_created_silently(tmp_path):
     assert not (tmp_path / "nextim.sqlite").exists()
 
 
+def test_empty_database_is_refused_until_migrate(ctl):
+    if ctl.kind == "sqlite":
+        (ctl.dir / "nextim.sqlite").touch()
+        tables = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+    else:
+        tables = f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{ctl.schema}'"
+    assert "no nextim tables" in ctl.refused("user", "add", "alice")
+    assert ctl.sql(tables) == [(0,)]
+    ctl.ok("migrate")
+    ctl.ok("user", "add", "alice")
+
+
 def test_check_config(tmp_path):
     c = Ctl("sqlite", tmp_path)
     r = c.run("check-config")
