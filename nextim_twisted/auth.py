@@ -15,7 +15,15 @@ import jwt
 from .errors import Forbidden, Unauthorized
 
 _hasher = argon2.PasswordHasher()
-_DUMMY_HASH = _hasher.hash("nextim: no such user")
+_dummy_hash = None  # made on first use: an argon2 hash costs ~0.3 s, too much for every import
+
+
+def _dummy():
+    """A hash to verify against for unknown users, so timing does not reveal who exists."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("nextim: no such user")
+    return _dummy_hash
 
 #: Claims copied from a site token into the user's profile (D13).
 PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
@@ -196,8 +204,8 @@ class Authenticator:
             raise Unauthorized("password login is not enabled", code="not_authenticated")
         user = await self.store.get_user(username or "")
         # An unknown user costs one hash too, so timing does not reveal who exists.
-        stored = user["password_hash"] if user and user["password_hash"] else _DUMMY_HASH
-        ok = await self.blocking(verify_password, stored, password or "")
+        stored = user["password_hash"] if user and user["password_hash"] else None
+        ok = await self.blocking(lambda: verify_password(stored or _dummy(), password or ""))
         ok = ok and user is not None and bool(user["password_hash"])
         if not ok:
             raise Unauthorized("wrong user name or password", code="bad_credentials")

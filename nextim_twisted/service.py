@@ -12,6 +12,7 @@ from .auth import Authenticator
 from .core.router import Router
 from .handlers.context import Context
 from .retention import Retention
+from .store.base import SchemaError
 from .store.sql import SQLStore
 from .web.app import WebApp
 
@@ -87,8 +88,11 @@ class NextimService(service.Service):
 
     def _failed(self, failure):
         log.critical("nextim-twisted cannot start: {error}", error=failure.getErrorMessage() or failure.type.__name__)
-        # A daemon that cannot serve must not look alive to systemd: exit non-zero.
-        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        # A daemon that cannot serve must not look alive to systemd: exit non-zero. A schema
+        # newer than the code cannot be fixed by restarting: exit 2, which the unit's
+        # RestartPreventExitStatus does not restart (etc/nextim.service).
+        status = 2 if failure.check(SchemaError) else 1
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, status)
         if self.reactor.running:
             self.reactor.stop()
 
