@@ -18,6 +18,7 @@ setup(
         "klein>=24.8",
         "PyJWT>=2.8",
         "argon2-cffi>=23.1",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
