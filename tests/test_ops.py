@@ -12,7 +12,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from nextim_twisted import config as config_module
 from nextim_twisted import logs
-from nextim_twisted.web.metrics import endpoint_name
+from nextim_twisted.web.metrics import HEALTH_TIMEOUT_S, endpoint_name
 from tests.conftest import API_KEY, TOKEN_SECRET
 
 METRICS_TOKEN = "metrics-token-" + "z" * 16
@@ -34,6 +34,15 @@ def value(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+async def until(daemon, condition, what):
+    """Let the reactor run (HTTP and database threads) until ``condition()`` holds."""
+    for _ in range(200):
+        if condition():
+            return
+        await daemon.settle()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_move_with_traffic(daemon):
     before = await scrape(daemon)
@@ -41,7 +50,7 @@ async def test_metrics_move_with_traffic(daemon):
     a = await daemon.online("alice")
     b = await daemon.online("bob")
     poll = daemon.poll(b["connection"]["ticket"])
-    await daemon.settle()
+    await until(daemon, lambda: daemon.router.stats()["parked_polls"] == 1, "bob's poll to park")
     live = await scrape(daemon)
     # gauges are read from the router at scrape time
     assert value(live, "nextim_online_users") == 2
@@ -163,8 +172,11 @@ async def test_health_503_when_storage_is_closed(daemon):
     # A closed adbapi pool never answers: /health gives up after HEALTH_TIMEOUT_S
     # on the daemon clock, which the test drives.
     pending = defer.ensureDeferred(daemon.request("GET", "/health"))
-    await daemon.settle()
-    daemon.clock.advance(10)
+
+    def answered():
+        daemon.clock.advance(HEALTH_TIMEOUT_S)
+        return pending.called
+    await until(daemon, answered, "the /health answer")
     resp = await pending
     assert resp.status == 503
     assert resp.json == {"status": "error", "storage": "error"}
@@ -214,10 +226,10 @@ async def test_one_access_event_per_request_without_secrets(daemon, access_event
     await daemon.call("message", ticket=ticket, type="unicast", to="bob", body=body)
     await daemon.call("message", ticket=ticket, type="unicast", to="nobody", body=body)
     poll = daemon.poll(ticket, callback="cb")
-    await daemon.settle()
+    await until(daemon, lambda: daemon.router.stats()["parked_polls"] == 1, "the poll to park")
     daemon.clock.advance(daemon.config.timers.poll_hold)
     assert (await poll).status == 200
-    await daemon.settle()
+    await until(daemon, lambda: any(e["path"] == "/packets" for e in access_events), "the poll's event")
 
     by_path = {}
     for e in access_events:
@@ -250,10 +262,10 @@ async def test_abandoned_poll_is_logged_once(daemon, access_events):
     conn = await ClientCreator(reactor, Protocol).connectTCP("127.0.0.1", daemon.port.getHost().port)
     conn.transport.write(f"GET /packets?ticket={a['connection']['ticket']} HTTP/1.1\r\n"
                          f"Host: 127.0.0.1\r\n\r\n".encode())
-    await daemon.settle()
-    assert daemon.router.stats()["parked_polls"] == 1
+    await until(daemon, lambda: daemon.router.stats()["parked_polls"] == 1, "the poll to park")
     conn.transport.loseConnection()
-    await daemon.settle()
+    await until(daemon, lambda: any(e["path"] == "/packets" for e in access_events), "the poll's event")
+    await daemon.settle()  # a second event would show up now
     polls = [e for e in access_events if e["path"] == "/packets"]
     assert [(e["status"], e["user_id"]) for e in polls] == [(499, "alice")]
     samples = await scrape(daemon)
