@@ -128,9 +128,12 @@ def start_daemon(workdir, config_text=SHORT_TIMERS, demo=True, set_public_url=Fa
 _daemons = []  # running daemons, whose logs go into failure reports
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory):
-    """One demo daemon for the whole browser test session."""
+# Package scope: the daemon and the browser end with the last browser test,
+# so nothing of Playwright's (its asyncio loop, driver process) is still
+# around while the reactor-based tests of the rest of the suite run.
+@pytest.fixture(scope="package")
+def demo_daemon(tmp_path_factory):
+    """One demo daemon for all the browser tests."""
     d = start_daemon(tmp_path_factory.mktemp("nextim-daemon"))
     _daemons.append(d)
     try:
@@ -140,7 +143,7 @@ def daemon(tmp_path_factory):
         _daemons.remove(d)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     if sync_playwright is None:
         pytest.skip("playwright is not installed (pip install playwright)")
@@ -205,11 +208,11 @@ def pages(browser, request):
 
 
 @pytest.fixture
-def login(pages, daemon):
+def login(pages, demo_daemon):
     """``login("alice")`` → a page signed in as alice, comet online."""
 
     def _login(user, password=None):
-        page = pages.new(daemon.url + "/", label=user)
+        page = pages.new(demo_daemon.url + "/", label=user)
         sign_in(page, user, password or user)
         expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
         expect(page.get_by_test_id("my-nick")).to_have_text(NICKS.get(user, user))
