@@ -45,6 +45,17 @@ def pytest_configure(config):
                    "(plain sync test, no Twisted reactor)")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run the browser tests after the rest of the suite: they are the slowest,
+    and Playwright's sync API (greenlets, its own asyncio loop and driver
+    process) then never shares the interpreter with the reactor-based tests."""
+    here = pathlib.Path(__file__).resolve().parent
+    mine = [i for i in items if here in pathlib.Path(str(i.fspath)).resolve().parents]
+    if mine and len(mine) < len(items):
+        others = [i for i in items if i not in mine]
+        items[:] = others + mine
+
+
 def twistd_command():
     """argv prefix that runs twistd with this Python (``twist`` has no --nodaemon)."""
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]

@@ -314,6 +314,25 @@ def test_poll_errors_show_reconnecting_then_recover(login):
     expect(bodies(alice).last).to_have_text("after the outage")
 
 
+def test_clear_history_is_per_side_and_survives_reload(login):
+    alice = login("alice")
+    carol = login("carol")
+    open_chat(alice, "carol")
+    send(alice, "clear this on my side")
+    clear = tid(alice, "chat-clear")
+    clear.click()
+    expect(clear).to_have_text("Click again to clear")  # no confirm() dialog
+    clear.click()
+    expect(tid(alice, "messages").get_by_test_id("message")).to_have_count(0)
+    alice.reload()
+    expect(tid(alice, "conn-state")).to_have_attribute("data-state", "online")
+    expect(tid(alice, "chat-pane")).to_have_attribute("data-chat", "unicast:carol")
+    expect(tid(alice, "no-messages")).to_be_visible()
+    # Carol keeps her copy.
+    open_chat(carol, "alice")
+    expect(bodies(carol).last).to_have_text("clear this on my side")
+
+
 def test_sound_setting_beeps_and_persists(login):
     alice = login("alice")
     bob = login("bob")
