@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import argon2
 import jwt
 
-from .errors import Forbidden, Unauthorized
+from .errors import BadRequest, Forbidden, Unauthorized
+from .handlers.params import check_id, is_storable
 
 _hasher = argon2.PasswordHasher()
 _dummy_hash = None  # made on first use: an argon2 hash costs ~0.3 s, too much for every import
@@ -27,6 +28,8 @@ def _dummy():
 
 #: Claims copied from a site token into the user's profile (D13).
 PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
+#: Longest profile claim accepted (the admin API's limit for URLs; ``nick`` is cut to 100).
+MAX_CLAIM_CHARS = 2000
 
 
 def hash_password(password):
@@ -123,11 +126,17 @@ class Authenticator:
         except jwt.PyJWTError:
             raise Unauthorized("invalid token", code="invalid_token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.strip() or len(sub) > 64:
-            raise Unauthorized("invalid token: sub must be a non-empty user id", code="invalid_token")
+        try:
+            check_id(sub, "sub")  # the same rule as every other user id (no ",", "/", controls)
+        except BadRequest:
+            raise Unauthorized("invalid token: sub must be a non-empty user id", code="invalid_token") from None
         for key in PROFILE_CLAIMS:
             if key in claims and not isinstance(claims[key], str):
                 raise Unauthorized(f"invalid token: {key} must be a string", code="invalid_token")
+            if key in claims and (not is_storable(claims[key]) or len(claims[key]) > MAX_CLAIM_CHARS):
+                # a lone surrogate or NUL cannot be stored (the profile is saved from the claims)
+                raise Unauthorized(f"invalid token: {key} must be text of at most {MAX_CLAIM_CHARS} characters",
+                                   code="invalid_token")
         return claims
 
     def make_login_cookie(self, user_id):

@@ -218,10 +218,12 @@ class Router:
                 delivered = True
         return delivered
 
-    def route_unicast(self, message, sender_ticket=None):
+    def route_unicast(self, message, sender_ticket=None, to_recipient=True):
         """Deliver a committed unicast (or broadcast-shaped) message (D7): to every
         session of the recipient and to the sender's other sessions.
 
+        :param to_recipient: False to send only the sender's copies (the recipient
+            already got the message as one of ``online``'s ``new_messages``).
         :returns: True if at least one recipient session took it.
         """
         self.messages_routed["unicast"] += 1
@@ -229,7 +231,10 @@ class Router:
         recipient = self.users.get(message["to"])
         sender = self.users.get(message["from"])
         delivered = False
-        if recipient is not None:
+        if recipient is not None and recipient is sender:
+            # A note to oneself: each *other* session once, never the sending one (D7).
+            return self._push_user(recipient, "messages", packet, except_ticket=sender_ticket)
+        if recipient is not None and to_recipient:
             delivered = self._push_user(recipient, "messages", packet)
         if sender is not None and sender is not recipient:
             self._push_user(sender, "messages", packet, except_ticket=sender_ticket)
@@ -237,8 +242,6 @@ class Router:
                 # Strangers who talk see each other's presence from now on (D8).
                 sender.contacts.add(recipient.id)
                 recipient.contacts.add(sender.id)
-        elif sender is not None:
-            self._push_user(sender, "messages", packet, except_ticket=sender_ticket)
         return delivered
 
     def route_multicast(self, message, sender_ticket=None):

@@ -57,7 +57,14 @@ async def message(ctx, identity, params):
         delivered = recipient is not None and bool(recipient.sessions)
         msg = await store.add_message("unicast", identity.user_id, to, user.nick, body, style,
                                       ctx.now_ms(), delivered)
-        router.route_unicast(msg, session.ticket)
+        to_recipient = True
+        recipient = router.users.get(to)
+        if not delivered and recipient is not None and recipient.sessions and to != identity.user_id:
+            # The recipient came online while the message was being stored. A concurrent
+            # ``online`` may have taken it as a new message already: whoever marks it
+            # delivered first hands it over, so it reaches the recipient once (D6, D10).
+            to_recipient = bool(await store.mark_delivered([msg["id"]]))
+        router.route_unicast(msg, session.ticket, to_recipient=to_recipient)
     else:
         await check_room_member(ctx, to, identity.user_id)
         if not router.in_room(identity.user_id, to):

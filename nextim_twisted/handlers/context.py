@@ -43,10 +43,48 @@ class Context:
         if not text:
             return {}
         try:
-            value = json.loads(text)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
+            return parse_setting(text)
+        except BadRequest:
+            return {}  # stored before the rules of parse_setting: never fail ``online`` for it
+
+
+#: Deepest nesting of arrays/objects accepted in a settings object (D11).
+MAX_SETTING_DEPTH = 32
+
+
+def parse_setting(text):
+    """Parse a settings text (D11) into a dict that can always be answered again.
+
+    Refused, so that one stored value can never break later answers: anything but a
+    JSON object; ``NaN``/``Infinity`` and numbers out of float range such as ``1e400``
+    (strict JSON cannot carry them); nesting deeper than :data:`MAX_SETTING_DEPTH`
+    (a deep value parses at one stack depth and not at another).
+
+    :raises BadRequest: ``data: ...`` naming the rule broken.
+    """
+    def no_constant(name):
+        raise ValueError(name)
+
+    def finite(literal):
+        number = float(literal)
+        if number in (float("inf"), float("-inf")):
+            raise ValueError(literal)
+        return number
+
+    try:
+        value = json.loads(text, parse_constant=no_constant, parse_float=finite)
+    except (ValueError, RecursionError):
+        raise BadRequest("data: must be a JSON object (strict JSON: no NaN or Infinity)",
+                         code="bad_parameter") from None
+    if not isinstance(value, dict):
+        raise BadRequest("data: must be a JSON object", code="bad_parameter")
+    level = [value]
+    for _ in range(MAX_SETTING_DEPTH):
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return value
+    raise BadRequest(f"data: nested deeper than {MAX_SETTING_DEPTH} levels", code="bad_parameter")
 
 
 def session_of(identity):

@@ -90,8 +90,11 @@ async def online(ctx, identity, params):
         room_list.append(info)
 
     # Marked delivered only after the histories, so a message is never in both (D10).
+    # Of concurrent ``online`` calls of one user each message goes to the one call
+    # that marks it (the others read it too): handed over exactly once (D6).
     if new_messages:
-        await store.mark_delivered([m["id"] for m in new_messages])
+        taken = set(await store.mark_delivered([m["id"] for m in new_messages]))
+        new_messages = [m for m in new_messages if m["id"] in taken]
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
     log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(user.sessions))

@@ -1,8 +1,7 @@
 """``setting`` (D11) and ``notification(s)`` (D12)."""
-import json
-
-from ..errors import BadRequest, TooLarge
+from ..errors import TooLarge
 from . import OK
+from .context import parse_setting
 
 
 async def setting(ctx, identity, params):
@@ -14,12 +13,7 @@ async def setting(ctx, identity, params):
     limit = ctx.config.limits.setting_bytes
     if len(data.encode("utf-8", "surrogatepass")) > limit:
         raise TooLarge(f"data: at most {limit} bytes", code="setting_too_large")
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        raise BadRequest("data: must be a JSON object", code="bad_parameter") from None
-    if not isinstance(value, dict):
-        raise BadRequest("data: must be a JSON object", code="bad_parameter")
+    parse_setting(data)  # refuses what could not be answered again (NaN, 1e400, deep nesting)
     await ctx.store.put_setting(identity.user_id, data)
     return OK
 

@@ -127,7 +127,8 @@ class Store:
         raise NotImplementedError
 
     def mark_delivered(self, message_ids):
-        """Deferred → None."""
+        """Mark undelivered messages delivered. Deferred → sorted list of the ids this
+        call changed (an id already delivered, e.g. by a concurrent call, is not in it)."""
         raise NotImplementedError
 
     def unicast_history(self, user_id, other_id, limit=30):

@@ -488,15 +488,21 @@ class SQLStore(Store):
         return self._run(q, write=False)
 
     def mark_delivered(self, message_ids):
-        """Mark the messages delivered (one transaction). Deferred → None."""
+        """Mark the messages delivered (one transaction). Deferred → sorted list of the
+        ids this call changed from undelivered to delivered: of two concurrent callers
+        with the same ids, each id is returned to one only (exactly-once hand-over of
+        ``new_messages``, D6/D10)."""
         ids = sorted({int(i) for i in message_ids})
 
         def q(c):
+            taken = []
             for part in _chunks(ids):
-                c.execute("UPDATE messages SET delivered = 1 WHERE id IN (%s)"
-                          % _marks(len(part)), part)
+                taken += [int(r[0]) for r in c.execute(
+                    "UPDATE messages SET delivered = 1 WHERE delivered = 0 AND id IN (%s) "
+                    "RETURNING id" % _marks(len(part)), part).all()]
+            return sorted(taken)
         if not ids:
-            return defer.succeed(None)
+            return defer.succeed([])
         return self._run(q)
 
     def unicast_history(self, user_id, other_id, limit=30):

@@ -19,7 +19,7 @@ from ..auth import Credentials
 from ..errors import (BadRequest, Forbidden, MethodNotAllowed, NotFound, ProtocolError, ShuttingDown,
                       TooLarge, Unauthorized)
 from ..handlers import OK, admin, chat, online, rooms, settings
-from ..handlers.params import Params
+from ..handlers.params import Params, is_storable
 from .encoding import check_callback, render, render_error
 from .metrics import Metrics, ObservedSite, Ops
 
@@ -98,6 +98,23 @@ def decode_params(request, max_body):
             raise BadRequest("parameters must not contain NUL characters", code="bad_encoding")
         values.setdefault(name, value)
     return Params(values)
+
+
+def all_storable(value):
+    """True if every string (keys included) in a parsed JSON value passes
+    :func:`~nextim_twisted.handlers.params.is_storable`. Iterative: no depth limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not is_storable(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def raw_callback(request):
@@ -290,6 +307,9 @@ class WebApp:
             raise BadRequest("body must be a JSON object", code="bad_json") from None
         if not isinstance(value, dict):
             raise BadRequest("body must be a JSON object", code="bad_json")
+        if not all_storable(value):
+            # Same rule as form parameters: no NUL, no lone surrogate (``"\ud800"``).
+            raise BadRequest("body: strings must be valid Unicode text without NUL", code="bad_encoding")
         return value
 
     @app.route("/admin/users/<string:user_id>", methods=["PUT"])

@@ -3,8 +3,10 @@ the client from the daemon in JSONP mode (examples/embed/)."""
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
+import jwt
 import pytest
 
 from tests.browser.conftest import REPO_ROOT, SHORT_TIMERS, _daemons, expect, free_port, start_daemon
@@ -109,3 +111,19 @@ def test_bad_token_shows_the_auth_error(pages, host_site, embed_daemon):
     page.evaluate("d => NextIM.start({server: d, jsonp: true, token: 'not-a-jwt'})", embed_daemon.url)
     expect(page.get_by_test_id("auth-error-view")).to_be_visible()
     expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "offline")
+
+
+def test_expired_token_is_replaced_through_get_token(pages, host_site, embed_daemon):
+    """A page open longer than its token's life: the client asks the host
+    site for a fresh token once (getToken) and carries on."""
+    page = site_login(pages, host_site, "carol")
+    secret = tomllib.loads((EXAMPLE / "nextim.toml").read_text())["auth"]["token_secret"]
+    expired = jwt.encode({"sub": "carol", "nick": "Carol", "exp": int(time.time()) - 60}, secret, algorithm="HS256")
+    page.goto(host_site + "/no-such-page")  # same origin as the site, no client on it
+    page.add_script_tag(url=embed_daemon.url + "/static/app.js")
+    page.evaluate("""([d, t]) => { window.asked = 0; NextIM.start({server: d, jsonp: true, token: t,
+        getToken: () => { window.asked++; return fetch('/token').then(r => r.text()); }}); }""",
+                  [embed_daemon.url, expired])
+    expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
+    expect(page.get_by_test_id("my-nick")).to_have_text("Carol")
+    assert page.evaluate("window.asked") == 1
