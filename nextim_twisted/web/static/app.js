@@ -610,6 +610,12 @@
       this.showAuthError();
       return;
     }
+    if (err.status === 403) {
+      // Refused, not broken (e.g. this page's origin is not one the daemon
+      // accepts cookies from): retrying would not help; say why.
+      this.showAuthError(err.message);
+      return;
+    }
     // Server unreachable or busy: keep trying, with backoff.
     this.onlineFailures++;
     var gen = this.gen;
@@ -618,11 +624,16 @@
     setTimeout(function () { if (gen === self.gen) self.goOnline(show, firstLoad); }, backoffDelay(this.onlineFailures));
   };
 
-  App.prototype.showAuthError = function () {
+  App.prototype.showAuthError = function (reason) {
     this.resetSession();
     this.setConn("offline");
-    if (this.tokenMode) this.setView("autherror");
-    else this.setView("login");
+    if (this.tokenMode || reason) {
+      this.ui.authErrorText.textContent = "Chat is not available: " +
+        (reason || "you are not signed in to the site, or your session expired.");
+      this.setView("autherror");
+    } else {
+      this.setView("login");
+    }
   };
 
   /** Take in the answer of webim/online. */
@@ -1271,8 +1282,9 @@
       h("p", { text: "You are offline." }),
       h("button", { class: "nx-btn nx-btn-primary", testid: "go-online", text: "Go online", on: { click: function () { savePref("offline", undefined); self.goOnline(self.show === "offline" ? "available" : self.show, true); } } }));
 
+    ui.authErrorText = h("p", { testid: "auth-error-text" });
     ui.authError = h("div", { class: "nx-center", testid: "auth-error-view" },
-      h("p", { text: "Chat is not available: you are not signed in to the site, or your session expired." }),
+      ui.authErrorText,
       h("button", { class: "nx-btn", text: "Try again", on: { click: function () { self.goOnline(self.show, true); } } }));
 
     ui.main = this.buildMain();
