@@ -127,3 +127,29 @@ def test_expired_token_is_replaced_through_get_token(pages, host_site, embed_dae
     expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
     expect(page.get_by_test_id("my-nick")).to_have_text("Carol")
     assert page.evaluate("window.asked") == 1
+
+
+def test_message_from_a_stranger_lists_them_under_strangers(pages, host_site, embed_daemon):
+    cfg = tomllib.loads((EXAMPLE / "nextim.toml").read_text())
+    req = urllib.request.Request(embed_daemon.url + "/admin/users/dave", method="PUT",
+                                 data=b'{"nick": "Dave"}',
+                                 headers={"Authorization": "Bearer " + cfg["admin"]["api_key"],
+                                          "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+    alice = site_login(pages, host_site, "alice")
+    expect(alice.get_by_test_id("buddy-dave")).to_have_count(0)
+
+    # Dave is known to the daemon but nobody's buddy.
+    dave = pages.new(host_site + "/no-such-page", label="dave")
+    token = jwt.encode({"sub": "dave", "nick": "Dave", "exp": int(time.time()) + 600},
+                       cfg["auth"]["token_secret"], algorithm="HS256")
+    dave.add_script_tag(url=embed_daemon.url + "/static/app.js")
+    dave.evaluate("([d, t]) => NextIM.start({server: d, jsonp: true, token: t})", [embed_daemon.url, token])
+    expect(dave.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
+    dave.evaluate("""() => { const a = NextIM.apps[0]; a.openTab('unicast:alice', true); }""")
+    dave.get_by_test_id("chat-input").fill("hello, we have not met")
+    dave.get_by_test_id("chat-input").press("Enter")
+
+    expect(alice.get_by_test_id("buddy-group-Strangers").get_by_test_id("buddy-nick-dave")).to_have_text("Dave")
+    alice.get_by_test_id("tab-unicast-dave").click()
+    expect(alice.get_by_test_id("msg-body").last).to_have_text("hello, we have not met")

@@ -1568,7 +1568,8 @@
     var groups = new Map();
     this.buddies.forEach(function (b) {
       if (filter && String(b.nick).toLowerCase().indexOf(filter) < 0 && String(b.id).toLowerCase().indexOf(filter) < 0) return;
-      var g = b.group || "Buddies";
+      // The server calls them "stranger"; show one tidy group either way.
+      var g = /^strangers?$/i.test(b.group || "") ? "Strangers" : (b.group || "Buddies");
       if (!groups.has(g)) groups.set(g, []);
       groups.get(g).push(b);
     });
