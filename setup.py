@@ -28,6 +28,12 @@ setup(
             "treq>=24.9",
             "hypothesis>=6.100",
             "playwright>=1.45",
+            # issue 4: response schemas (tests/test_openapi.py), the document itself, and
+            # generated requests against a real daemon (tests/test_schemathesis.py)
+            "jsonschema>=4.20",
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.0",
+            "slixmpp>=1.8",  # the XMPP user in tests/test_xmpp.py (issue 7)
         ],
     },
     entry_points={"console_scripts": ["nextimctl = nextim_twisted.ctl:main"]},

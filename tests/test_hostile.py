@@ -697,3 +697,32 @@ async def test_presence_and_typing_flood_is_rate_limited(daemon):
     codes = [r.jsonp("cb") for r in statuses]
     assert all(r.status == 200 for r in statuses)  # JSONP: errors are 200 scripts (D2)
     assert "ok" in codes and any(isinstance(c, dict) and c["error"] == "rate_limited" for c in codes)
+
+
+# -- long requests (D1, D15) ----------------------------------------------------------
+
+@inline
+async def test_a_long_message_by_jsonp_get_is_answered(daemon):
+    # was: a 10 000-character CJK message sent as a JSONP GET (90 KB of percent-encoding)
+    # exceeded twisted.web's 16 KiB request line: the connection was dropped, no answer.
+    alice = (await daemon.online("alice"))["connection"]["ticket"]
+    bob = (await daemon.online("bob"))["connection"]["ticket"]
+    body = "漢" * daemon.config.limits.message_chars
+    resp = await daemon.call("message", method="GET", ticket=alice, type="unicast", to="bob", body=body,
+                             callback="jsonp7")
+    assert resp.status == 200 and resp.text == '/**/jsonp7("ok");'
+    assert (await daemon.poll(bob, ack=0)).json["messages"][0]["body"] == body
+
+
+@inline
+async def test_an_over_long_request_line_or_query_is_the_413_envelope(daemon):
+    max_body = daemon.config.server.max_body_bytes
+    query = b"callback=cb&data=" + b"%41" * (max_body + 10)  # decodes to more than max_body bytes
+    resp = await raw(daemon, "GET", "/webim/setting", query=query, headers={
+        "Authorization": "Bearer " + daemon.token("alice")})
+    assert resp.status == 200 and resp.jsonp("cb")["error"] == "body_too_large"  # JSONP: 200 (D2)
+    resp = await raw(daemon, "GET", "/webim/setting", query=b"data=" + b"%41" * (max_body + 10))
+    assert resp.status == 413 and resp.json["error"] == "body_too_large"
+    resp = await raw(daemon, "GET", "/webim/online", query=b"x=" + b"A" * (4 * max_body))
+    assert resp.status == 413
+    assert_envelope(resp.json, "request_too_large")

@@ -7,10 +7,13 @@ paths and methods included, never an HTML page or a traceback.
 import hmac
 import json
 import os
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -26,6 +29,7 @@ from .metrics import Metrics, ObservedSite, Ops
 log = Logger()
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 
 
 class InternalError(ProtocolError):
@@ -87,6 +91,10 @@ def decode_params(request, max_body):
         if request.content.tell() > max_body:
             raise TooLarge(f"request body over {max_body} bytes", code="body_too_large")
         request.content.seek(0)
+    query = request.uri.partition(b"?")[2]
+    if len(unquote_to_bytes(query.replace(b"+", b" "))) > max_body:
+        # A JSONP client's query string is its body (D1): the same limit (D15).
+        raise TooLarge(f"request over {max_body} bytes", code="body_too_large")
     values = {}
     for raw_name, raw_values in (request.args or {}).items():
         try:
@@ -129,6 +137,43 @@ def raw_callback(request):
     return check_callback(value)
 
 
+def channel_class(max_body_bytes):
+    """An ``HTTPChannel`` whose request line may carry a whole request body (D15).
+
+    JSONP clients send every call, long messages included, as a GET (D1): the query
+    string is their body. twisted.web's default line limit (16 KiB) silently dropped
+    the connection of such a request — a 10 000-character message percent-encodes to up
+    to 90 KB. Lines up to three times ``max_body_bytes`` (percent-encoding triples a
+    byte) plus 4 KiB are read; :func:`decode_params` then applies ``max_body_bytes`` to
+    the decoded query. A longer line is answered with the 413 envelope, then closed.
+    """
+    line_limit = 3 * max_body_bytes + 4096
+
+    class Channel(http.HTTPChannel):
+        MAX_LENGTH = line_limit
+        totalHeadersSize = line_limit + 16384
+
+        def lineLengthExceeded(self, line):
+            body = json.dumps(TooLarge(f"request line over {line_limit} bytes",
+                                       code="request_too_large").envelope()).encode()
+            self.transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\n"
+                                 b"Content-Type: application/json; charset=utf-8\r\n"
+                                 b"Cache-Control: no-store\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self.transport.loseConnection()
+
+    return Channel
+
+
+class _EnvelopeNotFound(Resource):
+    """What ``/static/`` answers for a file it does not have: the D2 404 envelope."""
+
+    isLeaf = True
+
+    def render(self, request):
+        return render_error(request, NotFound("no such file", code="unknown_path"))
+
+
 class WebApp:
     """Klein routes bound to a handler :class:`~nextim_twisted.handlers.context.Context`."""
 
@@ -147,7 +192,9 @@ class WebApp:
     def site(self):
         """The ``twisted.web`` Site to listen with: :meth:`resource` plus one access-log
         event and the metrics of every request (issue 5, ``web/metrics.py``)."""
-        return ObservedSite(self.resource(), self.metrics, webim_names=set(WEBIM) | {"login", "logout"})
+        site = ObservedSite(self.resource(), self.metrics, webim_names=set(WEBIM) | {"login", "logout"})
+        site.protocol = channel_class(self.ctx.config.server.max_body_bytes)
+        return site
 
     # -- plumbing ------------------------------------------------------------
     def credentials(self, request, params, callback):
@@ -367,6 +414,15 @@ class WebApp:
         """200 when storage answers, 503 otherwise (load balancers, systemd checks)."""
         return defer.ensureDeferred(self.ops.render_health(request))
 
+    @app.route("/openapi.json", methods=["GET", "HEAD"])
+    def openapi(self, request):
+        """The OpenAPI 3.1 description of this HTTP API (``web/openapi.json``, kept in
+        step with the routes by tests/test_openapi.py)."""
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        with open(OPENAPI_PATH, "rb") as f:
+            return f.read()
+
     # -- the bundled client ------------------------------------------------------
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request):
@@ -376,11 +432,18 @@ class WebApp:
         if not os.path.exists(path):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"nextim-twisted is running; the web client is not installed.\n"
-        return File(path)
+        # Not File(path): Klein leaves postpath [b""] for "/", and a File of a regular
+        # file answers that child with Twisted's HTML 404 page.
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        with open(path, "rb") as f:
+            return f.read()
 
     @app.route("/static/", branch=True, methods=["GET", "HEAD"])
     def static(self, request):
-        return File(self.static_dir)
+        files = File(self.static_dir)
+        files.childNotFound = _EnvelopeNotFound()  # D1: a missing file is the D2 envelope, not HTML
+        return files
 
     # -- everything else: the D2 envelope ------------------------------------------
     @app.handle_errors(WerkzeugNotFound)
