@@ -28,6 +28,7 @@ setup(
             "treq>=24.9",
             "hypothesis>=6.100",
             "playwright>=1.45",
+            "slixmpp>=1.8",  # the XMPP user in tests/test_xmpp.py (issue 7)
             # issue 4: response schemas (tests/test_openapi.py), the document itself, and
             # generated requests against a real daemon (tests/test_schemathesis.py)
             "jsonschema>=4.20",

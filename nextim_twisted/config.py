@@ -67,6 +67,18 @@ SCHEMA = {
         "enabled": (bool, True),
         "token": (str, None),                # optional bearer token for scrapes
     },
+    # XMPP bridge (issue 7, docs/xmpp.md): the daemon as a XEP-0114 external component.
+    "xmpp": {
+        "enabled": (bool, False),
+        "host": (str, "127.0.0.1"),        # XMPP server's component listener
+        "port": (int, 5347),
+        "component_domain": (str, None),    # web users are <id>@<component_domain>
+        "secret": (str, None),              # the component's shared secret
+        "muc_domain": (str, None),          # default MUC service for a room's "muc"
+        "min_backoff": ((int, float), 1),   # seconds before the first reconnect
+        "max_backoff": ((int, float), 60),  # longest wait between reconnects, seconds
+        "queue_stanzas": (int, 1000),       # stanzas kept while disconnected
+    },
 }
 
 
@@ -214,6 +226,17 @@ def from_dict(data, demo=False, overrides=None):
     for key, value in s["limits"].items():
         if value < 1:
             raise ConfigError(f"[limits] {key}: must be a positive integer, got {value!r}")
+    x = s["xmpp"]
+    if x["enabled"]:
+        for key in ("component_domain", "secret"):
+            if not x[key]:
+                raise ConfigError(f"[xmpp] {key}: required when enabled = true")
+    if not 0 < x["port"] < 65536:
+        raise ConfigError(f"[xmpp] port: must be 1 to 65535, got {x['port']!r}")
+    if not 0 < x["min_backoff"] <= x["max_backoff"] <= 3600:
+        raise ConfigError("[xmpp] min_backoff, max_backoff: need 0 < min_backoff <= max_backoff <= 3600 seconds")
+    if x["queue_stanzas"] < 1:
+        raise ConfigError(f"[xmpp] queue_stanzas: must be a positive integer, got {x['queue_stanzas']!r}")
     if s["server"]["max_body_bytes"] < 1024:
         raise ConfigError("[server] max_body_bytes: must be at least 1024")
     if s["log"]["format"] not in ("text", "json"):

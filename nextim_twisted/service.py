@@ -50,6 +50,11 @@ class NextimService(service.Service):
         blocking = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
         self.auth = Authenticator(config, self.store, self.router, blocking, reactor)
         self.ctx = Context(config, self.store, self.router, self.auth, reactor)
+        # XMPP bridge (issue 7): built here, connected once storage is up.
+        self.xmpp = None
+        if config.xmpp.enabled:
+            from .xmpp.bridge import Bridge
+            self.xmpp = self.ctx.xmpp = Bridge(self.ctx, config.xmpp, reactor)
         self.web = WebApp(self.ctx)
         self.port = None
         self.ready = None
@@ -70,6 +75,8 @@ class NextimService(service.Service):
         await self.store.start()
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        if self.xmpp is not None:
+            await self.xmpp.start()  # connects in the background; the web side never waits for it
         if self.config.storage.retention_days > 0:
             # purge now and every 24 h (issue 5: [storage] retention_days)
             self.retention = Retention(self.store, self.reactor, self.config.storage.retention_days)
@@ -112,4 +119,6 @@ class NextimService(service.Service):
             await task.deferLater(self.reactor, 0.2, lambda: None)
         if self.port is not None:
             await self.port.stopListening()
+        if self.xmpp is not None:
+            await self.xmpp.stop()
         await self.store.close()

@@ -44,6 +44,9 @@ class Router:
         self.sessions = {}   # ticket -> Session
         self.rooms = {}      # room id -> set of live member ids
         self.overflows = 0
+        # Observers of live state (the XMPP bridge, issue 7): objects with any of
+        # user_presence(user, type_), room_joined(user, room_id), room_left(user, room_id).
+        self.observers = []
         # messages routed by type, read by the metrics collector (web/metrics.py)
         self.messages_routed = {"unicast": 0, "multicast": 0, "broadcast": 0}
 
@@ -197,7 +200,27 @@ class Router:
         return {"type": type_, "from": user.id, "nick": user.nick, "to": to, "show": show,
                 "status": status}
 
+    def _notify(self, event, *args):
+        """Tell the :attr:`observers` about ``event``; an observer's error is logged, never
+        propagated into routing."""
+        for observer in self.observers:
+            method = getattr(observer, event, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except Exception:
+                    log.failure("router observer {event} failed", event=event)
+
+    def deliver(self, user_id, kind, packet):
+        """Push a ready-made packet (``kind`` ∈ messages, presences, statuses) to every
+        session of a live user; for sources that are not live users (the XMPP bridge).
+        :returns: True if a session took it."""
+        user = self.users.get(user_id)
+        return user is not None and self._push_user(user, kind, packet)
+
     def _announce(self, user, type_):
+        # online/show/offline as others see it (invisible is already offline here, D8)
+        self._notify("user_presence", user, type_)
         for other_id in user.related():
             other = self.users.get(other_id)
             if other is not None and other_id != user.id:
@@ -283,6 +306,7 @@ class Router:
             return
         members.add(user.id)
         user.rooms.add(room_id)
+        self._notify("room_joined", user, room_id)
         if announce and self.room_presences and user.visible:
             self._room_presence(user, room_id, "join")
 
@@ -293,6 +317,7 @@ class Router:
             return
         members.discard(user.id)
         user.rooms.discard(room_id)
+        self._notify("room_left", user, room_id)
         if not members:
             del self.rooms[room_id]
         if announce and self.room_presences and user.visible:

@@ -48,6 +48,8 @@ async def delete_user(ctx, user_id):
     if not await ctx.store.delete_user(user_id):
         raise NotFound("unknown user", code="unknown_user")
     ctx.router.user_offline(user_id)
+    if ctx.xmpp is not None:
+        await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (issue 7)
     return {"success": True}
 
 
@@ -62,8 +64,28 @@ async def _both_users(ctx, user_id, buddy_id):
             raise NotFound(f"unknown user: {i}", code="unknown_user")
 
 
+async def _xmpp_buddy(ctx, user_id, buddy_id):
+    """True if ``buddy_id`` names an XMPP contact (a JID, not a web user) and the XMPP
+    bridge is on (issue 7, docs/xmpp.md). :raises NotFound: unknown web user."""
+    if ctx.xmpp is None or "@" not in buddy_id:
+        return False
+    check_id(user_id)
+    check_id(buddy_id, "buddy_id")
+    if await ctx.store.get_user(buddy_id) is not None:
+        return False
+    if await ctx.store.get_user(user_id) is None:
+        raise NotFound(f"unknown user: {user_id}", code="unknown_user")
+    return True
+
+
 async def put_buddy(ctx, user_id, buddy_id, body):
-    """``PUT /admin/users/{id}/buddies/{buddy_id}`` ``{"group"?}`` (symmetric)."""
+    """``PUT /admin/users/{id}/buddies/{buddy_id}`` ``{"group"?}`` (symmetric).
+
+    With the XMPP bridge on, ``buddy_id`` may be a bare JID (``{"group"?, "nick"?}``):
+    the bridge pairs them and runs the RFC 3921 subscription handshake (issue 7)."""
+    if await _xmpp_buddy(ctx, user_id, buddy_id):
+        jid = await ctx.xmpp.add_buddy(user_id, buddy_id, _text(body, "nick"), _text(body, "group"))
+        return {"success": True, "jid": jid}
     await _both_users(ctx, user_id, buddy_id)
     await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
     ctx.router.buddies_changed(user_id, buddy_id, True)
@@ -74,6 +96,9 @@ async def delete_buddy(ctx, user_id, buddy_id):
     """``DELETE /admin/users/{id}/buddies/{buddy_id}``."""
     check_id(user_id)
     check_id(buddy_id, "buddy_id")
+    if ctx.xmpp is not None and ctx.xmpp.is_buddy(user_id, buddy_id):
+        await ctx.xmpp.remove_buddy(user_id, buddy_id)  # an XMPP buddy (issue 7)
+        return {"success": True}
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
     ctx.router.buddies_changed(user_id, buddy_id, False)
@@ -85,9 +110,18 @@ async def put_room(ctx, room_id, body):
     equal user ids (protocol-reference §1.3)."""
     check_id(room_id)
     nick = _text(body, "nick", required=True)
+    # "muc": bridge to a XEP-0045 room ("room@service", or "room" on [xmpp] muc_domain;
+    # null unbridges), issue 7.
+    muc = _text(body, "muc", limit=300)
+    if "muc" in body:
+        if ctx.xmpp is None:
+            raise BadRequest("muc: the XMPP bridge is not enabled ([xmpp] enabled)", code="xmpp_disabled")
+        muc = ctx.xmpp.muc_jid(muc) if muc is not None else None
     if await ctx.store.get_user(room_id) is not None:
         raise BadRequest("id is already used by a user", code="id_conflict")
     await ctx.store.put_room(room_id, nick, _text(body, "pic_url"), _text(body, "url"))
+    if "muc" in body:
+        await ctx.xmpp.set_room(room_id, muc)
     return {"success": True}
 
 
@@ -96,6 +130,8 @@ async def delete_room(ctx, room_id):
     check_id(room_id)
     if not await ctx.store.delete_room(room_id):
         raise NotFound("unknown room", code="unknown_room")
+    if ctx.xmpp is not None:
+        await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (issue 7)
     for member_id in list(ctx.router.rooms.get(room_id, ())):
         ctx.router.leave_room(member_id, room_id)
     return {"success": True}

@@ -5,6 +5,7 @@ import re
 from .. import model
 from ..errors import BadRequest, Forbidden, NotFound, TooLarge
 from . import OK
+from . import xmpp as xmpp_handlers
 from .context import parse_show, require_live, session_of
 
 #: Type names a client may send, with v5 aliases (D7).
@@ -49,7 +50,10 @@ async def message(ctx, identity, params):
     user = require_live(ctx, identity)
     ctx.limiter.check("messages", identity.user_id)
     router, store = ctx.router, ctx.store
-    if type_ == "unicast":
+    if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
+        # XMPP bridge (issue 7): to a JID buddy — stored, then sent as an XMPP chat message.
+        await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
+    elif type_ == "unicast":
         if await store.get_user(to) is None:
             raise NotFound("unknown user", code="unknown_user")
         # Offline-ness is decided here from live sessions, not by the client (§7 A6).
@@ -72,6 +76,8 @@ async def message(ctx, identity, params):
         msg = await store.add_message("multicast", identity.user_id, to, user.nick, body, style,
                                       ctx.now_ms(), True)
         router.route_multicast(msg, session.ticket)
+        if ctx.xmpp is not None:
+            ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (issue 7)
     return OK
 
 
@@ -85,6 +91,9 @@ async def status(ctx, identity, params):
         raise BadRequest("show: a short word such as typing or clear", code="bad_parameter")
     require_live(ctx, identity)
     ctx.limiter.check("presences", identity.user_id)
+    if ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
+        ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 (issue 7)
+        return OK
     ctx.router.route_status(identity.user_id, to, show)
     return OK
 

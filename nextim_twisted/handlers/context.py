@@ -27,6 +27,9 @@ class Context:
             "presences": config.limits.presences_per_minute,
         })
         self.shutting_down = False
+        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
+        #: (issue 7), else None; set by the service.
+        self.xmpp = None
 
     def now_ms(self):
         """Integer milliseconds from the injected clock (D7 timestamps)."""

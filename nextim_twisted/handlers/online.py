@@ -69,13 +69,17 @@ async def online(ctx, identity, params):
     wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
     wanted = [i for i in wanted if i != uid]
     profiles = await store.get_users(wanted)
+    # XMPP bridge (issue 7): the user's JID buddies, with the presence XMPP gave them.
+    remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
+    wanted += [jid for jid in remote if jid not in wanted]
     buddy_list = []
     for buddy_id in wanted:
         buddy = profiles.get(buddy_id)
-        if buddy is None:
+        if buddy is None and buddy_id not in remote:
             continue
         # Not a directory buddy: the UI sorts the "stranger" group last (§2.2).
-        info = model.buddy_info(buddy, groups.get(buddy_id, "stranger"), router.presence_of(buddy_id, uid))
+        info = remote.get(buddy_id) or model.buddy_info(buddy, groups.get(buddy_id, "stranger"),
+                                                        router.presence_of(buddy_id, uid))
         if buddy_id in active:
             info["history"] = [model.log_item(m) for m in
                                await store.unicast_history(uid, buddy_id, ctx.config.limits.history)]
@@ -129,8 +133,10 @@ async def buddies(ctx, identity, params):
     ids = params.ids("ids")
     profiles = await ctx.store.get_users(ids)
     groups = dict(await ctx.store.get_buddies(identity.user_id))
-    return [model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
-            for i in ids if i in profiles]
+    remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (issue 7)
+    return [remote[i] if i in remote else
+            model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
+            for i in ids if i in profiles or i in remote]
 
 
 async def login(ctx, params):

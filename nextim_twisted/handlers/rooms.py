@@ -29,7 +29,10 @@ async def members(ctx, identity, params):
     """``webim/members``: online members ``[{id, nick, presence, show}]`` (§7 A9)."""
     room_id = params.ident("id")
     await check_room_member(ctx, room_id, identity.user_id)
-    return ctx.router.room_members(room_id, identity.user_id)
+    members = ctx.router.room_members(room_id, identity.user_id)
+    if ctx.xmpp is not None:
+        members += ctx.xmpp.room_occupants(room_id)  # XMPP occupants of a bridged room (issue 7)
+    return members
 
 
 async def rooms(ctx, identity, params):

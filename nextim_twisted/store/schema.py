@@ -93,13 +93,36 @@ _V1 = (
     )""",
 )
 
+# Version 2: the XMPP bridge's tables (issue 7, nextim_twisted/xmpp/store.py).
+_V2 = (
+    # A web user paired with an XMPP contact (bare JID) by the directory, with the
+    # RFC 3921 subscription state from the web user's side: none/to/from/both, and
+    # ask = 1 while our subscribe request is pending.
+    """CREATE TABLE xmpp_buddies (
+        user_id TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        nick TEXT,
+        grp TEXT,
+        subscription TEXT NOT NULL DEFAULT 'none',
+        ask INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, jid)
+    )""",
+    "CREATE INDEX xmpp_buddies_jid ON xmpp_buddies (jid)",
+    # A room bridged to a XEP-0045 room (bare JID of the MUC room).
+    """CREATE TABLE xmpp_rooms (
+        room_id TEXT PRIMARY KEY,
+        muc TEXT NOT NULL
+    )""",
+)
+
 #: ``[(version, (statement, ...)), ...]`` in increasing version order. Append only.
 MIGRATIONS = [
     (1, _V1),
+    (2, _V2),
 ]
 
 #: The schema version this code writes and understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 assert [v for v, _ in MIGRATIONS] == sorted({v for v, _ in MIGRATIONS})

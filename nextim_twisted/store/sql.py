@@ -222,6 +222,13 @@ class SQLStore(Store):
             log.failure("observe_query failed")
         return result
 
+    def transaction(self, fn, *args, write=True):
+        """Public form of :meth:`_run` for add-on tables kept outside this module (the
+        XMPP bridge's, issue 7: ``nextim_twisted/xmpp/store.py``): ``fn(cursor, *args)``
+        in one transaction; ``cursor.execute(sql, params)`` takes ``?`` placeholders and
+        returns the cursor (``.one()``, ``.all()``, ``.rowcount``). Deferred → ``fn``'s result."""
+        return self._run(fn, *args, write=write)
+
     def _interaction(self, trans, fn, write, args):
         if self.dialect == "sqlite":
             # IMMEDIATE takes the write lock up front: no deadlock-prone upgrade.

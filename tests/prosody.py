@@ -1,0 +1,182 @@
+"""A real Prosody XMPP server for the bridge tests (issue 7), on loopback ports.
+
+:class:`Prosody` writes a config into a temporary directory (one VirtualHost, the
+daemon's XEP-0114 component with a secret, a XEP-0045 MUC component, a self-signed
+certificate made with ``cryptography``, c2s and component ports on free 127.0.0.1
+ports, data in the directory, no s2s, no HTTP) and runs ``prosody -F`` in the
+foreground as the ``prosody`` user (Prosody refuses to run as root).
+
+Needs the Debian package ``prosody`` (installed by ``.ci/run``); :func:`available`
+says whether it is there so the tests can skip cleanly elsewhere.
+"""
+import datetime
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+
+DOMAIN = "localhost"
+COMPONENT = "web.localhost"
+MUC = "conference.localhost"
+SECRET = "component-secret-for-tests"
+
+
+def available():
+    """True when the prosody binaries and the ``prosody`` user exist."""
+    try:
+        pwd.getpwnam("prosody")
+    except KeyError:
+        return False
+    return shutil.which("prosody") is not None and shutil.which("prosodyctl") is not None
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _self_signed(directory, host):
+    """Write ``<host>.key``/``<host>.crt`` (RSA 2048, one day) into ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    key_path = os.path.join(directory, f"{host}.key")
+    crt_path = os.path.join(directory, f"{host}.crt")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    with open(crt_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, crt_path
+
+
+_CONFIG = """\
+-- written by tests/prosody.py
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+log = {{ {{ levels = {{ min = "{level}" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+c2s_direct_tls_ports = {{ }}
+component_ports = {{ {component} }}
+component_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+admin_socket = "{dir}/admin.sock"
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "offline" }}
+modules_disabled = {{ "s2s", "admin_shell" }}
+authentication = "internal_plain"
+storage = "internal"
+allow_registration = false
+c2s_require_encryption = true
+limits = {{ c2s = {{ rate = "1mb/s" }} }}
+ssl = {{ key = "{key}", certificate = "{crt}" }}
+
+VirtualHost "{domain}"
+    ssl = {{ key = "{key}", certificate = "{crt}" }}
+
+Component "{component_domain}"
+    component_secret = "{secret}"
+
+Component "{muc}" "muc"
+    restrict_room_creation = false
+    muc_room_default_public = true
+    muc_room_default_persistent = false
+"""
+
+
+class Prosody:
+    """One Prosody server in ``directory`` (created, made readable by ``prosody``).
+
+    Attributes: ``c2s_port`` (client port), ``component_port`` (XEP-0114 port),
+    ``domain``, ``component``, ``muc``, ``secret``, ``config`` (path of the config).
+    """
+
+    def __init__(self, directory, secret=SECRET):
+        self.dir = str(directory)
+        self.domain, self.component, self.muc, self.secret = DOMAIN, COMPONENT, MUC, secret
+        self.c2s_port = free_port()
+        self.component_port = free_port()
+        self.proc = None
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        key, crt = _self_signed(self.dir, DOMAIN)
+        self.config = os.path.join(self.dir, "prosody.cfg.lua")
+        with open(self.config, "w") as f:
+            f.write(_CONFIG.format(dir=self.dir, level=os.environ.get("NEXTIM_PROSODY_LOG", "info"),
+                                   c2s=self.c2s_port, component=self.component_port, key=key, crt=crt,
+                                   domain=DOMAIN, component_domain=COMPONENT, secret=secret, muc=MUC))
+        user = pwd.getpwnam("prosody")
+        for root, dirs, files in os.walk(self.dir):
+            for name in [root] + [os.path.join(root, x) for x in dirs + files]:
+                os.chown(name, user.pw_uid, user.pw_gid)
+        # The prosody user must be able to reach the directory through its parents.
+        parent = self.dir
+        while parent not in ("/", ""):
+            parent = os.path.dirname(parent)
+            mode = os.stat(parent).st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+
+    def _as_prosody(self, *argv):
+        return ["runuser", "-u", "prosody", "--", *argv]
+
+    def register(self, user, password):
+        """Create the XMPP account ``user@domain`` (``prosodyctl register``)."""
+        subprocess.run(self._as_prosody("prosodyctl", "--config", self.config, "register", user, self.domain,
+                                        password), check=True, capture_output=True, timeout=30)
+
+    def start(self, timeout=15):
+        """Start ``prosody -F`` and wait until both ports accept connections."""
+        self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        for port in (self.c2s_port, self.component_port):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"prosody exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"prosody did not listen on {port}:\n{self.log_tail()}") from None
+                    time.sleep(0.05)
+
+    def stop(self, timeout=10):
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            # runuser forwards SIGTERM to prosody.
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def log_tail(self, lines=40):
+        """The last lines of prosody.log (for failure messages)."""
+        try:
+            with open(os.path.join(self.dir, "prosody.log"), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
