@@ -29,7 +29,7 @@ from tests.conftest import API_KEY, TOKEN_SECRET, Response
 
 inline = pytest_twisted.ensureDeferred
 
-HYPO = settings(max_examples=40, deadline=None, derandomize=True,
+HYPO = settings(max_examples=75, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 #: Longest one example may take (real seconds) before it fails as hung.
