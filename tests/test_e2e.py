@@ -11,10 +11,13 @@ import json
 import threading
 import time
 
+import secrets
+
 import jwt
 import pytest
 
 from tests.daemon import Daemon
+from tests.storefixtures import POSTGRES_DSN, STORE_KINDS, _drop_schema, skip_unless_enabled
 
 POLL_TIMEOUT = 15  # client-side socket timeout of one poll (hold is 3 s)
 WAIT = 8           # default deadline for "this packet arrives"
@@ -188,13 +191,24 @@ class Tab:
         assert not self.errors, f"{self.user_id}'s tab: {self.errors}"
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon()
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def daemon(request):
+    """A real ``twistd nextim`` on SQLite, then the same on PostgreSQL (issue 5: the same
+    conversation must pass on both), each in its own database/schema."""
+    skip_unless_enabled(request.param)
+    overrides = None
+    schema = None
+    if request.param == "postgres":
+        schema = "nextim_e2e_" + secrets.token_hex(6)
+        overrides = {"storage": {"backend": "postgres", "dsn": POSTGRES_DSN, "schema": schema,
+                                 "path": None}}
+    d = Daemon(overrides)
     d.start()
     yield d
     d.stop()
     d.cleanup()
+    if schema is not None:
+        _drop_schema(schema)
 
 
 @pytest.fixture
