@@ -8,10 +8,9 @@ condition with a deadline.
 """
 import concurrent.futures
 import json
+import secrets
 import threading
 import time
-
-import secrets
 
 import jwt
 import pytest
