@@ -54,7 +54,9 @@ async def message(ctx, identity, params):
         # XMPP bridge (issue 7): to a JID buddy — stored, then sent as an XMPP chat message.
         await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
     elif type_ == "unicast":
-        if await store.get_user(to) is None:
+        # A live user is a directory user (deleting one takes them offline): only an
+        # offline recipient costs a lookup (issue 6: one SQL round trip per message).
+        if to not in router.users and await store.get_user(to) is None:
             raise NotFound("unknown user", code="unknown_user")
         # Offline-ness is decided here from live sessions, not by the client (§7 A6).
         recipient = router.users.get(to)
@@ -70,8 +72,10 @@ async def message(ctx, identity, params):
             to_recipient = bool(await store.mark_delivered([msg["id"]]))
         router.route_unicast(msg, session.ticket, to_recipient=to_recipient)
     else:
-        await check_room_member(ctx, to, identity.user_id)
+        # Live membership implies directory membership (admin removals leave the live
+        # room too), so the two lookups are only needed to explain a refusal (issue 6).
         if not router.in_room(identity.user_id, to):
+            await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
         msg = await store.add_message("multicast", identity.user_id, to, user.nick, body, style,
                                       ctx.now_ms(), True)

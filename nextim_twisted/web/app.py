@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -174,6 +175,60 @@ class _EnvelopeNotFound(Resource):
         return render_error(request, NotFound("no such file", code="unknown_path"))
 
 
+class _PollResource(Resource):
+    """``GET``/``POST /packets`` as a bare twisted.web resource, outside Klein.
+
+    Every delivered packet costs one poll answer and one new poll, so this is the
+    hottest path of the daemon; Klein's routing (werkzeug map matching, its Deferred
+    plumbing) took about a fifth of the CPU under load (bench/, issue 6). The poll
+    itself is :meth:`WebApp.poll`, identical to the Klein route it replaces.
+    """
+
+    isLeaf = True
+
+    def __init__(self, web):
+        super().__init__()
+        self.web = web
+
+    def render(self, request):
+        result = self.web.poll(request)
+        if isinstance(result, bytes):
+            return result
+
+        def answer(body):
+            if request.channel is None:  # the client went away while the poll was parked
+                return
+            if body:
+                request.write(body)
+            request.finish()
+
+        def failed(failure):
+            log.failure("poll answer failed", failure)
+            if request.channel is not None and not request.finished:
+                request.setResponseCode(500)
+                request.finish()
+
+        result.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+
+class _Root(Resource):
+    """The served root: ``/packets`` (GET/POST) straight to :class:`_PollResource`,
+    everything else to the Klein app."""
+
+    isLeaf = True
+
+    def __init__(self, klein_resource, poll_resource):
+        super().__init__()
+        self.klein = klein_resource
+        self.poll = poll_resource
+
+    def render(self, request):
+        if request.path == b"/packets" and request.method in (b"GET", b"POST"):
+            return self.poll.render(request)
+        return self.klein.render(request)
+
+
 class WebApp:
     """Klein routes bound to a handler :class:`~nextim_twisted.handlers.context.Context`."""
 
@@ -186,8 +241,9 @@ class WebApp:
         self.ops = Ops(ctx, self.metrics)
 
     def resource(self):
-        """The root ``IResource`` to serve."""
-        return self.app.resource()
+        """The root ``IResource`` to serve: the Klein app, with ``/packets`` served by
+        a bare resource (:class:`_PollResource`)."""
+        return _Root(self.app.resource(), _PollResource(self))
 
     def site(self):
         """The ``twisted.web`` Site to listen with: :meth:`resource` plus one access-log
