@@ -245,6 +245,12 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[log] level: must be debug, info, warn or error, got {s['log']['level']!r}")
     if s["metrics"]["token"] is not None and len(s["metrics"]["token"]) < 16:
         raise ConfigError("[metrics] token: must be at least 16 characters")
+    for section, key in (("auth", "token_secret"), ("admin", "api_key"), ("metrics", "token"), ("xmpp", "secret")):
+        # The placeholders of etc/nextim.toml are public: with them anyone could mint
+        # tokens or call the admin API of a daemon started from a copied example file.
+        if (s[section][key] or "").lower().startswith("change-me"):
+            raise ConfigError(f"[{section}] {key}: still the example value from etc/nextim.toml; set a "
+                              "random one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return Config(sections)
 
 

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -50,7 +51,10 @@ def test_errors_name_the_key(data, key):
 
 def test_example_config_documents_every_key():
     text = open("etc/nextim.toml", encoding="utf-8").read()
-    loaded = config.load("etc/nextim.toml")
+    # Its secrets are placeholders the daemon refuses (tests/test_regressions.py):
+    # load it as an operator would after editing them.
+    edited = text.replace('"change-me-to-', '"edited-')
+    loaded = config.from_dict(tomllib.loads(edited))
     for section, keys in config.SCHEMA.items():
         assert f"[{section}]" in text
         for key in keys:

@@ -151,7 +151,11 @@ class Router:
         log.debug("user {user_id} offline", user_id=user.id)
 
     def user_offline(self, user_id):
-        """End every session of a user and take them offline now (admin removal)."""
+        """End every session of a user and take them offline now (admin removal,
+        ``DELETE /admin/users/{id}``). The id also leaves every live buddy set, online
+        or not: a user later created with the same id is nobody's buddy (D8)."""
+        for other in self.users.values():
+            other.buddies.discard(user_id)
         user = self.users.get(user_id)
         if user is None:
             return
