@@ -341,3 +341,17 @@ class Daemon:
                 self.stop()
         finally:
             self.cleanup()
+
+
+def wait_until(predicate, timeout=10, what="condition", interval=0.05):
+    """Call ``predicate`` until it returns something truthy (returned) or ``timeout``
+    seconds pass (AssertionError naming ``what``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+

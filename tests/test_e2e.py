@@ -15,7 +15,7 @@ import time
 import jwt
 import pytest
 
-from tests.daemon import Daemon
+from tests.daemon import Daemon, wait_until
 from tests.storefixtures import POSTGRES_DSN, STORE_KINDS, _drop_schema, skip_unless_enabled
 
 POLL_TIMEOUT = 15  # client-side socket timeout of one poll (hold is 3 s)
@@ -48,17 +48,6 @@ def assert_error(resp, status, code=None):
     assert resp.status == status, resp
     assert resp.content_type == "application/json", resp
     assert_envelope(resp.json(), code)
-
-
-def wait_until(predicate, timeout=WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Tab:

@@ -12,23 +12,12 @@ import threading
 import time
 import urllib.parse
 
-from tests.daemon import Daemon
+from tests.daemon import Daemon, wait_until
 
 #: Limits for the fault daemons: no rate limit in the way, whole histories in one call.
 FAULT_CONFIG = {
     "limits": {"messages_per_minute": 1_000_000, "history": 10_000, "new_messages": 500},
 }
-
-
-def wait_until(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def bearer(d, user_id):
