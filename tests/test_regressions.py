@@ -87,6 +87,85 @@ def request_head(method, path, *headers):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+# -- request bodies over [server] max_body_bytes (D15) ---------------------------------
+
+@pytest.mark.config(server={"max_body_bytes": 2000})
+@inline
+async def test_declared_body_over_the_limit_is_refused_before_it_is_read(daemon):
+    """A Content-Length over ``max_body_bytes`` is answered 413 at once, without a
+    ``100 Continue`` and without waiting for the body.
+    # was: ``100 Continue``, then the daemon read (and spooled to a temp file) the whole
+    # declared body — 900 MB here — before answering 413."""
+    raw, timed_out = await exchange(daemon, request_head(
+        "PUT", "/admin/users/big", f"Authorization: Bearer {API_KEY}",
+        "Expect: 100-continue", "Content-Length: 900000000"))
+    assert not timed_out, raw[:200]
+    assert not raw.startswith(b"HTTP/1.1 100"), raw[:200]
+    assert_envelope(*parse(raw), 413, "body_too_large")
+    assert await daemon.store.get_user("big") is None
+
+
+@pytest.mark.config(server={"max_body_bytes": 2000})
+@inline
+async def test_chunked_body_over_the_limit_is_cut_off(daemon):
+    """A chunked body that grows past ``max_body_bytes`` is refused (413) while it is
+    still arriving: the terminating chunk never comes here.
+    # was: the daemon kept reading until the client ended the body, however long."""
+    chunk = b"%x\r\n%s\r\n" % (1000, b"a" * 1000)
+    head = request_head("POST", "/webim/message", "Transfer-Encoding: chunked",
+                        "Content-Type: application/x-www-form-urlencoded")
+    raw, timed_out = await exchange(daemon, head, *[chunk] * 40)
+    assert not timed_out, raw[:200]
+    assert_envelope(*parse(raw), 413, "body_too_large")
+
+
+@pytest.mark.config(server={"max_body_bytes": 2000})
+@inline
+async def test_body_within_the_limit_still_works_with_expect_continue(daemon):
+    body = json.dumps({"nick": "Eve"}).encode()
+    raw, _ = await exchange(daemon, request_head(
+        "PUT", "/admin/users/eve", f"Authorization: Bearer {API_KEY}", "Expect: 100-continue",
+        f"Content-Length: {len(body)}", "Connection: close") + body)
+    assert raw.startswith(b"HTTP/1.1 100 Continue"), raw[:200]
+    status, _, answer = parse(raw)
+    assert status == 200 and json.loads(answer) == {"success": True}
+    assert (await daemon.store.get_user("eve"))["nick"] == "Eve"
+
+
+@pytest.mark.parametrize("head", [
+    b"GARBAGE\r\n\r\n",
+    request_head("POST", "/webim/message", "Content-Length: -1"),
+    request_head("POST", "/webim/message", "Content-Length: 5", "Transfer-Encoding: chunked"),
+    request_head("POST", "/webim/message", "Transfer-Encoding: gzip"),
+])
+@inline
+async def test_malformed_framing_is_a_400_envelope(daemon, head):
+    """Requests twisted.web refuses while parsing (bad request line, bad or conflicting
+    length headers) get the D2 envelope too.
+    # was: a bare ``HTTP/1.1 400 Bad Request`` with no headers and no body."""
+    raw, _ = await exchange(daemon, head)
+    assert_envelope(*parse(raw), 400, "bad_request")
+
+
+# -- paths -------------------------------------------------------------------------
+
+@inline
+async def test_nul_in_a_static_path_is_a_404_envelope(daemon):
+    """# was: 500 with Twisted's HTML "Processing Failed" page and a traceback in the
+    log (``ValueError: embedded null byte`` from ``stat``)."""
+    resp = await daemon.request("GET", "/static/app.js%00.png")
+    assert resp.status == 404 and resp.json["error"] == "unknown_path", resp.text
+
+
+@pytest.mark.parametrize("path", ["/webim/%FF", "/static/%FF", "/%FF%FE", "/admin/users/%C0%AF"])
+@inline
+async def test_invalid_utf8_in_the_path_is_a_400_envelope(daemon, path):
+    """# was: 400 ``text/html`` "Non-UTF-8 encoding in URL." from Klein, with a
+    traceback in the log."""
+    raw, _ = await exchange(daemon, request_head("GET", path, "Connection: close"))
+    assert_envelope(*parse(raw), 400, "bad_encoding")
+
+
 # -- configuration -------------------------------------------------------------------
 
 @pytest.mark.parametrize("section, key", [("auth", "token_secret"), ("admin", "api_key"),

@@ -147,21 +147,57 @@ def channel_class(max_body_bytes):
     to 90 KB. Lines up to three times ``max_body_bytes`` (percent-encoding triples a
     byte) plus 4 KiB are read; :func:`decode_params` then applies ``max_body_bytes`` to
     the decoded query. A longer line is answered with the 413 envelope, then closed.
+
+    Bodies get the same limit while they arrive, not after: a ``Content-Length`` over
+    ``max_body_bytes`` is refused (413, no ``100 Continue``) before any of it is read,
+    and a chunked body is cut off once more than ``max_body_bytes`` of it has come in.
+    twisted.web would otherwise read any body to its end (spooled to a temporary file)
+    before :func:`decode_params` could refuse it. Requests twisted.web itself rejects
+    while parsing (a bad request line, bad or conflicting length headers) get the 400
+    envelope instead of a bare status line.
     """
     line_limit = 3 * max_body_bytes + 4096
 
     class Channel(http.HTTPChannel):
         MAX_LENGTH = line_limit
         totalHeadersSize = line_limit + 16384
+        _nextim_refused = False
 
-        def lineLengthExceeded(self, line):
-            body = json.dumps(TooLarge(f"request line over {line_limit} bytes",
-                                       code="request_too_large").envelope()).encode()
-            self.transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\n"
+        def _refuse_too_large(self, error):
+            self._refuse(b"413 Request Entity Too Large", error)
+
+        def _respondToBadRequestAndDisconnect(self):
+            # twisted.web's hook for requests it cannot parse (its own answer: a bare
+            # "400 Bad Request" line); it may be called more than once per connection.
+            if not self._nextim_refused:
+                self._refuse(b"400 Bad Request", BadRequest("malformed HTTP request"))
+
+        def _refuse(self, status, error):
+            self._nextim_refused = True
+            body = json.dumps(error.envelope()).encode()
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\n"
                                  b"Content-Type: application/json; charset=utf-8\r\n"
                                  b"Cache-Control: no-store\r\nConnection: close\r\n"
                                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
             self.transport.loseConnection()
+
+        def lineLengthExceeded(self, line):
+            self._refuse_too_large(TooLarge(f"request line over {line_limit} bytes", code="request_too_large"))
+
+        def allHeadersReceived(self):
+            if self.length is not None and self.length > max_body_bytes:
+                return self._refuse_too_large(TooLarge(f"request body over {max_body_bytes} bytes",
+                                                       code="body_too_large"))
+            super().allHeadersReceived()
+
+        def rawDataReceived(self, data):
+            if self._nextim_refused:
+                return
+            content = getattr(self.requests[-1], "content", None) if self.requests else None
+            if not getattr(self, "_handlingRequest", False) and content is not None and content.tell() > max_body_bytes:
+                return self._refuse_too_large(TooLarge(f"request body over {max_body_bytes} bytes",
+                                                       code="body_too_large"))
+            super().rawDataReceived(data)
 
     return Channel
 
@@ -214,7 +250,9 @@ class _PollResource(Resource):
 
 class _Root(Resource):
     """The served root: ``/packets`` (GET/POST) straight to :class:`_PollResource`,
-    everything else to the Klein app."""
+    everything else to the Klein app. A path that is not UTF-8 once percent-decoded
+    is the 400 ``bad_encoding`` envelope here (Klein answered it with an HTML page and
+    logged a traceback)."""
 
     isLeaf = True
 
@@ -224,6 +262,10 @@ class _Root(Resource):
         self.poll = poll_resource
 
     def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return render_error(request, BadRequest("the path must be UTF-8", code="bad_encoding"))
         if request.path == b"/packets" and request.method in (b"GET", b"POST"):
             return self.poll.render(request)
         return self.klein.render(request)
@@ -497,6 +539,9 @@ class WebApp:
 
     @app.route("/static/", branch=True, methods=["GET", "HEAD"])
     def static(self, request):
+        if any(b"\x00" in segment for segment in request.postpath):
+            # File would stat() it: ValueError, a 500 HTML page and a traceback.
+            return _EnvelopeNotFound()
         files = File(self.static_dir)
         files.childNotFound = _EnvelopeNotFound()  # D1: a missing file is the D2 envelope, not HTML
         return files
