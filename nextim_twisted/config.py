@@ -57,6 +57,7 @@ SCHEMA = {
         "new_messages": (int, 50),           # D10
         "messages_per_minute": (int, 120),   # D15, per user
         "presences_per_minute": (int, 60),   # D15, per user (presence + status)
+        "onlines_per_minute": (int, 60),     # D15, per user: each online makes a session
         "status_chars": (int, 200),
     },
     "log": {                                 # issue 5 (nextim_twisted/logs.py)

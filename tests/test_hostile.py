@@ -274,6 +274,7 @@ json_values = st.recursive(json_leaf, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20)
 
 
+@pytest.mark.config(limits={"onlines_per_minute": 10000})  # many onlines on purpose
 @inline
 async def test_setting_accepts_only_objects_it_can_answer_again(daemon):
     """``webim/setting`` with any JSON (NaN, Infinity, lone-surrogate escapes, non-objects):
@@ -624,6 +625,7 @@ async def test_message_to_oneself_reaches_each_other_tab_once(daemon):
     assert not daemon.router.sessions[t1].queue
 
 
+@pytest.mark.config(limits={"onlines_per_minute": 10000})  # many onlines on purpose
 @inline
 async def test_twenty_concurrent_onlines_of_one_user(daemon):
     # was: each of the 20 answers carried the same new_messages (20 deliveries of one message)

@@ -476,3 +476,15 @@ async def test_message_flood_is_rate_limited(daemon):
     assert await daemon.store.message_count() == statuses.count(200)
     daemon.clock.advance(7)   # one token per 6 s (and inside the session idle)
     assert (await daemon.call("message", ticket=a, type="unicast", to="bob", body="later")).status == 200
+
+
+@pytest.mark.config(limits={"onlines_per_minute": 12})
+@inline
+async def test_online_flood_is_rate_limited(daemon):
+    """Each online opens a session until idle: a flood of them gets 429 (D15), and the
+    sessions already opened stay the only ones."""
+    statuses = [(await daemon.call("online", user="alice")).status for _ in range(6)]
+    assert statuses[:5] == [200] * 5 and statuses[5] == 429
+    assert daemon.router.stats()["sessions"] == 5
+    daemon.clock.advance(5)   # one token per 5 s
+    assert (await daemon.call("online", user="alice")).status == 200

@@ -25,6 +25,7 @@ class Context:
         self.limiter = RateLimiter(clock, {
             "messages": config.limits.messages_per_minute,
             "presences": config.limits.presences_per_minute,
+            "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``

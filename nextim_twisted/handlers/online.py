@@ -52,6 +52,8 @@ async def online(ctx, identity, params):
     room_ids = params.ids("room_ids")
     stranger_ids = params.ids("stranger_ids")
 
+    # Each online opens a session that lives until idle: a flood of them is refused (D15).
+    ctx.limiter.check("onlines", identity.user_id)
     profile = await profile_for(ctx, identity)
     uid = profile["id"]
     settings = await ctx.settings_of(uid)
