@@ -360,7 +360,16 @@ modules:
         cmd = ["ejabberdctl", "--config-dir", self.dir, "--config", self.config, "--ctl-config",
                os.path.join(self.dir, "ejabberdctl.cfg"), "--spool", self.spool, "--logs", self.logs,
                "--node", self.node, *args]
-        return subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, check=check, timeout=120)
+        return subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, check=check, timeout=120,
+                              **self._as_user())
+
+    @staticmethod
+    def _as_user():
+        # Run ejabberdctl as its user: run as root it re-executes itself through `su`,
+        # whose PAM session drops the descriptor limit back to 1024 ("too many open
+        # files" at 1000 BOSH users) instead of inheriting ours.
+        env = dict(os.environ, HOME="/var/lib/ejabberd")
+        return {"user": "ejabberd", "group": "ejabberd", "env": env}
 
     def start(self):
         assert port_free(self.port), f"port {self.port} is taken"
@@ -370,7 +379,8 @@ modules:
                "--ctl-config", os.path.join(self.dir, "ejabberdctl.cfg"), "--spool", self.spool,
                "--logs", self.logs, "--node", self.node, "foreground"]
         self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                     stdout=self._log("stdout.log"), stderr=subprocess.STDOUT)
+                                     stdout=self._log("stdout.log"), stderr=subprocess.STDOUT,
+                                     **self._as_user())
         if not wait_port(self.port, timeout=120):
             raise RuntimeError("ejabberd did not start; see " + self.dir)
         self.pid = self._beam_pid()
@@ -391,6 +401,12 @@ modules:
                 pid = self._beam_pid()
                 os.kill(pid, 9)
                 self.proc.wait()
+        # ejabberdctl returns before the node is gone; a start before that fails with
+        # "node already running" (seen on restarts).
+        if self.pid is not None:
+            deadline = time.monotonic() + 60
+            while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
+                time.sleep(0.1)
         self.proc = None
         self.pid = None
 

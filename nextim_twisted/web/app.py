@@ -4,6 +4,7 @@ the admin API and the bundled client (D1, D2, D13, D14, D16).
 Every answer is JSON, ``ok`` or JSONP; every refusal is the D2 envelope — unknown
 paths and methods included, never an HTML page or a traceback.
 """
+import functools
 import hmac
 import json
 import os
@@ -28,6 +29,12 @@ from .encoding import check_callback, render, render_error
 from .metrics import Metrics, ObservedSite, Ops
 
 log = Logger()
+
+# twisted.web parses the Content-Type of every form POST through the email package
+# (EmailMessage), which cost about a tenth of the daemon's CPU under message load
+# (bench/, issue 6). The result depends only on the header line, so remember it.
+if hasattr(http, "_parseContentType") and not hasattr(http._parseContentType, "cache_info"):
+    http._parseContentType = functools.lru_cache(maxsize=256)(http._parseContentType)
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
