@@ -199,11 +199,16 @@ class Authenticator:
             self._check_cookie_write(creds)
         return identity
 
+    def origin_allowed(self, creds):
+        """True if the request's ``Origin`` is the daemon's own (``public_url`` or the
+        address the request came to) or listed in ``[server] allowed_origins`` (D13)."""
+        origin = creds.origin
+        return bool(origin) and (origin in self._allowed_origins or origin == creds.request_origin)
+
     def _check_cookie_write(self, creds):
         if creds.method != "POST":
             raise Forbidden("a cookie-authenticated change must be a POST", code="csrf")
-        origin = creds.origin
-        if not origin or (origin not in self._allowed_origins and origin != creds.request_origin):
+        if not self.origin_allowed(creds):
             raise Forbidden("origin not allowed", code="csrf")
 
     async def check_password(self, username, password):

@@ -488,3 +488,35 @@ async def test_online_flood_is_rate_limited(daemon):
     assert daemon.router.stats()["sessions"] == 5
     daemon.clock.advance(5)   # one token per 5 s
     assert (await daemon.call("online", user="alice")).status == 200
+
+
+@pytest.mark.config(auth={"method": "accounts"})
+@inline
+async def test_accounts_login_cookie_and_csrf(daemon):
+    """accounts auth (D13, issue 3): login sets an HttpOnly SameSite cookie; the cookie
+    alone may change state only by POST from the daemon's own origin."""
+    from nextim_twisted.auth import hash_password
+    await daemon.store.set_password_hash("alice", hash_password("s3cret"))
+    own, evil = {"Origin": "http://127.0.0.1:8000"}, {"Origin": "http://evil.example"}
+    wrong = await daemon.request("POST", "/webim/login", {"username": "alice", "password": "nope"}, headers=own)
+    ghost = await daemon.request("POST", "/webim/login", {"username": "ghost", "password": "nope"}, headers=own)
+    assert (wrong.status, wrong.json["error"]) == (401, "bad_credentials")
+    assert ghost.json == wrong.json           # no hint which user names exist
+    assert (await daemon.request("POST", "/webim/login", {"username": "alice", "password": "s3cret"},
+                                 headers=evil)).status == 403
+    assert (await daemon.request("GET", "/webim/login", {"username": "alice", "password": "s3cret"})).status == 403
+    ok = await daemon.request("POST", "/webim/login", {"username": "alice", "password": "s3cret"}, headers=own)
+    assert ok.status == 200 and ok.json["user"]["id"] == "alice"
+    cookie = ok.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    jar = {"nextim_session": value}
+    assert (await daemon.request("POST", "/webim/online", {}, headers=evil, cookies=jar)).status == 403
+    online = await daemon.request("POST", "/webim/online", {}, headers=own, cookies=jar)
+    assert online.status == 200 and online.json["user"]["id"] == "alice"
+    by_password = await daemon.call("online", username="alice", password="s3cret")
+    assert by_password.status == 200
+    tampered = {"nextim_session": value[:-2] + ("AA" if not value.endswith("AA") else "BB")}
+    assert (await daemon.request("POST", "/webim/online", {}, headers=own, cookies=tampered)).status == 401
+    out = await daemon.request("POST", "/webim/logout", {}, headers=own, cookies=jar)
+    assert out.text == "ok" and "Max-Age=0" in out.headers["set-cookie"]
