@@ -256,8 +256,8 @@ def write_report(res):
             f"{fmt(p.get('server_cpu_pct'))} | {fmt(p.get('generator_cpu_pct'))} | "
             f"{fmt(rec, 1) if rec is not None else 'not all (' + str(r.get('recovered')) + ')'} | "
             f"{p.get('loadavg', r['loadavg_start'])} |")
-    for r in res.get("runs", [])[-1:]:
-        lines += ["", f"Command: `{r['command']}` (started {r['started']})."]
+    commands = list(dict.fromkeys(r.get("command") for r in levels if r.get("command")))
+    lines += [""] + [f"Command: `{c}`" for c in commands]
     if sweeps:
         lines += ["", "## Throughput: ramp of send rates", "",
                   "| server | users | offered msgs/s | delivered/s | p50 ms | p99 ms | lost | dup | server CPU % | gen CPU % | load avg |",
@@ -298,7 +298,7 @@ async def main(args):
     if args.report_only:
         write_report(res)
         return
-    command = "python bench/compare.py " + " ".join(sys.argv[1:])
+    command = "python bench/compare.py " + " ".join(a if a else '""' for a in sys.argv[1:])
     res["runs"].append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M"),
                         "fd_limit": raise_fd_limit(), "loadavg": loadavg()})
     names = args.servers.split(",")
