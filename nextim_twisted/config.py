@@ -23,6 +23,7 @@ SCHEMA = {
         "allowed_origins": (list, []),       # extra Origins allowed for cookie-only writes (D13)
         "max_body_bytes": (int, 40000),      # D15
         "room_presences": (bool, False),     # D9: v5-style join/leave presences
+        "gc_tuning": (bool, True),           # gc.freeze() after startup + higher GC thresholds
     },
     "storage": {
         "backend": (str, "sqlite"),
