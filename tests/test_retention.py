@@ -96,7 +96,8 @@ def test_retention_days_must_be_positive():
 
 def _config(tmp_path, **storage):
     return config_module.from_dict({
-        "server": {"listen": "tcp:0:interface=127.0.0.1"},
+        # gc_tuning off: the service runs inside the pytest process, whose GC it would change
+        "server": {"listen": "tcp:0:interface=127.0.0.1", "gc_tuning": False},
         "storage": {"path": str(tmp_path / "n.sqlite"), **storage},
         "auth": {"token_secret": "s" * 16}, "admin": {"api_key": "k" * 16}})
 
