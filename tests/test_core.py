@@ -183,9 +183,10 @@ def test_unicast_fans_out_to_tabs_and_sender_copies():
     assert r.route_unicast(msg, a1.ticket)
     assert drain(a1)["messages"] == []                      # never back to the sending tab
     assert [m["body"] for m in drain(a2)["messages"]] == ["hi"]
-    assert [m["body"] for m in drain(b1)["messages"]] == ["hi"]
+    got = drain(b1)["messages"]
+    assert [m["body"] for m in got] == ["hi"]
+    assert "id" not in got[0]                               # the storage row id stays inside
     assert [m["body"] for m in drain(b2)["messages"]] == ["hi"]
-    assert "id" not in drain(b1).get("messages", [{}])[0] if b1.queue else True
     # strangers who talked now exchange presence (D8)
     r.set_presence("alice", "away", "")
     assert [p["type"] for p in drain(b1)["presences"]] == ["show"]
@@ -242,3 +243,17 @@ def test_shutdown_answers_parked_polls():
     r.shutdown()
     assert got[0]["status"] == "ok" and got[0]["messages"] == []
     assert r.stats()["sessions"] == 0
+
+
+def test_room_presences_only_when_configured():
+    """D9: join/leave presences are off by default (1.0.x clients misread them) and,
+    when switched on, go v5-style to the other live members with ``to`` = room id."""
+    for enabled in (False, True):
+        clock, r = make_router(room_presences=enabled)
+        a, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+        b, _ = r.open_session(profile("bob"), None, None, [], [])   # lobby blocked at online
+        r.join_room("bob", "lobby")
+        r.leave_room("bob", "lobby")
+        got = [(p["type"], p["from"], p["to"]) for p in drain(a)["presences"]]
+        assert got == ([("join", "bob", "lobby"), ("leave", "bob", "lobby")] if enabled else [])
+        assert drain(b)["presences"] == []                  # never to the one who moved
