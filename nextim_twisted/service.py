@@ -16,6 +16,7 @@ from .retention import Retention
 from .store.base import SchemaError
 from .store.sql import SQLStore
 from .web.app import WebApp
+from .web.metrics import StallMonitor
 
 log = Logger()
 
@@ -80,6 +81,7 @@ class NextimService(service.Service):
         self.port = None
         self.ready = None
         self.retention = None
+        self.stalls = StallMonitor(self.web.metrics, reactor)
 
     def setServiceParent(self, parent):
         """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
@@ -110,6 +112,7 @@ class NextimService(service.Service):
         self.port = await endpoint.listen(site)
         if self.config.server.gc_tuning:
             tune_gc()
+        self.stalls.start()
         log.info("nextim-twisted serving {url}/ (storage: {backend})", url=self.config.public_url,
                  backend=self.config.storage.backend)
         if self.demo:
@@ -132,6 +135,7 @@ class NextimService(service.Service):
 
     async def _stop(self):
         self.ctx.shutting_down = True
+        self.stalls.stop()
         if self.retention is not None:
             self.retention.stop()
         parked = self.router.stats()["parked_polls"]

@@ -326,3 +326,33 @@ def test_config_errors_name_the_key(data, key):
     with pytest.raises(config_module.ConfigError) as err:
         config_module.from_dict(merged)
     assert key in str(err.value)
+
+
+def test_stall_monitor_records_reactor_lag_and_gc_pauses():
+    """A reactor stall shows in nextim_reactor_lag_seconds by how late the 100 ms timer
+    fired; every cyclic collection shows in nextim_gc_pause_seconds (issue 6)."""
+    import gc
+
+    from twisted.internet.task import Clock
+
+    from nextim_twisted.core.router import Router
+    from nextim_twisted.web.metrics import Metrics, StallMonitor
+
+    clock = Clock()
+    metrics = Metrics(Router(clock, 25, 60, 10, 100, False))
+    monitor = StallMonitor(metrics, clock).start()
+    try:
+        clock.advance(0.1)            # on time
+        clock.advance(0.1 + 0.3)      # the reactor was stuck for 300 ms
+        gc.collect()
+    finally:
+        monitor.stop()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for fam in text_string_to_metric_families(metrics.exposition().decode()) for s in fam.samples}
+    assert value(samples, "nextim_reactor_lag_seconds_count") == 2
+    assert value(samples, "nextim_reactor_lag_seconds_bucket", le="0.005") == 1
+    assert value(samples, "nextim_reactor_lag_seconds_bucket", le="0.25") == 1
+    assert value(samples, "nextim_reactor_lag_seconds_bucket", le="0.5") == 2
+    assert value(samples, "nextim_gc_pause_seconds_count", generation="2") >= 1
+    # stopped: no timer left behind, no hook left in the collector
+    assert clock.getDelayedCalls() == [] and monitor._on_gc not in gc.callbacks

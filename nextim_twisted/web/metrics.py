@@ -24,6 +24,10 @@ name                                type      labels / meaning
 ``request_duration_seconds``        histogram ``endpoint`` (all but ``packets``)
 ``poll_duration_seconds``           histogram how long ``/packets`` polls were held
 ``db_duration_seconds``             histogram ``operation``: the store method name
+``reactor_lag_seconds``             histogram how late a 100 ms reactor timer fired: every
+                                              stall of the event loop delays every user
+``gc_pause_seconds``                histogram ``generation``: cyclic garbage collections
+                                              (they stop the reactor while they run)
 =================================== ========= ===========================================
 
 plus the standard ``process_*`` series (open fds against ``LimitNOFILE``, memory, CPU).
@@ -32,6 +36,7 @@ plus the standard ``process_*`` series (open fds against ``LimitNOFILE``, memory
 The gauges and the router's counters are read from the router when Prometheus
 scrapes (:class:`LiveCollector`): nothing polls.
 """
+import gc
 import hmac
 import time
 
@@ -57,6 +62,7 @@ QUIET_ENDPOINTS = frozenset({"metrics", "health"})
 
 REQUEST_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 POLL_BUCKETS = (.01, .1, .5, 1, 2.5, 5, 10, 15, 20, 25, 30, 45, 60)
+STALL_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
 DB_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
 
 PACKET_KINDS = ("messages", "presences", "statuses")
@@ -158,6 +164,11 @@ class Metrics:
         self.db_seconds = Histogram("nextim_db_duration_seconds",
                                     "Storage transactions (queue wait included), by store operation.",
                                     ["operation"], buckets=DB_BUCKETS, registry=r)
+        self.reactor_lag = Histogram("nextim_reactor_lag_seconds",
+                                     "How late a 100 ms reactor timer fired (event-loop stalls delay "
+                                     "every request and poll answer).", buckets=STALL_BUCKETS, registry=r)
+        self.gc_pause = Histogram("nextim_gc_pause_seconds", "Cyclic garbage collections, by generation.",
+                                  ["generation"], buckets=STALL_BUCKETS, registry=r)
         if store is not None and hasattr(store, "observe_query"):
             store.observe_query = self.observe_query
 
@@ -193,6 +204,56 @@ class Metrics:
     def exposition(self):
         """The Prometheus text format of the registry (bytes)."""
         return generate_latest(self.registry)
+
+
+class StallMonitor:
+    """Feeds ``nextim_reactor_lag_seconds`` and ``nextim_gc_pause_seconds``.
+
+    A timer re-armed every :attr:`INTERVAL_S` seconds records how late it fired; a
+    ``gc.callbacks`` hook times each collection (the collector stops the reactor). Both
+    tell an operator whether a latency tail is this process stalling (issue 6).
+
+    :param metrics: the :class:`Metrics` whose histograms are fed.
+    :param reactor: an ``IReactorTime`` (a ``Clock`` in tests).
+    """
+
+    INTERVAL_S = 0.1
+
+    def __init__(self, metrics, reactor):
+        self.metrics = metrics
+        self.reactor = reactor
+        self._call = None
+        self._due = None
+        self._gc_started = None
+
+    def start(self):
+        """Arm the timer and hook the collector; returns self."""
+        gc.callbacks.append(self._on_gc)
+        self._arm()
+        return self
+
+    def stop(self):
+        """Disarm both (idempotent)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _arm(self):
+        self._due = self.reactor.seconds() + self.INTERVAL_S
+        self._call = self.reactor.callLater(self.INTERVAL_S, self._fired)
+
+    def _fired(self):
+        self.metrics.reactor_lag.observe(max(0.0, self.reactor.seconds() - self._due))
+        self._arm()
+
+    def _on_gc(self, phase, info):
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.metrics.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
+            self._gc_started = None
 
 
 class Ops:
