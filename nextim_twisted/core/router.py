@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from ..errors import NotFound
 from .presence import OnlineUser
 from .session import Session
+from .timers import TimerWheel
 
 log = Logger()
 
@@ -24,7 +25,8 @@ def new_ticket():
 class Router:
     """Registry of live users, sessions and rooms, and the packet router.
 
-    :param clock: ``IReactorTime``; all timers go through it.
+    :param clock: ``IReactorTime``; all timers go through it (sessions' hold and idle
+        timers through one :class:`~.timers.TimerWheel`, at most 100 ms late).
     :param poll_hold: seconds a poll is held (D5).
     :param session_idle: seconds a session may go without a parked poll (D5).
     :param user_grace: seconds a user without sessions stays online (D5).
@@ -35,6 +37,7 @@ class Router:
     def __init__(self, clock, poll_hold=25, session_idle=10, user_grace=10, max_queue=1000,
                  room_presences=False):
         self.clock = clock
+        self.timers = TimerWheel(clock)
         self.poll_hold = poll_hold
         self.session_idle = session_idle
         self.user_grace = user_grace
@@ -89,7 +92,7 @@ class Router:
             if show is not None and show != user.show:
                 self.set_presence(user.id, show, user.status if status is None else status)
         ticket = new_ticket()
-        session = Session(ticket, user.id, self.clock, self.poll_hold, self.session_idle,
+        session = Session(ticket, user.id, self.timers, self.poll_hold, self.session_idle,
                           self.max_queue, self._session_ended)
         user.sessions[ticket] = session
         self.sessions[ticket] = session
@@ -147,7 +150,7 @@ class Router:
         for other_id in user.contacts:
             other = self.users.get(other_id)
             if other is not None:
-                other.contacts.discard(user.id)
+                other.drop_contact(user.id)
         log.debug("user {user_id} offline", user_id=user.id)
 
     def user_offline(self, user_id):
@@ -267,8 +270,8 @@ class Router:
             self._push_user(sender, "messages", packet, except_ticket=sender_ticket)
             if recipient is not None:
                 # Strangers who talk see each other's presence from now on (D8).
-                sender.contacts.add(recipient.id)
-                recipient.contacts.add(sender.id)
+                sender.add_contact(recipient.id)
+                recipient.add_contact(sender.id)
         return delivered
 
     def route_multicast(self, message, sender_ticket=None):
