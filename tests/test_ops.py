@@ -12,6 +12,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from nextim_twisted import config as config_module
 from nextim_twisted import logs
+from nextim_twisted.core.timers import TICKS_PER_S
 from nextim_twisted.web.metrics import HEALTH_TIMEOUT_S, endpoint_name
 from tests.conftest import API_KEY, TOKEN_SECRET
 
@@ -227,7 +228,7 @@ async def test_one_access_event_per_request_without_secrets(daemon, access_event
     await daemon.call("message", ticket=ticket, type="unicast", to="nobody", body=body)
     poll = daemon.poll(ticket, callback="cb")
     await until(daemon, lambda: daemon.router.stats()["parked_polls"] == 1, "the poll to park")
-    daemon.clock.advance(daemon.config.timers.poll_hold)
+    daemon.clock.advance(daemon.config.timers.poll_hold + 1 / TICKS_PER_S)  # holds fire ≤ 1 tick late
     assert (await poll).status == 200
     await until(daemon, lambda: any(e["path"] == "/packets" for e in access_events), "the poll's event")
 
@@ -270,6 +271,9 @@ async def test_abandoned_poll_is_logged_once(daemon, access_events):
     assert [(e["status"], e["user_id"]) for e in polls] == [(499, "alice")]
     samples = await scrape(daemon)
     assert value(samples, "nextim_requests_total", endpoint="packets", status="aborted") == 1
+    # The poll ended with its connection; the session lives on until its idle timeout (D5).
+    assert daemon.router.stats()["parked_polls"] == 0
+    assert daemon.router.stats()["sessions"] == 1
 
 
 # -- the [log] observer ------------------------------------------------------------------
