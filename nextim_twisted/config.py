@@ -23,7 +23,7 @@ SCHEMA = {
         "allowed_origins": (list, []),       # extra Origins allowed for cookie-only writes (D13)
         "max_body_bytes": (int, 40000),      # D15
         "room_presences": (bool, False),     # D9: v5-style join/leave presences
-        "gc_tuning": (bool, True),           # gc.freeze() after startup + higher GC thresholds
+        "gc_tuning": (bool, True),           # gcschedule.py: frozen startup, young GC on a timer, full GC hourly
     },
     "storage": {
         "backend": (str, "sqlite"),

@@ -1,6 +1,5 @@
 """The daemon as one Twisted service: storage, live state, handlers and the web
 listener, started and stopped in order (D16)."""
-import gc
 import os
 import secrets
 
@@ -9,6 +8,7 @@ from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
 from . import demo, logs
+from .gcschedule import GcSchedule
 from .auth import Authenticator
 from .core.router import Router
 from .handlers.context import Context
@@ -28,26 +28,6 @@ def make_store(config, reactor):
         return SQLStore.postgres(storage.dsn, schema=storage.schema, reactor=reactor)
     return SQLStore.sqlite(os.path.abspath(storage.path), synchronous=storage.synchronous.upper(),
                            reactor=reactor)
-
-
-#: Collector thresholds under ``[server] gc_tuning`` (CPython's default is (700, 10, 10)).
-GC_THRESHOLDS = (10_000, 10, 100)
-
-
-def tune_gc():
-    """Shorten the cyclic collector's pauses for a daemon holding many long-lived objects.
-
-    Everything alive once the listener is up (modules, classes, config, the schema…) is
-    moved to the permanent generation (``gc.freeze()``), so no collection walks it again,
-    and the generation thresholds are raised to :data:`GC_THRESHOLDS`. With 10 000
-    online users CPython's defaults ran a full collection over ~850 000 objects every few
-    seconds under load, each a 0.5–0.8 s stall of the reactor (docs/benchmarks.md, issue 6).
-    Reference counting still frees acyclic garbage at once; cycles are collected later.
-    Called once from :meth:`NextimService._start` when ``[server] gc_tuning`` is true.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class NextimService(service.Service):
@@ -82,6 +62,7 @@ class NextimService(service.Service):
         self.ready = None
         self.retention = None
         self.stalls = StallMonitor(self.web.metrics, reactor)
+        self.gc_schedule = None  # [server] gc_tuning (gcschedule.py)
 
     def setServiceParent(self, parent):
         """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
@@ -111,7 +92,7 @@ class NextimService(service.Service):
         endpoint = endpoints.serverFromString(self.reactor, self.config.server.listen)
         self.port = await endpoint.listen(site)
         if self.config.server.gc_tuning:
-            tune_gc()
+            self.gc_schedule = GcSchedule(self.reactor).start()
         self.stalls.start()
         log.info("nextim-twisted serving {url}/ (storage: {backend})", url=self.config.public_url,
                  backend=self.config.storage.backend)
@@ -136,6 +117,8 @@ class NextimService(service.Service):
     async def _stop(self):
         self.ctx.shutting_down = True
         self.stalls.stop()
+        if self.gc_schedule is not None:
+            self.gc_schedule.stop()
         if self.retention is not None:
             self.retention.stop()
         parked = self.router.stats()["parked_polls"]
