@@ -53,6 +53,47 @@ class CpuMeter:
         return 100.0 * (c1 - self.c0) / (time.monotonic() - self.t0)
 
 
+def server_stalls(server):
+    """nextim only: cumulative counts from its ``/metrics`` (reactor lag over 100/250/500
+    ms, GC collections by generation and their total seconds); None for the others."""
+    if server.protocol != "nextim":
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.base + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "nextim_reactor_lag_seconds_bucket":
+                out[f"lag_le_{smp.labels['le']}"] = smp.value
+            elif smp.name == "nextim_reactor_lag_seconds_count":
+                out["lag_count"] = smp.value
+            elif smp.name == "nextim_gc_pause_seconds_count":
+                out[f"gc{smp.labels['generation']}_count"] = smp.value
+            elif smp.name == "nextim_gc_pause_seconds_sum":
+                out[f"gc{smp.labels['generation']}_s"] = smp.value
+            elif smp.name == "nextim_gc_pause_seconds_bucket" and smp.labels["le"] == "0.1":
+                out[f"gc{smp.labels['generation']}_le_0.1"] = smp.value
+    return out
+
+
+def stall_delta(before, after):
+    """What :func:`server_stalls` counted between two scrapes, as phase figures."""
+    if before is None or after is None:
+        return {}
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    out = {f"server_lags_over_{ms}ms": d["lag_count"] - d[f"lag_le_{le}"]
+           for ms, le in ((100, "0.1"), (250, "0.25"), (500, "0.5"))}
+    for g in "012":
+        out[f"server_gc{g}_collections"] = d.get(f"gc{g}_count", 0)
+        out[f"server_gc{g}_over_100ms"] = d.get(f"gc{g}_count", 0) - d.get(f"gc{g}_le_0.1", 0)
+        out[f"server_gc{g}_ms"] = 1000.0 * d.get(f"gc{g}_s", 0)
+    return out
+
+
 async def wait_recovered(gen, timeout):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -93,14 +134,18 @@ async def run_level(server, n, args, rates=None):
         phases = []
         for rate in (rates or [args.per_user_rate * n]):
             cpu = CpuMeter(pid).start()
+            stalls0 = server_stalls(server)
             ph = await gen.message_phase(rate, args.duration, drain=args.drain)
             ph["server_cpu_pct"] = cpu.stop()
+            ph.update(stall_delta(stalls0, server_stalls(server)))
             ph["rss_kb"] = proc_rss_kb(pid)
             ph["loadavg"] = loadavg()
             phases.append(ph)
             print(f"  {server.name} n={n} rate={rate:.0f}/s: delivered {ph['delivered_per_s']:.0f}/s "
                   f"p50 {fmt(ph['p50_ms'])} p99 {fmt(ph['p99_ms'])} ms lost {ph['lost']} dup {ph['duplicates']} "
                   f"server cpu {fmt(ph['server_cpu_pct'])}% gen cpu {ph['generator_cpu_pct']:.0f}%", flush=True)
+            print("    stalls: " + ", ".join(f"{k} {fmt(v)}" for k, v in ph.items()
+                                            if k.startswith(("server_lags", "server_gc", "generator_"))), flush=True)
             if rates and (ph["lost"] or (ph["p99_ms"] or 0) > args.sweep_p99_stop):
                 break
             await asyncio.sleep(2)
@@ -321,7 +366,8 @@ async def main(args):
             r["command"] = command
             res["sweeps"] = merge(res["sweeps"], r, ("server",))
             save_results(res)
-    write_report(res)
+    if not args.no_report:
+        write_report(res)
 
 
 def parse():
@@ -342,6 +388,7 @@ def parse():
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--generator-cpu", default="1")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="save results.json but leave docs/ alone")
     return p.parse_args()
 
 
