@@ -96,3 +96,12 @@ def test_ten_thousand_parked_sessions_arm_one_reactor_timer():
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(25)
     assert len(answers) == 10000 and all(a["status"] == "ok" for a in answers)
+
+
+def test_a_stopped_router_leaves_no_reactor_call_behind():
+    clock = task.Clock()
+    router = Router(clock, poll_hold=25, session_idle=10, user_grace=10)
+    session, _ = router.open_session({"id": "alice", "nick": "Alice"}, "available", "", [], [])
+    session.poll(ack=0)
+    router.shutdown()
+    assert clock.getDelayedCalls() == []

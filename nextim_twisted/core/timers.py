@@ -82,6 +82,12 @@ class TimerWheel:
             if not bucket:
                 del self._buckets[timer.slot]  # its heap entry is skipped when reached
         timer.slot = None
+        if not self._buckets and self._call is not None:
+            # nothing left: leave no reactor call behind (a stopped router, tests)
+            if self._call.active():
+                self._call.cancel()
+            self._call = self._call_slot = None
+            self._slots.clear()
 
     def _arm(self, slot):
         if self._call is not None and self._call.active():
