@@ -7,7 +7,7 @@ taskset; this process pins itself to CPU 1), logs N users in, lets them idle, se
 messages at ``--per-user-rate`` for ``--duration`` seconds, restarts the server and
 times the recovery of all N users, then stops it. ``--sweep-rates`` adds, at the
 ``--sweep-users`` level, a ramp of total send rates to find the sustained throughput.
-Results go to ``bench/work/results.json`` (merged with earlier runs, so servers can be
+Results go to ``bench/results.json`` (merged with earlier runs, so servers can be
 measured one at a time) and to ``docs/benchmarks.md`` + ``docs/benchmarks.png``
 (``--report-only`` rewrites those from the saved results).
 """
@@ -27,7 +27,7 @@ import servers  # noqa: E402
 from loadgen import Generator  # noqa: E402
 from servers import proc_cpu_seconds, proc_rss_kb  # noqa: E402
 
-RESULTS = os.path.join(servers.WORK, "results.json")
+RESULTS = os.path.join(servers.HERE, "results.json")  # committed: --report-only rebuilds docs/
 DOCS = os.path.join(servers.ROOT, "docs")
 
 
@@ -146,7 +146,7 @@ async def run_level(server, n, args, rates=None):
                   f"server cpu {fmt(ph['server_cpu_pct'])}% gen cpu {ph['generator_cpu_pct']:.0f}%", flush=True)
             print("    stalls: " + ", ".join(f"{k} {fmt(v)}" for k, v in ph.items()
                                             if k.startswith(("server_lags", "server_gc", "generator_"))), flush=True)
-            if rates and (ph["lost"] or (ph["p99_ms"] or 0) > args.sweep_p99_stop):
+            if rates and ((ph["lost"] and not args.sweep_past_losses) or (ph["p99_ms"] or 0) > args.sweep_p99_stop):
                 break
             await asyncio.sleep(2)
         out["phases"] = phases
@@ -249,11 +249,11 @@ def write_report(res):
     lines = [
         "# Benchmarks: nextim-twisted, Prosody and ejabberd over HTTP long polling",
         "",
-        "Written by `python bench/compare.py` (see the command lines below); the raw figures are in",
-        "`bench/work/results.json` on the machine that ran it. Every figure comes from one run on a",
-        "shared 2-core machine: the server is pinned to CPU 0 and the load generator to CPU 1",
-        "(`taskset`); other engineers' test suites were running at the same time, so the load",
-        "average at measurement time is given with each row.",
+        "Written by `python bench/compare.py` (see the command lines below) from the raw figures in",
+        "`bench/results.json` (`--report-only` rebuilds this page from them). Every figure comes from",
+        "one run on a 2-core machine: the server is pinned to CPU 0 and the load generator to CPU 1",
+        "(`taskset`); nothing else of ours ran meanwhile, but the machine's own services did, so the",
+        "load average at measurement time is given with each row.",
         "",
         f"Versions: Python {v.get('python', '?')}, Twisted {v.get('twisted', '?')}, "
         f"Prosody {v.get('prosody', '?')} (mod_bosh), ejabberd {v.get('ejabberd', '?')} (mod_bosh).",
@@ -383,6 +383,8 @@ def parse():
     p.add_argument("--sweep-rates", default="", help="e.g. 250,500,1000,2000: total msgs/s ramp")
     p.add_argument("--sweep-users", type=int, default=10000)
     p.add_argument("--sweep-p99-stop", type=float, default=2000.0, help="stop the ramp above this p99 (ms)")
+    p.add_argument("--sweep-past-losses", action="store_true",
+                   help="go on with the ramp after a phase that lost messages")
     p.add_argument("--no-restart", action="store_true")
     p.add_argument("--recovery-timeout", type=float, default=180.0)
     p.add_argument("--server-cpu", default="0")
