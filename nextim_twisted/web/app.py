@@ -146,8 +146,10 @@ def raw_callback(request):
 
 
 #: HTTPChannel's per-connection attributes, in the order :func:`channel_class` presets them.
+#: Not ``callLater``: its class value is a method, and a bound method of the channel kept
+#: in its own dict would be a reference cycle (the factory sets it, always in one place).
 _CHANNEL_ATTRIBUTES = (
-    "factory", "callLater", "timeOut", "requestFactory", "site", "connected", "transport",
+    "factory", "timeOut", "requestFactory", "site", "connected", "transport",
     "_TimeoutMixin__timeoutCall", "_networkProducer", "_busyReceiving", "_buffer",
     "_receivedHeaderSize", "_HTTPChannel__first_line", "_HTTPChannel__header",
     "_receivedHeaderCount", "length", "persistent", "line_mode", "_savedTimeOut",
