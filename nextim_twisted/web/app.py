@@ -254,56 +254,8 @@ class _EnvelopeNotFound(Resource):
         return render_error(request, NotFound("no such file", code="unknown_path"))
 
 
-class _PollResource(Resource):
-    """``GET``/``POST /packets`` as a bare twisted.web resource, outside Klein.
-
-    Every delivered packet costs one poll answer and one new poll, so this is the
-    hottest path of the daemon; Klein's routing (werkzeug map matching, its Deferred
-    plumbing) took about a fifth of the CPU under load (bench/, issue 6). The poll
-    itself is :meth:`WebApp.poll`, identical to the Klein route it replaces.
-    """
-
-    isLeaf = True
-
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
-
-    def render(self, request):
-        result = self.web.poll(request)
-        if isinstance(result, bytes):
-            return result
-        # Module functions with arguments, not closures: a parked poll's Deferred is
-        # held for up to 25 s by every online user (issue 6: memory and GC per user).
-        result.addCallbacks(_write_answer, _answer_failed, callbackArgs=(request,), errbackArgs=(request,))
-        return NOT_DONE_YET
-
-
-class _WebimResource(Resource):
-    """``webim/<name>`` as a bare twisted.web resource, outside Klein (issue 6).
-
-    Klein and werkzeug leave about 55 objects of reference cycles per request (a
-    recursive matcher closure, the render closures), which only the cyclic collector
-    frees: at 200 messages/s that alone ran a collection every second and, once an
-    idle-but-parked population of 10 000 users had built up, 0.2 s pauses in every
-    user's deliveries. The call itself is :meth:`WebApp.webim_call`, which the Klein
-    route also uses.
-    """
-
-    isLeaf = True
-
-    def __init__(self, web):
-        super().__init__()
-        self.web = web
-
-    def render_name(self, request, name):
-        d = self.web.webim_call(request, name)
-        d.addCallbacks(_write_answer, _answer_failed, callbackArgs=(request,), errbackArgs=(request,))
-        return NOT_DONE_YET
-
-
 def _write_answer(body, request):
-    if request.channel is None:  # the client went away while the poll was parked
+    if request.channel is None:  # the client went away first (a closed long poll)
         return
     if body:
         request.write(body)
@@ -311,7 +263,7 @@ def _write_answer(body, request):
 
 
 def _answer_failed(failure, request):
-    log.failure("poll answer failed", failure)
+    log.failure("answer failed for {path}", failure, path=request.path)
     if request.channel is not None and not request.finished:
         request.setResponseCode(500)
         request.finish()
@@ -323,18 +275,26 @@ def _poll_cancelled(failure):
 
 
 class _Root(Resource):
-    """The served root: ``/packets`` (GET/POST) straight to :class:`_PollResource`,
-    everything else to the Klein app. A path that is not UTF-8 once percent-decoded
-    is the 400 ``bad_encoding`` envelope here (Klein answered it with an HTML page and
-    logged a traceback)."""
+    """The served root. The two hot paths are answered here, outside Klein (issue 6):
+
+    * ``/packets`` (GET/POST) by :meth:`WebApp.poll`: every delivered packet costs one
+      poll answer and one new poll, and Klein's routing (werkzeug matching, its Deferred
+      plumbing) took about a fifth of the CPU under load;
+    * ``/webim/<name>`` by :meth:`WebApp.webim_call`: Klein and werkzeug left about 55
+      objects in reference cycles per request, which only the cyclic collector frees
+      (0.2 s pauses at 10 000 users and 200 messages/s).
+
+    Everything else goes to the Klein app. A path that is not UTF-8 once
+    percent-decoded is the 400 ``bad_encoding`` envelope here (Klein answered it with an
+    HTML page and logged a traceback).
+    """
 
     isLeaf = True
 
-    def __init__(self, klein_resource, poll_resource, webim_resource):
+    def __init__(self, web, klein_resource):
         super().__init__()
+        self.web = web
         self.klein = klein_resource
-        self.poll = poll_resource
-        self.webim = webim_resource
 
     def render(self, request):
         try:
@@ -342,11 +302,18 @@ class _Root(Resource):
         except UnicodeDecodeError:
             return render_error(request, BadRequest("the path must be UTF-8", code="bad_encoding"))
         if path == "/packets" and request.method in (b"GET", b"POST"):
-            return self.poll.render(request)
-        if path.startswith("/webim/") and len(path) > 7 and "/" not in path[7:]:
+            result = self.web.poll(request)
+        elif path.startswith("/webim/") and len(path) > 7 and "/" not in path[7:]:
             # what Klein's /webim/<string:name> matches: one decoded segment
-            return self.webim.render_name(request, path[7:])
-        return self.klein.render(request)
+            result = self.web.webim_call(request, path[7:])
+        else:
+            return self.klein.render(request)
+        if isinstance(result, bytes):
+            return result
+        # Module functions with arguments, not closures: a parked poll's Deferred is
+        # held for up to 25 s by every online user (memory and GC per user).
+        result.addCallbacks(_write_answer, _answer_failed, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
 
 
 class WebApp:
@@ -361,9 +328,11 @@ class WebApp:
         self.ops = Ops(ctx, self.metrics)
 
     def resource(self):
-        """The root ``IResource`` to serve: the Klein app, with ``/packets`` served by
-        a bare resource (:class:`_PollResource`)."""
-        return _Root(self.app.resource(), _PollResource(self), _WebimResource(self))
+        """The root ``IResource`` to serve: :class:`_Root` answers ``/packets`` and
+        ``/webim/<name>`` itself and passes the rest to the Klein app. Klein keeps its
+        routes for those two as well: they are the declared route table that
+        tests/test_openapi.py checks, and answer the methods and paths ``_Root`` passes on."""
+        return _Root(self, self.app.resource())
 
     def site(self):
         """The ``twisted.web`` Site to listen with: :meth:`resource` plus one access-log
@@ -417,7 +386,7 @@ class WebApp:
     # -- webim/* ---------------------------------------------------------------
     @app.route("/webim/<string:name>", methods=["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def webim(self, request, name):
-        """Klein's route for what :class:`_WebimResource` does not take."""
+        """Klein's route for what :class:`_Root` does not answer itself."""
         return self.webim_call(request, name)
 
     def webim_call(self, request, name):
