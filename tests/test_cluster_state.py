@@ -86,7 +86,37 @@ async def test_reap_removes_only_the_dead_instance(nodes):
     await n1.state.room_join("lobby", "alice")
     # a wrong instance tag removes nothing
     assert await n1.state.reap("n2", "not-the-instance") == []
-    assert await n1.state.reap("n2", n2.state.instance) == ["bob"]  # alice is still on n1
+    assert await n1.state.reap("n2", n2.state.instance) == [("bob", "available", "Bob")]  # alice: on n1
     assert set(await n1.state.presences(["alice", "bob"])) == {"alice"}
     assert await n1.state.room_members("lobby") == {"alice"}
     assert await n1.state.reap("n2", n2.state.instance) == []  # twice is harmless
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_sessions_are_told_apart_from_the_grace(nodes):
+    n1, n2, _ = nodes
+    await n1.state.user_up("alice", "available", "", "Alice")
+    await n2.state.user_up("alice", "available", "", "Alice")
+    assert await n1.state.has_sessions(["alice", "bob"]) == {"alice"}
+    await n1.state.set_sessions("alice", False)  # n1: only the grace now
+    assert await n2.state.has_sessions(["alice"]) == {"alice"}
+    await n2.state.set_sessions("alice", False)
+    assert await n2.state.has_sessions(["alice"]) == set()  # kept for her next online
+    assert set(await n2.state.presences(["alice"])) == {"alice"}  # still online (grace)
+    await n1.state.set_sessions("alice", True)
+    assert await n2.state.has_sessions(["alice"]) == {"alice"}
+    await n1.state.user_down("alice")
+    assert await n2.state.has_sessions(["alice"]) == set()
+    # a node that does not hold the user cannot mark sessions for it
+    await n1.state.set_sessions("alice", True)
+    assert await n2.state.has_sessions(["alice"]) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_others_reaches_every_registered_node_but_this_one(nodes):
+    n1, n2, n3 = nodes
+    for n in nodes:
+        await n.redis.execute("HSET", f"{n.state.prefix}:nodes", n.state.node_id, n.state.instance)
+    assert await n2.state.publish_others({"t": "dir"}) == 2
+    await wait_until(lambda: n1.received and n3.received)
+    assert n1.received == n3.received == [{"t": "dir"}] and n2.received == []

@@ -6,8 +6,11 @@ this module records, for the whole cluster, what the other nodes need to route a
 answer presence questions (docs/design.md#d20-cluster). Keys (``p`` is
 ``[cluster] redis_prefix``):
 
-``p:u:<user>``      hash: ``show``, ``status``, ``nick``, and ``n:<node>`` = instance for
-                    every node that holds the user (sessions, or the user grace)
+``p:u:<user>``      hash: ``show``, ``status``, ``nick``, ``n:<node>`` = instance for
+                    every node that holds the user (sessions, or the user grace), and
+                    ``s:<node>`` for every node where the user has an open session now
+                    (a message to a user with no ``s:`` field is kept for their next
+                    ``online``, docs/design.md#d7-messages)
 ``p:nu:<node>``     set: users held by ``node`` (what a reap walks)
 ``p:r:<room>``      hash: ``<node>|<user>`` = instance for every live member
 ``p:nr:<node>``     set: rooms ``node`` has live members in
@@ -35,7 +38,7 @@ local first = 1
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'n:' then first = 0 break end
 end
-redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ARGV[2], 's:' .. ARGV[1], '1')
 if first == 1 then
   redis.call('HSET', KEYS[1], 'show', ARGV[4], 'status', ARGV[5], 'nick', ARGV[6])
 end
@@ -50,12 +53,46 @@ _USER_DOWN = """
 local mine = redis.call('HGET', KEYS[1], 'n:' .. ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[3])
 if mine ~= ARGV[2] then return -1 end
-redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
+redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1], 's:' .. ARGV[1])
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'n:' then return 0 end
 end
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+# sessions: KEYS[1]=p:u:<user>; ARGV: node, instance, 1 (has sessions here) or 0 (only
+# the grace). Only while this instance holds the user.
+_SESSIONS = """
+if redis.call('HGET', KEYS[1], 'n:' .. ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 's:' .. ARGV[1], '1')
+else redis.call('HDEL', KEYS[1], 's:' .. ARGV[1]) end
+return 1
+"""
+
+# has_sessions: KEYS = user hashes. Returns 1/0 per key: an ``s:`` field exists.
+_HAS_SESSIONS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = 0
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(f, 1, 2) == 's:' then out[i] = 1 break end
+  end
+end
+return out
+"""
+
+# publish_others: ARGV[1]=prefix, ARGV[2]=own node, ARGV[3]=payload. Every registered
+# node but this one. Returns how many were published to.
+_PUBLISH_OTHERS = """
+local n = 0
+for _, node in ipairs(redis.call('HKEYS', ARGV[1] .. ':nodes')) do
+  if node ~= ARGV[2] then
+    redis.call('PUBLISH', ARGV[1] .. ':to:' .. node, ARGV[3])
+    n = n + 1
+  end
+end
+return n
 """
 
 # publish: KEYS = user hashes and room hashes; ARGV[1]=prefix, ARGV[2]=own node (skipped:
@@ -85,7 +122,8 @@ return #order
 """
 
 # reap: ARGV: prefix, node, instance. Removes everything the instance of node held.
-# Returns the users that no node holds any more (they went offline cluster-wide).
+# Returns user, show, nick, ... of the users that no node holds any more (they went
+# offline cluster-wide).
 _REAP = """
 local p, node, inst = ARGV[1], ARGV[2], ARGV[3]
 local gone = {}
@@ -94,7 +132,8 @@ for _, user in ipairs(redis.call('SMEMBERS', users)) do
   local key = p .. ':u:' .. user
   local holder = redis.call('HGET', key, 'n:' .. node)
   if holder == inst then
-    redis.call('HDEL', key, 'n:' .. node)
+    local show, nick = redis.call('HGET', key, 'show'), redis.call('HGET', key, 'nick')
+    redis.call('HDEL', key, 'n:' .. node, 's:' .. node)
     local left = 0
     for _, f in ipairs(redis.call('HKEYS', key)) do
       if string.sub(f, 1, 2) == 'n:' then left = 1 break end
@@ -102,6 +141,8 @@ for _, user in ipairs(redis.call('SMEMBERS', users)) do
     if left == 0 then
       redis.call('DEL', key)
       gone[#gone + 1] = user
+      gone[#gone + 1] = show or 'available'
+      gone[#gone + 1] = nick or user
     end
   end
   if holder == inst or not holder then redis.call('SREM', users, user) end
@@ -166,6 +207,21 @@ class ClusterState:
             self.node_id, self.instance, user_id)
         return last == 1
 
+    async def set_sessions(self, user_id: str, has_sessions: bool) -> None:
+        """Whether this node holds an open session of ``user_id`` now (False: only the
+        user grace). Ignored unless this instance holds the user."""
+        await self.redis.execute("EVAL", _SESSIONS, 1, self._user(user_id), self.node_id,
+                                 self.instance, "1" if has_sessions else "0")
+
+    async def has_sessions(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` with an open session on some node: a message to them is
+        delivered live (docs/design.md#d7-messages)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return set()
+        flags = await self.redis.execute("EVAL", _HAS_SESSIONS, len(ids), *(self._user(u) for u in ids))
+        return {u for u, flag in zip(ids, flags, strict=True) if flag}
+
     async def set_show(self, user_id: str, show: str, status: str) -> None:
         """Record a show/status change (the caller announces it)."""
         await self.redis.execute("HSET", self._user(user_id), "show", show, "status", status)
@@ -223,6 +279,12 @@ class ClusterState:
         """Publish ``payload`` to one node's channel. :returns: 1 if it was listening."""
         return await self.redis.publish(self.channel(node_id), _encode(payload))
 
+    async def publish_others(self, payload: dict[str, Any]) -> int:
+        """Publish ``payload`` to every registered node but this one, in one round trip
+        (broadcasts, directory changes). :returns: how many nodes."""
+        return await self.redis.execute("EVAL", _PUBLISH_OTHERS, 0, self.prefix, self.node_id,
+                                        _encode(payload))
+
     async def publish_all(self, payload: dict[str, Any], live_nodes: Iterable[str]) -> None:
         """Publish ``payload`` to every node in ``live_nodes`` but this one."""
         data = _encode(payload)
@@ -231,11 +293,12 @@ class ClusterState:
                 await self.redis.publish(self.channel(node_id), data)
 
     # -- node death -----------------------------------------------------------------
-    async def reap(self, node_id: str, instance: str) -> list[str]:
-        """Remove everything ``instance`` of ``node_id`` held. :returns: the users no node
-        holds any more, for whom the caller announces ``offline`` once."""
-        gone = await self.redis.execute("EVAL", _REAP, 0, self.prefix, node_id, instance)
-        return sorted(gone or [])
+    async def reap(self, node_id: str, instance: str) -> list[tuple[str, str, str]]:
+        """Remove everything ``instance`` of ``node_id`` held. :returns: ``(user, show,
+        nick)`` of the users no node holds any more, sorted by user, for whom the caller
+        announces ``offline`` once (unless ``show`` is ``invisible``)."""
+        flat = await self.redis.execute("EVAL", _REAP, 0, self.prefix, node_id, instance) or []
+        return sorted(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
 
 
 def _encode(payload: dict[str, Any]) -> str:
