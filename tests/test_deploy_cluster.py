@@ -126,6 +126,16 @@ def test_unknown_node_is_the_404_envelope(cluster_nginx):
     assert not any(p.startswith("/n/n9") for node in nodes for p in node.paths)
 
 
+def test_a_node_that_is_down_is_the_404_envelope_on_its_path(cluster_nginx):
+    nginx, nodes = cluster_nginx
+    nodes[1].shutdown()
+    nodes[1].server_close()  # n2 is gone (killed): its port refuses connections
+    resp = Client(nginx.url, timeout=10).get("/n/n2/packets", {"ticket": "n2.x"})
+    assert resp.status == 404, resp  # so the client goes online again (on n1)
+    assert resp.json()["error"] == "invalid_ticket"
+    assert Client(nginx.url, timeout=10).get("/n/n1/packets").json()["node"] == "n1"
+
+
 def test_other_calls_are_spread_over_all_nodes(cluster_nginx):
     nginx, _ = cluster_nginx
     c = Client(nginx.url, timeout=10)
