@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 setup(
     name="nextim-twisted",
     version="0.1.0",
+    license="MIT",
     description="Standalone web instant-messaging daemon speaking the NextIM protocol, on Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
