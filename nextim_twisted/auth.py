@@ -1,4 +1,4 @@
-"""Who is calling: JWT tokens, login cookies, tickets and passwords (D13).
+"""Who is calling: JWT tokens, login cookies, tickets and passwords (docs/design.md#d13-identity).
 
 The web layer extracts :class:`Credentials` from a request; :class:`Authenticator`
 decides which user it is, or refuses with 401/403/404. Tokens are HS256 JWTs
@@ -26,7 +26,7 @@ def _dummy():
         _dummy_hash = _hasher.hash("nextim: no such user")
     return _dummy_hash
 
-#: Claims copied from a site token into the user's profile (D13).
+#: Claims copied from a site token into the user's profile (docs/design.md#d13-identity).
 PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
 #: Longest profile claim accepted (the admin API's limit for URLs; ``nick`` is cut to 100).
 MAX_CLAIM_CHARS = 2000
@@ -87,7 +87,7 @@ class Identity:
 
 
 class Authenticator:
-    """Resolves :class:`Credentials` to an :class:`Identity` (D13).
+    """Resolves :class:`Credentials` to an :class:`Identity` (docs/design.md#d13-identity).
 
     :param config: the daemon :class:`~nextim_twisted.config.Config`.
     :param store: storage (for password hashes).
@@ -159,7 +159,7 @@ class Authenticator:
         """Resolve the caller.
 
         :param writes: the call changes state: cookie-only authentication then must
-            be a POST from an allowed origin (D13, no JSONP CSRF).
+            be a POST from an allowed origin (docs/design.md#d13-identity, no JSONP CSRF).
         :param allow_password: accept ``username``/``password`` (``online`` in
             ``accounts`` mode, as in the reference).
         :returns: :class:`Identity`.
@@ -201,7 +201,7 @@ class Authenticator:
 
     def origin_allowed(self, creds):
         """True if the request's ``Origin`` is the daemon's own (``public_url`` or the
-        address the request came to) or listed in ``[server] allowed_origins`` (D13)."""
+        address the request came to) or listed in ``[server] allowed_origins`` (docs/design.md#d13-identity)."""
         origin = creds.origin
         return bool(origin) and (origin in self._allowed_origins or origin == creds.request_origin)
 

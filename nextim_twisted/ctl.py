@@ -1,5 +1,5 @@
 """``nextimctl``: manage the daemon's directory and database from the command line
-(D14, issues 2 and 5).
+(docs/design.md#d14-directory, docs/operations.md#nextimctl-reference).
 
 It works directly on the database named by the daemon's config file (``--config``,
 default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
@@ -148,7 +148,7 @@ def build_parser():
         sp.add_argument("room", type=_ident)
         sp.add_argument("user", type=_ident)
 
-    sp = sub.add_parser("notify", help="add a notification for a user (D12)")
+    sp = sub.add_parser("notify", help="add a notification for a user (docs/design.md#d12-notifications)")
     sp.add_argument("user", type=_ident)
     sp.add_argument("text")
     sp.add_argument("--link", help="URL the notification points to")

@@ -3,7 +3,7 @@
 Every collection stops the reactor for as long as it walks its generation's objects,
 and an online user keeps about 57 of them alive (parked poll, connection, session),
 so collections that include 10 000 users' objects are 0.1–1 s stalls in everyone's
-deliveries (issue 6, docs/benchmarks.md). CPython's own trigger does not help here: it
+deliveries (docs/benchmarks.md). CPython's own trigger does not help here: it
 counts allocations *minus* deallocations, and a daemon answering polls frees an old
 poll's objects for each new one, so the young generation grew for seconds unseen and
 each collection of it took over 100 ms.

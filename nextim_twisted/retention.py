@@ -1,7 +1,7 @@
-"""History retention (issue 5): delete messages older than ``[storage]
+"""History retention (docs/operations.md#history-retention): delete messages older than ``[storage]
 retention_days``, once when the daemon starts and then every 24 hours.
 
-Driven by an injected ``IReactorTime`` (DESIGN.md: tests use a ``Clock``); the
+Driven by an injected ``IReactorTime`` (docs/architecture.md#rules-of-the-layers: tests use a ``Clock``); the
 deletion itself is :meth:`~nextim_twisted.store.base.Store.purge_messages`, one
 transaction, off the reactor thread.
 """

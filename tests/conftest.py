@@ -72,7 +72,7 @@ class Harness:
         await self.port.stopListening()
 
     def token(self, sub, nick=None, **claims):
-        """A site JWT (D13) for ``sub``."""
+        """A site JWT (docs/design.md#d13-identity) for ``sub``."""
         payload = {"sub": sub, "nick": nick or sub.title(), "exp": int(time.time()) + 3600, **claims}
         return jwt.encode(payload, TOKEN_SECRET, algorithm="HS256")
 

@@ -1,4 +1,4 @@
-"""Configuration: validated at start, every error names the key (issue 2)."""
+"""Configuration: validated at start, every error names the key (one clear line for the operator)."""
 import re
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Sessions, timers and routing in core/ driven by a Clock (D5, D6, D7, D8, D9)."""
+"""Sessions, timers and routing in core/ driven by a Clock (docs/design.md#d5-timers to #d9-rooms)."""
 from twisted.internet import task
 
 from nextim_twisted.core.router import Router
@@ -187,7 +187,7 @@ def test_unicast_fans_out_to_tabs_and_sender_copies():
     assert [m["body"] for m in got] == ["hi"]
     assert "id" not in got[0]                               # the storage row id stays inside
     assert [m["body"] for m in drain(b2)["messages"]] == ["hi"]
-    # strangers who talked now exchange presence (D8)
+    # strangers who talked now exchange presence (docs/design.md#d8-presence)
     r.set_presence("alice", "away", "")
     assert [p["type"] for p in drain(b1)["presences"]] == ["show"]
 
@@ -246,7 +246,7 @@ def test_shutdown_answers_parked_polls():
 
 
 def test_room_presences_only_when_configured():
-    """D9: join/leave presences are off by default (1.0.x clients misread them) and,
+    """docs/design.md#d9-rooms: join/leave presences are off by default (1.0.x clients misread them) and,
     when switched on, go v5-style to the other live members with ``to`` = room id."""
     for enabled in (False, True):
         clock, r = make_router(room_presences=enabled)

@@ -1,4 +1,4 @@
-"""History retention (issue 5): ``[storage] retention_days`` purges old messages at
+"""History retention (docs/operations.md#history-retention): ``[storage] retention_days`` purges old messages at
 start and every 24 h; the timer runs on a Clock, the deletes on the real store."""
 import pytest
 import pytest_twisted

@@ -1,9 +1,9 @@
 """Live state of one daemon: online users, sessions by ticket, live room membership,
 and the routing of messages, presences and typing statuses to session queues.
 
-Rules: D5 (timers, grace), D6 (queues), D7 (fan-out and sender copies), D8
-(presence recipients, invisible), D9 (live room membership), protocol-reference
-§3.3–§4.2. No I/O here: handlers load from storage and call in.
+Rules: docs/design.md#d5-timers (timers, grace), #d6-comet-envelope (queues), #d7-messages
+(fan-out and sender copies), #d8-presence (presence recipients, invisible), #d9-rooms (live
+room membership), and docs/protocol.md#the-comet-long-poll. No I/O here: handlers load from storage and call in.
 """
 import secrets
 
@@ -18,7 +18,7 @@ log = Logger()
 
 
 def new_ticket():
-    """An opaque random ticket of 192 bits (D4)."""
+    """An opaque random ticket of 192 bits (docs/design.md#d4-tickets)."""
     return secrets.token_urlsafe(24)
 
 
@@ -27,11 +27,11 @@ class Router:
 
     :param clock: ``IReactorTime``; all timers go through it (sessions' hold and idle
         timers through one :class:`~.timers.TimerWheel`, at most 100 ms late).
-    :param poll_hold: seconds a poll is held (D5).
-    :param session_idle: seconds a session may go without a parked poll (D5).
-    :param user_grace: seconds a user without sessions stays online (D5).
-    :param max_queue: per-session queue bound in packets (D6).
-    :param room_presences: send v5-style room ``join``/``leave`` presences (D9).
+    :param poll_hold: seconds a poll is held (docs/design.md#d5-timers).
+    :param session_idle: seconds a session may go without a parked poll (docs/design.md#d5-timers).
+    :param user_grace: seconds a user without sessions stays online (docs/design.md#d5-timers).
+    :param max_queue: per-session queue bound in packets (docs/design.md#d6-comet-envelope).
+    :param room_presences: send v5-style room ``join``/``leave`` presences (docs/design.md#d9-rooms).
     """
 
     def __init__(self, clock, poll_hold=25, session_idle=10, user_grace=10, max_queue=1000,
@@ -47,7 +47,7 @@ class Router:
         self.sessions = {}   # ticket -> Session
         self.rooms = {}      # room id -> set of live member ids
         self.overflows = 0
-        # Observers of live state (the XMPP bridge, issue 7): objects with any of
+        # Observers of live state (the XMPP bridge, docs/xmpp.md): objects with any of
         # user_presence(user, type_), room_joined(user, room_id), room_left(user, room_id).
         self.observers = []
         # messages routed by type, read by the metrics collector (web/metrics.py)
@@ -59,7 +59,7 @@ class Router:
 
     # -- sessions ----------------------------------------------------------
     def open_session(self, profile, show, status, buddy_ids, room_ids):
-        """Create a session for a user (D4: each ``online`` makes a new one).
+        """Create a session for a user (docs/design.md#d4-tickets: each ``online`` makes a new one).
 
         On the user's first session the user goes online: ``online`` presence to
         related online users (unless invisible) and live-join of ``room_ids``.
@@ -101,7 +101,7 @@ class Router:
     def session(self, ticket):
         """The live session of ``ticket``.
 
-        :raises NotFound: unknown or ended ticket (a poll answers it with 404, D2).
+        :raises NotFound: unknown or ended ticket (a poll answers it with 404, docs/design.md#d2-errors).
         """
         session = self.sessions.get(ticket) if ticket else None
         if session is None:
@@ -110,7 +110,7 @@ class Router:
 
     def end_session(self, ticket):
         """End a tab's session (``offline``/``refresh``): a parked poll gets
-        ``stopped``; the user stays online through the grace (D5, §7 A12)."""
+        ``stopped``; the user stays online through the grace (docs/protocol.md#a12-refresh-and-offline)."""
         session = self.session(ticket)
         session.stop()
         self._forget_session(session)
@@ -156,7 +156,7 @@ class Router:
     def user_offline(self, user_id):
         """End every session of a user and take them offline now (admin removal,
         ``DELETE /admin/users/{id}``). The id also leaves every live buddy set, online
-        or not: a user later created with the same id is nobody's buddy (D8)."""
+        or not: a user later created with the same id is nobody's buddy (docs/design.md#d8-presence)."""
         for other in self.users.values():
             other.buddies.discard(user_id)
         user = self.users.get(user_id)
@@ -177,14 +177,14 @@ class Router:
     def presence_of(self, user_id, viewer_id=None):
         """What ``viewer_id`` may see of a user: ``(presence, show, status)``
         with presence ``online``/``offline``; invisible users look offline to
-        everyone but themselves (D8)."""
+        everyone but themselves (docs/design.md#d8-presence)."""
         user = self.users.get(user_id)
         if user is None or (not user.visible and viewer_id != user_id):
             return "offline", "unavailable", ""
         return "online", user.show, user.status
 
     def set_presence(self, user_id, show, status):
-        """Apply a show/status change and tell related online users (D8):
+        """Apply a show/status change and tell related online users (docs/design.md#d8-presence):
         ``show`` normally, ``offline`` on going invisible, ``online`` on coming back."""
         user = self.users[user_id]
         was_visible = user.visible
@@ -226,7 +226,7 @@ class Router:
         return user is not None and self._push_user(user, kind, packet)
 
     def _announce(self, user, type_):
-        # online/show/offline as others see it (invisible is already offline here, D8)
+        # online/show/offline as others see it (invisible is already offline here, docs/design.md#d8-presence)
         self._notify("user_presence", user, type_)
         for other_id in user.related():
             other = self.users.get(other_id)
@@ -249,7 +249,7 @@ class Router:
         return delivered
 
     def route_unicast(self, message, sender_ticket=None, to_recipient=True):
-        """Deliver a committed unicast (or broadcast-shaped) message (D7): to every
+        """Deliver a committed unicast (or broadcast-shaped) message (docs/design.md#d7-messages): to every
         session of the recipient and to the sender's other sessions.
 
         :param to_recipient: False to send only the sender's copies (the recipient
@@ -262,20 +262,20 @@ class Router:
         sender = self.users.get(message["from"])
         delivered = False
         if recipient is not None and recipient is sender:
-            # A note to oneself: each *other* session once, never the sending one (D7).
+            # A note to oneself: each *other* session once, never the sending one (docs/design.md#d7-messages).
             return self._push_user(recipient, "messages", packet, except_ticket=sender_ticket)
         if recipient is not None and to_recipient:
             delivered = self._push_user(recipient, "messages", packet)
         if sender is not None and sender is not recipient:
             self._push_user(sender, "messages", packet, except_ticket=sender_ticket)
             if recipient is not None:
-                # Strangers who talk see each other's presence from now on (D8).
+                # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence).
                 sender.add_contact(recipient.id)
                 recipient.add_contact(sender.id)
         return delivered
 
     def route_multicast(self, message, sender_ticket=None):
-        """Deliver a committed room message to the live members (D7, §4.2): the sender
+        """Deliver a committed room message to the live members (docs/protocol.md#rooms): the sender
         gets copies on its other sessions only."""
         self.messages_routed["multicast"] += 1
         packet = _packet(message)
@@ -288,7 +288,7 @@ class Router:
 
     def route_broadcast(self, message):
         """Deliver an admin broadcast to every online user, unicast-shaped with ``to``
-        rewritten to the recipient (protocol-reference §4.2). Returns the count."""
+        rewritten to the recipient (docs/protocol.md#broadcast). Returns the count."""
         self.messages_routed["broadcast"] += 1
         count = 0
         for user in list(self.users.values()):
@@ -298,7 +298,7 @@ class Router:
         return count
 
     def route_status(self, from_id, to_id, show):
-        """Relay a typing status to the recipient's sessions if online; never stored (§3.5)."""
+        """Relay a typing status to the recipient's sessions if online; never stored (docs/protocol.md#webimstatus)."""
         sender = self.users.get(from_id)
         recipient = self.users.get(to_id)
         if recipient is None or sender is None:
@@ -339,11 +339,11 @@ class Router:
                 self._push_user(member, "presences", packet)
 
     def join_room(self, user_id, room_id):
-        """Live-join a room (D9: ``join`` un-blocks)."""
+        """Live-join a room (docs/design.md#d9-rooms: ``join`` un-blocks)."""
         self._join(self.users[user_id], room_id)
 
     def leave_room(self, user_id, room_id):
-        """Live-leave a room (D9: ``leave`` blocks; site membership stays)."""
+        """Live-leave a room (docs/design.md#d9-rooms: ``leave`` blocks; site membership stays)."""
         self._leave(self.users[user_id], room_id)
 
     def in_room(self, user_id, room_id):
@@ -351,7 +351,7 @@ class Router:
         return user_id in self.rooms.get(room_id, ())
 
     def room_members(self, room_id, viewer_id=None):
-        """Live members ``viewer_id`` may see (invisible ones hidden, D8), sorted by id:
+        """Live members ``viewer_id`` may see (invisible ones hidden, docs/design.md#d8-presence), sorted by id:
         list of ``{"id", "nick", "presence", "show"}``."""
         result = []
         for member_id in sorted(self.rooms.get(room_id, ())):
@@ -376,7 +376,7 @@ class Router:
         }
 
     def shutdown(self):
-        """Answer every parked poll with an empty batch and cancel all timers (D16)."""
+        """Answer every parked poll with an empty batch and cancel all timers (docs/design.md#d16-shutdown)."""
         for session in list(self.sessions.values()):
             session.stop({"status": "ok", "messages": [], "presences": [], "statuses": [],
                           "seq": session.last_seq})

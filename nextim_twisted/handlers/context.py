@@ -29,20 +29,20 @@ class Context:
         })
         self.shutting_down = False
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
-        #: (issue 7), else None; set by the service.
+        #: (docs/xmpp.md), else None; set by the service.
         self.xmpp = None
 
     def now_ms(self):
-        """Integer milliseconds from the injected clock (D7 timestamps)."""
+        """Integer milliseconds from the injected clock (docs/design.md#d7-messages timestamps)."""
         return int(self.clock.seconds() * 1000)
 
     @property
     def poll_url(self):
-        """``connection.server``: the full long-poll URL (D3)."""
+        """``connection.server``: the full long-poll URL (docs/design.md#d3-online)."""
         return self.config.public_url + "/packets"
 
     async def settings_of(self, user_id):
-        """The user's stored settings object (D11), ``{}`` when none or unreadable."""
+        """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""
         text = await self.store.get_setting(user_id)
         if not text:
             return {}
@@ -52,12 +52,12 @@ class Context:
             return {}  # stored before the rules of parse_setting: never fail ``online`` for it
 
 
-#: Deepest nesting of arrays/objects accepted in a settings object (D11).
+#: Deepest nesting of arrays/objects accepted in a settings object (docs/design.md#d11-settings).
 MAX_SETTING_DEPTH = 32
 
 
 def parse_setting(text):
-    """Parse a settings text (D11) into a dict that can always be answered again.
+    """Parse a settings text (docs/design.md#d11-settings) into a dict that can always be answered again.
 
     Refused, so that one stored value can never break later answers: anything but a
     JSON object; ``NaN``/``Infinity`` and numbers out of float range such as ``1e400``
@@ -94,7 +94,7 @@ def parse_setting(text):
 def session_of(identity):
     """The session a ticket-bearing call refers to.
 
-    :raises BadRequest: when the call carried no ticket (§2 table: ``ticket`` required).
+    :raises BadRequest: when the call carried no ticket (docs/protocol.md#endpoints: ``ticket`` required).
     """
     if identity.session is None:
         raise BadRequest("missing parameter: ticket", code="missing_parameter")
@@ -102,7 +102,7 @@ def session_of(identity):
 
 
 def parse_show(value, allow_offline=True):
-    """A D8 show from a parameter.
+    """A show value from a parameter.
 
     :raises BadRequest: unknown value.
     """
@@ -114,7 +114,7 @@ def parse_show(value, allow_offline=True):
 
 
 def blocked_rooms(settings):
-    """Room ids from the ``blocked_rooms`` setting (D9); ignores non-string entries."""
+    """Room ids from the ``blocked_rooms`` setting (docs/design.md#d9-rooms); ignores non-string entries."""
     value = settings.get("blocked_rooms")
     if not isinstance(value, list):
         return set()

@@ -1,4 +1,4 @@
-"""The storage interface every backend implements (DESIGN.md "storage & bridges").
+"""The storage interface every backend implements (docs/architecture.md#store).
 
 All methods return Deferreds and never block the reactor thread (adbapi pool).
 Rows come back as plain dicts so core and handlers stay free of SQL.
@@ -7,7 +7,7 @@ Shapes:
 - user:   ``{"id", "nick", "pic_url", "default_pic_url", "url", "password_hash"}``
   (missing optional fields are ``None``).
 - room:   ``{"id", "nick", "pic_url", "url", "all_count"}`` (``all_count`` = site members).
-- message (logItem, protocol-reference §2.2): ``{"id", "type", "from", "to", "nick",
+- message (logItem, docs/protocol.md#logitem): ``{"id", "type", "from", "to", "nick",
   "body", "style", "timestamp"}``; ``timestamp`` is integer milliseconds; ``id`` is
   the storage row id (an int, strictly increasing in insertion order).
 - notification: ``{"id", "text", "link", "time"}`` (``time`` in ms).
@@ -117,13 +117,13 @@ class Store:
 
     # messages (history) --------------------------------------------------
     def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered):
-        """Commit one message; returns only after the commit (D7). ``type`` is
+        """Commit one message; returns only after the commit (docs/design.md#d7-messages). ``type`` is
         unicast, multicast or broadcast. Deferred → message dict (with ``id``)."""
         raise NotImplementedError
 
     def undelivered(self, user_id, limit=50):
         """Unicast messages to ``user_id`` not yet delivered, the *oldest* ``limit``,
-        oldest first (D10). Deferred → list of message dicts."""
+        oldest first (docs/design.md#d10-history). Deferred → list of message dicts."""
         raise NotImplementedError
 
     def mark_delivered(self, message_ids):
@@ -134,7 +134,7 @@ class Store:
     def unicast_history(self, user_id, other_id, limit=30):
         """Messages between the two users, newest ``limit`` returned oldest first,
         without the ones ``user_id`` cleared and without undelivered ones addressed
-        to ``user_id`` (they belong to ``new_messages``, D10). Deferred → list."""
+        to ``user_id`` (they belong to ``new_messages``, docs/design.md#d10-history). Deferred → list."""
         raise NotImplementedError
 
     def room_history(self, room_id, limit=30):
@@ -143,7 +143,7 @@ class Store:
 
     def clear_history(self, user_id, other_id):
         """Hide the unicast history between the two from ``user_id``'s side only;
-        rows hidden from both sides are deleted (protocol-reference §2.3). Deferred → None."""
+        rows hidden from both sides are deleted (docs/protocol.md#webimclear_history). Deferred → None."""
         raise NotImplementedError
 
     def purge_messages(self, older_than_ms):
@@ -161,7 +161,7 @@ class Store:
 
     def stats_counts(self):
         """Deferred → ``{"users", "rooms", "messages", "undelivered"}`` (ints;
-        undelivered = unicast messages not yet delivered, D10)."""
+        undelivered = unicast messages not yet delivered, docs/design.md#d10-history)."""
         raise NotImplementedError
 
     # settings ------------------------------------------------------------
@@ -170,7 +170,7 @@ class Store:
         raise NotImplementedError
 
     def put_setting(self, user_id, json_text):
-        """Store the JSON text verbatim (D11). Deferred → None."""
+        """Store the JSON text verbatim (docs/design.md#d11-settings). Deferred → None."""
         raise NotImplementedError
 
     # daemon metadata -----------------------------------------------------
@@ -186,7 +186,7 @@ class Store:
 
     def take_unread_notifications(self, user_id, limit=50):
         """Unread notifications newest first, marked read in the same transaction
-        (D12). Deferred → list of notification dicts."""
+        (docs/design.md#d12-notifications). Deferred → list of notification dicts."""
         raise NotImplementedError
 
 
