@@ -88,7 +88,8 @@ var NextimClient = (function () {
 
   function chatKey(type, id) { return type + ":" + id; }
 
-  /** The 2010 client's names for the two kinds of conversation. */
+  /** Later protocol versions call the two kinds of conversation chat and
+   *  grpchat (docs/protocol.md#later-protocol-versions). */
   function normalizeType(t) {
     if (t === "chat") return "unicast";
     if (t === "grpchat") return "multicast";
@@ -372,7 +373,7 @@ var NextimClient = (function () {
 
   // ---------------------------------------------------------------------------
   // The comet loop: the one place that knows seq and ack
-  // (docs/design.md#d6-comet-envelope).
+  // (docs/design.md#d6-comet-envelope, docs/protocol.md#seq-and-ack).
   //
   // Each answer carries `seq`, each packet its own `seq`. The next poll sends
   // ack=<seq> *after* the batch was processed, so an answer lost on the way
@@ -486,7 +487,7 @@ var NextimClient = (function () {
     });
   };
 
-  /** A 404 on the poll means the session is gone (docs/design.md#d2-errors).
+  /** A 404 on the poll means the session is gone (docs/protocol.md#stopped-and-404).
    *  JSONP cannot see the status, so there a second failure in a row is
    *  taken as the same. */
   CometLoop.prototype.sessionGone = function (err) {
@@ -728,7 +729,8 @@ var NextimClient = (function () {
       if (room && room.blocked) return null; // blocked: we do not want it, even if it slips through
     } else {
       // unicast (and admin broadcast delivered unicast-shaped): my own
-      // message from my other tab belongs to the conversation `to`.
+      // message from my other tab belongs to the conversation `to`
+      // (docs/protocol.md#sessions-tabs-and-presence).
       type = "unicast";
       peer = mine ? m.to : m.from;
       var b = this.buddies.get(peer);
@@ -1236,8 +1238,9 @@ var NextimClient = (function () {
     return this.sendMessage(chat, msg.body);
   };
 
-  /** Typing notifications: "typing" once per burst (deduplicated), "clear"
-   *  after 6 s without keys; nothing to buddies that are offline. */
+  /** Typing notifications (docs/protocol.md#webimstatus): "typing" once per
+   *  burst (deduplicated), "clear" after 6 s without keys; nothing to buddies
+   *  that are offline. */
   Client.prototype.noteTyping = function (chat) {
     if (chat.type !== "unicast" || !this.ticket) return;
     var b = this.model.buddies.get(chat.id);
@@ -1618,7 +1621,7 @@ var NextimClient = (function () {
     }
   }
 
-  /** Message style (D15): the server already filters it; keep a second
+  /** Message style (docs/design.md#d15-limits): the server already filters it; keep a second
    *  allow-list here so a bad server cannot style us into trouble. */
   var STYLE_PROPS = {
     "color": 1, "background-color": 1, "font-weight": 1, "font-style": 1,
@@ -1949,7 +1952,7 @@ var NextimClient = (function () {
       self.updateViewing();
     });
     // Reload/close: tell the server this tab's session ends now, so its
-    // grace timer starts at once (D5) and a reload never flaps presence.
+    // grace timer starts at once (docs/design.md#d5-timers) and a reload never flaps presence.
     global.addEventListener("pagehide", function () {
       if (self.client.pageHide()) self.pagehidden = true;
     });
@@ -2108,7 +2111,7 @@ var NextimClient = (function () {
       groups.get(g).push(b);
     });
     var names = Array.from(groups.keys()).sort(function (a, b) {
-      // Strangers go last, like the reference UI.
+      // Strangers go last, as in the 2010 webim client.
       var sa = /stranger/i.test(a) ? 1 : 0;
       var sb = /stranger/i.test(b) ? 1 : 0;
       return sa - sb || a.localeCompare(b);
