@@ -227,3 +227,27 @@ test("a handler that throws does not stop the channel", async () => {
   assert.equal(transport.polls.length, 2);
   assert.equal(transport.current.params.ack, 1);
 });
+
+test("there is never more than one poll in flight", async () => {
+  const { timers, transport, loop } = setup();
+  const inFlight = () => transport.polls.filter((p) => !p.done).length;
+  loop.start("T1", "/packets");
+  await timers.tick(0);
+  const steps = [
+    () => transport.current.resolve(batch(1)),
+    () => transport.current.resolve({ status: "stopped" }),
+    () => transport.current.reject(ApiError(0, "network", "down")),
+    () => loop.abort(),
+    () => loop.start("T2", "/packets"),
+    () => loop.start("T3", "/packets"),
+    () => transport.current && transport.current.resolve(batch(2)),
+  ];
+  for (const step of steps) {
+    step();
+    for (let i = 0; i < 5; i++) {
+      await timers.tick(1000);
+      assert.ok(inFlight() <= 1, `${inFlight()} polls in flight`);
+    }
+  }
+  assert.equal(transport.current.params.ticket, "T3");
+});

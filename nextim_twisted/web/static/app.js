@@ -2474,7 +2474,6 @@ var NextimClient = (function () {
     if (opts.server === undefined) opts.server = "";
     if (opts.jsonp && !opts.server) throw new Error("NextIM.start: jsonp mode needs the daemon's server URL");
     if (opts.server && opts.css !== false) ensureStylesheet(String(opts.server).replace(/\/$/, "") + "/static/style.css");
-    global.NextIM = NextIM; // the JSONP callbacks live here
     var app = new App(opts);
     NextIM.apps.push(app);
     app.begin();
