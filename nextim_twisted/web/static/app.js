@@ -1427,7 +1427,6 @@ var NextimClient = (function () {
   // What the presence menu offers, in order. "offline" ends the session.
   var MENU_SHOWS = ["available", "away", "dnd", "invisible", "offline"];
 
-
   var STORE_PREFIX = "nextim:";
 
   // ---------------------------------------------------------------------------
