@@ -122,7 +122,7 @@ def test_slug_follows_github():
 
 def test_the_checks_find_what_they_are_for():
     """Each pattern matches the kind of citation it is for and leaves lookalikes alone."""
-    bad = ["see ../shared/x", "see " + "DESIGN" + ".md", "protocol" + "-reference §2",
+    bad = ["see ../" + "shared/x", "see " + "DESIGN" + ".md", "protocol" + "-reference §2",
            "issue" + " 6", "Issue" + " #12"]
     for text in bad:
         assert any(p.search(text) for p, _ in OUTSIDE), text
