@@ -174,6 +174,12 @@ class Router:
         """True if the user is live (sessions or grace), visible or not."""
         return user_id in self.users
 
+    def has_sessions(self, user_id):
+        """True if the user has an open session now (not merely inside the grace): a
+        message to them is delivered live, not kept for ``new_messages``."""
+        user = self.users.get(user_id)
+        return user is not None and bool(user.sessions)
+
     def presence_of(self, user_id, viewer_id=None):
         """What ``viewer_id`` may see of a user: ``(presence, show, status)``
         with presence ``online``/``offline``; invisible users look offline to

@@ -2,6 +2,7 @@
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
 from .. import auth
 from ..errors import BadRequest, NotFound, TooLarge
+from .delivery import deliver
 from .params import check_id
 
 _TEXT_LIMITS = {"nick": 100, "pic_url": 2000, "default_pic_url": 2000, "url": 2000, "group": 100,
@@ -180,9 +181,8 @@ async def broadcast(ctx, body):
         raise TooLarge("body too long", code="body_too_long")
     nick = _text(body, "nick") or "System"
     sender = ctx.config.admin.broadcast_from
-    msg = await ctx.store.add_message("broadcast", sender, ctx.config.server.domain, nick, text, "",
-                                      ctx.now_ms(), True)
-    return {"success": True, "delivered": ctx.router.route_broadcast(msg)}
+    _, delivered = await deliver(ctx, "broadcast", sender, ctx.config.server.domain, nick, text)
+    return {"success": True, "delivered": delivered}
 
 
 async def stats(ctx):

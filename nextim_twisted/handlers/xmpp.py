@@ -18,6 +18,7 @@ v3-era client stops polling on an unknown message type, protocol-reference §3.2
 newer clients recognise it by its ``error`` key. It is not stored in history.
 """
 from .. import model
+from .delivery import deliver
 
 #: Style of the failure packet's body (D15-safe).
 FAILURE_STYLE = "color:#b00"
@@ -39,13 +40,11 @@ async def send_chat(ctx, user, ticket, jid, body, style):
 
 async def incoming_chat(ctx, user_id, jid, nick, body):
     """A ``chat`` message from an XMPP buddy: stored like any unicast (D7), delivered
-    live, or kept for ``new_messages`` at the user's next ``online`` (D10).
+    live, or kept for ``new_messages`` at the user's next ``online``, once either way
+    (the delivery rule, :mod:`.delivery`).
     Bodies beyond ``[limits] message_chars`` are cut. Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    recipient = ctx.router.users.get(user_id)
-    delivered = recipient is not None and bool(recipient.sessions)
-    msg = await ctx.store.add_message("unicast", jid, user_id, nick, body, "", ctx.now_ms(), delivered)
-    ctx.router.route_unicast(msg)
+    msg, _ = await deliver(ctx, "unicast", jid, user_id, nick, body)
     return msg
 
 
@@ -90,8 +89,7 @@ async def incoming_groupchat(ctx, room_id, occupant_id, nick, body):
     ``multicast`` from the occupant (``<room jid>/<nick>``) and routed to the live
     web members (D7). Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    msg = await ctx.store.add_message("multicast", occupant_id, room_id, nick, body, "", ctx.now_ms(), True)
-    ctx.router.route_multicast(msg)
+    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body)
     return msg
 
 
