@@ -37,9 +37,8 @@ async def put_user(ctx, user_id, body):
                              _text(body, "url"))
     if password is not None:
         await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
-    user = ctx.router.users.get(user_id)
-    if user is not None:
-        user.profile = await ctx.store.get_user(user_id)
+    if ctx.router.is_online(user_id):
+        ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
     return {"success": True}
 
 
@@ -133,7 +132,7 @@ async def delete_room(ctx, room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
         await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (issue 7)
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
+    for member_id in ctx.router.live_members(room_id):
         ctx.router.leave_room(member_id, room_id)
     return {"success": True}
 

@@ -32,6 +32,12 @@ class Context:
         #: (issue 7), else None; set by the service.
         self.xmpp = None
 
+    @property
+    def hub(self):
+        """The :class:`~nextim_twisted.hub.base.IHub` packets leave through: for packets
+        that are not routed messages (XMPP presences, statuses, failure notices)."""
+        return self.router.hub
+
     def now_ms(self):
         """Integer milliseconds from the injected clock (D7 timestamps)."""
         return int(self.clock.seconds() * 1000)
@@ -123,7 +129,7 @@ def blocked_rooms(settings):
 
 def require_live(ctx, identity):
     """The caller's live user state. :raises Forbidden: the user has no live session."""
-    user = ctx.router.users.get(identity.user_id)
+    user = ctx.router.user(identity.user_id)
     if user is None:
         raise Forbidden("go online first", code="not_online")
     return user

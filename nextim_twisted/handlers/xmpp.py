@@ -51,7 +51,7 @@ async def incoming_chat(ctx, user_id, jid, nick, body):
 def incoming_status(ctx, user_id, jid, nick, show):
     """A XEP-0085 chat state as a typing status (``typing``/``clear``, §3.5): live
     only, never stored."""
-    return ctx.router.deliver(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
+    return ctx.hub.to_user(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
 
 
 def buddy_presence(ctx, user_id, jid, nick, type_, show, status):
@@ -59,8 +59,8 @@ def buddy_presence(ctx, user_id, jid, nick, type_, show, status):
     ``online``, ``show`` or ``offline``."""
     if type_ == "offline":
         show, status = "unavailable", ""
-    return ctx.router.deliver(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
-                                                     "show": show, "status": status or ""})
+    return ctx.hub.to_user(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
+                                                  "show": show, "status": status or ""})
 
 
 def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
@@ -69,7 +69,7 @@ def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
     reason = text or _REASONS.get(condition) or condition.replace("-", " ")
     packet = {"type": "unicast", "from": peer, "to": user_id, "nick": nick, "body": f"Not delivered: {reason}",
               "style": FAILURE_STYLE, "timestamp": ctx.now_ms(), "error": condition, "error_msg": reason}
-    return ctx.router.deliver(user_id, "messages", packet)
+    return ctx.hub.to_user(user_id, "messages", packet)
 
 
 _REASONS = {
@@ -101,8 +101,7 @@ def room_occupant(ctx, room_id, occupant_id, nick, joined, show):
         return
     packet = {"type": "join" if joined else "leave", "from": occupant_id, "nick": nick, "to": room_id,
               "show": show if joined else "unavailable", "status": room_id}
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
-        ctx.router.deliver(member_id, "presences", packet)
+    ctx.hub.to_room(room_id, "presences", packet)
 
 
 def remote_buddy_info(jid, nick, group, presence):
