@@ -5,6 +5,7 @@ Driven by an injected ``IReactorTime`` (DESIGN.md: tests use a ``Clock``); the
 deletion itself is :meth:`~nextim_twisted.store.base.Store.purge_messages`, one
 transaction, off the reactor thread.
 """
+from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
@@ -16,8 +17,9 @@ PURGE_INTERVAL = 24 * 3600
 DAY_MS = 24 * 3600 * 1000
 
 
-class Retention:
-    """Purges messages older than ``days`` days on a timer.
+class Retention(service.Service):
+    """Purges messages older than ``days`` days on a timer; a child service of the
+    daemon (:class:`~nextim_twisted.service.NextimService`), started once storage is.
 
     :param store: a started :class:`~nextim_twisted.store.base.Store`.
     :param clock: ``IReactorTime``; "now" is ``clock.seconds()``.
@@ -28,6 +30,8 @@ class Retention:
     never stops the timer. :attr:`last` is the Deferred of the latest purge (fires
     with the number deleted, or ``None`` after a logged failure).
     """
+
+    name = "retention"
 
     def __init__(self, store, clock, days, interval=PURGE_INTERVAL):
         if days < 1:
@@ -70,9 +74,18 @@ class Retention:
 
     def start(self):
         """Purge now, then every :attr:`interval` seconds."""
-        self._loop.start(self.interval, now=True)
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
 
     def stop(self):
         """Stop the timer (a purge already running finishes). Idempotent."""
         if self._loop.running:
             self._loop.stop()
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()

@@ -11,7 +11,6 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
-from nextim_twisted.xmpp.bridge import Bridge
 from tests import prosody
 from tests.conftest import Harness, make_config
 from tests.storefixtures import make_store
@@ -81,7 +80,6 @@ async def bridged(server, tmp_path):
     config = xmpp_config(server)
     store, drop = await make_store("sqlite", tmp_path)
     h = Harness(store, config)
-    h.bridge = h.ctx.xmpp = Bridge(h.ctx, config.xmpp, reactor)
     await h.start()
     for uid in ("alice", "bob", "carol"):
         await store.put_user(uid, uid.title())
@@ -317,7 +315,7 @@ async def test_wrong_secret_is_one_clear_log_line_and_no_loop(server, tmp_path):
     config = xmpp_config(server, secret="not-the-secret", min_backoff=0.1, max_backoff=0.2)
     store, drop = await make_store("sqlite", tmp_path)
     h = Harness(store, config)
-    bridge = h.ctx.xmpp = Bridge(h.ctx, config.xmpp, reactor)
+    bridge = h.bridge
     events = []
     globalLogPublisher.addObserver(events.append)
     try:

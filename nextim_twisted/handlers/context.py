@@ -14,9 +14,11 @@ class Context:
     :param router: the :class:`~nextim_twisted.core.router.Router`.
     :param auth: the :class:`~nextim_twisted.auth.Authenticator`.
     :param clock: ``IReactorTime``.
+    :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
+        when the bridge is off; :mod:`nextim_twisted.compose` passes it.
     """
 
-    def __init__(self, config, store, router, auth, clock):
+    def __init__(self, config, store, router, auth, clock, xmpp=None):
         self.config = config
         self.store = store
         self.router = router
@@ -28,9 +30,9 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
-        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
-        #: (issue 7), else None; set by the service.
-        self.xmpp = None
+        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
+        #: else None.
+        self.xmpp = xmpp(self) if xmpp is not None else None
 
     @property
     def hub(self):
