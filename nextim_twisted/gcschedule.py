@@ -43,9 +43,8 @@ class GcSchedule(service.Service):
     :param collect: ``gc.collect`` (injected in tests).
     """
 
-    name = "gc-schedule"
-
     def __init__(self, reactor, collect=gc.collect):
+        self.setName("gc-schedule")
         self.reactor = reactor
         self.collect = collect
         self._young = None

@@ -31,11 +31,10 @@ class Retention(service.Service):
     with the number deleted, or ``None`` after a logged failure).
     """
 
-    name = "retention"
-
     def __init__(self, store, clock, days, interval=PURGE_INTERVAL):
         if days < 1:
             raise ValueError("retention days must be at least 1")
+        self.setName("retention")
         self.store = store
         self.clock = clock
         self.days = days

@@ -32,9 +32,8 @@ class StorageService(service.Service):
     """Opens the store (creating or upgrading the schema) and loads the login-cookie
     key; closes the store last on stop."""
 
-    name = "storage"
-
     def __init__(self, store, auth):
+        self.setName("storage")
         self.store = store
         self.auth = auth
 
@@ -56,9 +55,8 @@ class BridgeService(service.Service):
     """The XMPP bridge: connects in the background once storage is up (the web side
     never waits for it); on stop tells XMPP every web user is gone."""
 
-    name = "xmpp"
-
     def __init__(self, bridge):
+        self.setName("xmpp")
         self.bridge = bridge
 
     def startService(self):
@@ -74,9 +72,8 @@ class DemoDataService(service.Service):
     """``--demo``: seeds demo users and a room into an empty database before the
     listener opens. Nothing to stop."""
 
-    name = "demo"
-
     def __init__(self, ctx):
+        self.setName("demo")
         self.ctx = ctx
 
     def startService(self):
@@ -98,9 +95,8 @@ class WebService(service.Service):
     :ivar port: the listening port once started (``getHost()`` tells the address).
     """
 
-    name = "web"
-
     def __init__(self, web, ctx, listen, reactor):
+        self.setName("web")
         self.web = web
         self.ctx = ctx
         self.listen = listen
@@ -135,9 +131,8 @@ class StallMonitorService(service.Service):
     """Runs the web layer's :class:`~nextim_twisted.web.metrics.StallMonitor`
     (reactor lag and GC pause metrics) while the daemon serves."""
 
-    name = "stall-monitor"
-
     def __init__(self, monitor):
+        self.setName("stall-monitor")
         self.monitor = monitor
 
     def startService(self):
@@ -163,10 +158,9 @@ class NextimService(service.MultiService):
         failure is logged and exits the process (non-zero).
     """
 
-    name = "nextim"
-
     def __init__(self, config, reactor, demo=False):
         super().__init__()
+        self.setName("nextim")
         self.config = config
         self.reactor = reactor
         self.demo = demo

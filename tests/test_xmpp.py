@@ -132,7 +132,7 @@ async def test_presence_chat_typing_and_offline_delivery(bridged):
     for show, expected in (("away", ("away", "away")), ("dnd", ("dnd", "dnd")), ("invisible", ("unavailable", "")),
                            ("available", ("available", ""))):
         await h.call("presence", ticket=answer["connection"]["ticket"], show=show, status="")
-        await until(lambda: (p := romeo.last_presence(alice_jid)) and (p["type"], p["show"]) == expected, 10,
+        await until(lambda expected=expected: (p := romeo.last_presence(alice_jid)) and (p["type"], p["show"]) == expected, 10,
                     f"romeo to see alice {show}")
 
     # XMPP show → web presence packets.
@@ -243,7 +243,7 @@ async def test_bridged_room(bridged):
     await until(lambda: [m for m in bob_inbox.messages if m["body"] == "from alice"], 10, "bob to get it")
     tybalt.send_message(room_jid, "from tybalt", mtype="groupchat")
     for inbox in (alice_inbox, bob_inbox):
-        await until(lambda: [m for m in inbox.messages if m["body"] == "from tybalt"], 10, "the web to get it")
+        await until(lambda inbox=inbox: [m for m in inbox.messages if m["body"] == "from tybalt"], 10, "the web to get it")
     await task.deferLater(reactor, 0.3, lambda: None)
     for inbox in (alice_inbox, bob_inbox):
         got = [m for m in inbox.messages if m["body"] == "from tybalt"]

@@ -23,7 +23,7 @@ def normalize_show(value):
 
 #: Shared empty ``contacts`` of users who never talked to a stranger: an empty set of
 #: each user's own would cost 216 bytes per online user (issue 6).
-NO_CONTACTS = frozenset()
+NO_CONTACTS: frozenset[str] = frozenset()
 
 
 class OnlineUser:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..errors import NotFound
@@ -23,6 +22,14 @@ from .session import Session
 from .timers import TimerWheel
 
 log = Logger()
+
+
+class Clock(Protocol):
+    """The part of ``IReactorTime`` the router uses (a reactor, or a ``Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
 
 
 #: Builds the router's hub from the router (who is live here): :class:`LocalHub` by default.
@@ -51,7 +58,7 @@ class Router:
     :meth:`has_sessions`, :meth:`session`, :meth:`live_members` …), never the dicts.
     """
 
-    def __init__(self, clock: IReactorTime, poll_hold: float = 25, session_idle: float = 10,
+    def __init__(self, clock: Clock, poll_hold: float = 25, session_idle: float = 10,
                  user_grace: float = 10, max_queue: int = 1000, room_presences: bool = False,
                  hub: HubFactory = LocalHub) -> None:
         self.clock = clock

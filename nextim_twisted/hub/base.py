@@ -10,7 +10,7 @@ A *packet* is the JSON-able dict a poll answers in ``messages``, ``presences`` o
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 #: Which list of the comet envelope a packet goes to.
@@ -66,7 +66,7 @@ class LocalSessions(Protocol):
     """Who is live in this process: what :class:`~nextim_twisted.hub.local.LocalHub`
     asks (the router implements it)."""
 
-    def sessions_of(self, user_id: str) -> list[SessionSink]:
+    def sessions_of(self, user_id: str) -> Sequence[SessionSink]:
         """The user's open sessions (a copy: pushing may end one), ``[]`` if not live."""
         ...
 
