@@ -358,3 +358,25 @@ def test_observers_hear_presence_and_room_changes_and_cannot_break_routing():
     r.remove_observer(seen)
     r.set_presence("alice", "away", None)
     assert len(seen.events) == 4
+
+
+def test_local_hub_carries_packets_to_live_sessions_only():
+    # The contract a cluster hub must keep as well (hub/base.IHub).
+    from nextim_twisted.hub.local import LocalHub
+
+    clock, r = make_router()
+    a1, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    a2, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    b1, _ = r.open_session(profile("bob"), None, None, [], ["lobby"])
+    hub = LocalHub(r)
+    assert hub.to_user("alice", "statuses", {"to": "alice", "show": "typing"}, except_ticket=a1.ticket)
+    assert not hub.to_user("carol", "statuses", {"to": "carol", "show": "typing"})  # not live: skipped
+    assert hub.to_users(["alice", "bob", "carol"], "presences", {"type": "show", "to": None}) == 2
+    assert hub.to_room("lobby", "presences", {"type": "join", "to": "lobby"}, except_user="bob") == 1
+    assert hub.to_everyone("messages", {"type": "unicast", "to": None, "body": "b"}) == 2
+    got = {s.ticket: drain(s) for s in (a1, a2, b1)}
+    assert got[a1.ticket]["statuses"] == [] and [p["show"] for p in got[a2.ticket]["statuses"]] == ["typing"]
+    assert [(p["type"], p["to"]) for p in got[a1.ticket]["presences"]] == [("show", "alice"), ("join", "lobby")]
+    assert [(p["type"], p["to"]) for p in got[b1.ticket]["presences"]] == [("show", "bob")]
+    assert [m["to"] for m in got[b1.ticket]["messages"]] == ["bob"]
+    assert [m["to"] for m in got[a2.ticket]["messages"]] == ["alice"]
