@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
@@ -20,6 +20,9 @@ from .observers import ILiveStateObserver, PresenceChange
 from .presence import OnlineUser
 from .session import Session
 from .timers import TimerWheel
+
+if TYPE_CHECKING:
+    from ..store.rows import Message
 
 log = Logger()
 
@@ -303,7 +306,7 @@ class Router:
                 (one.buddies.add if added else one.buddies.discard)(other_id)
 
     # -- routing (through the hub) ----------------------------------------------
-    def route_unicast(self, message: dict[str, Any], sender_ticket: str | None = None,
+    def route_unicast(self, message: Message, sender_ticket: str | None = None,
                       to_recipient: bool = True) -> bool:
         """Deliver a committed unicast (or broadcast-shaped) message (D7): to every
         session of the recipient and to the sender's other sessions.
@@ -331,13 +334,13 @@ class Router:
                 recipient.add_contact(sender.id)
         return delivered
 
-    def route_multicast(self, message: dict[str, Any], sender_ticket: str | None = None) -> int:
+    def route_multicast(self, message: Message, sender_ticket: str | None = None) -> int:
         """Deliver a committed room message to the live members (D7, §4.2): the sender
         gets copies on its other sessions only. :returns: members reached."""
         self.messages_routed["multicast"] += 1
         return self.hub.to_room(message["to"], "messages", _packet(message), except_ticket=sender_ticket)
 
-    def route_broadcast(self, message: dict[str, Any]) -> int:
+    def route_broadcast(self, message: Message) -> int:
         """Deliver an admin broadcast to every online user, unicast-shaped with ``to``
         rewritten to the recipient (protocol-reference §4.2). Returns the count."""
         self.messages_routed["broadcast"] += 1
@@ -431,6 +434,6 @@ class Router:
         self.rooms.clear()
 
 
-def _packet(message: dict[str, Any]) -> Packet:
+def _packet(message: Message) -> Packet:
     """A logItem for the comet channel: the stored message without its row id."""
     return {k: v for k, v in message.items() if k != "id"}

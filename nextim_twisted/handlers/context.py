@@ -1,9 +1,21 @@
 """What every handler works with: config, storage, live state, auth, clock, limits."""
+from __future__ import annotations
+
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
+
+if TYPE_CHECKING:
+    from ..auth import Authenticator
+    from ..config import Config
+    from ..core.router import Clock, Router
+    from ..hub.base import IHub
+    from ..store.base import Store
+    from ..xmpp.bridge import Bridge
 
 
 class Context:
@@ -18,7 +30,8 @@ class Context:
         when the bridge is off; :mod:`nextim_twisted.compose` passes it.
     """
 
-    def __init__(self, config, store, router, auth, clock, xmpp=None):
+    def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
+                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -32,15 +45,15 @@ class Context:
         self.shutting_down = False
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.
-        self.xmpp = xmpp(self) if xmpp is not None else None
+        self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None
 
     @property
-    def hub(self):
+    def hub(self) -> IHub:
         """The :class:`~nextim_twisted.hub.base.IHub` packets leave through: for packets
         that are not routed messages (XMPP presences, statuses, failure notices)."""
         return self.router.hub
 
-    def now_ms(self):
+    def now_ms(self) -> int:
         """Integer milliseconds from the injected clock (D7 timestamps)."""
         return int(self.clock.seconds() * 1000)
 
