@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from ..errors import NotFound
-from ..hub.base import IHub, Kind, LocalSessions, Packet
+from ..hub.base import IHub, LocalSessions, Packet
 from ..hub.local import LocalHub
 from .observers import ILiveStateObserver, PresenceChange
 from .presence import OnlineUser
@@ -284,12 +284,6 @@ class Router:
                 getattr(observer, event)(*args)
             except Exception:
                 log.failure("router observer {event} failed", event=event)
-
-    def deliver(self, user_id: str, kind: Kind, packet: Packet) -> bool:
-        """Push a ready-made packet to every session of a live user, through the hub;
-        for sources that are not live users (the XMPP bridge).
-        :returns: True if a session took it."""
-        return self.hub.to_user(user_id, kind, packet)
 
     def _announce(self, user: OnlineUser, type_: PresenceChange) -> None:
         # online/show/offline as others see it (invisible is already offline here, D8)
