@@ -35,6 +35,9 @@ setup(
             "jsonschema>=4.20",
             "openapi-spec-validator>=0.7",
             "schemathesis>=4.0,<5",
+            # .ci/run lints and type-checks before the tests (settings in pyproject.toml)
+            "ruff>=0.6,<1",
+            "mypy>=1.10,<3",
         ],
     },
     entry_points={"console_scripts": ["nextimctl = nextim_twisted.ctl:main"]},

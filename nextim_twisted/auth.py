@@ -8,12 +8,16 @@ reactor thread.
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import argon2
 import jwt
 
 from .errors import BadRequest, Forbidden, Unauthorized
 from .handlers.params import check_id, is_storable
+
+if TYPE_CHECKING:
+    from .core.session import Session
 
 _hasher = argon2.PasswordHasher()
 _dummy_hash = None  # made on first use: an argon2 hash costs ~0.3 s, too much for every import
@@ -56,16 +60,16 @@ class Credentials:
     the ``scheme://host`` the request was addressed to (same-origin check).
     """
 
-    bearer: str = None
-    token_param: str = None
-    token_cookie: str = None
-    session_cookie: str = None
-    ticket: str = None
-    username: str = None
-    password: str = None
+    bearer: str | None = None
+    token_param: str | None = None
+    token_cookie: str | None = None
+    session_cookie: str | None = None
+    ticket: str | None = None
+    username: str | None = None
+    password: str | None = None
     method: str = "GET"
-    origin: str = None
-    request_origin: str = None
+    origin: str | None = None
+    request_origin: str | None = None
     jsonp: bool = False
 
 
@@ -82,8 +86,8 @@ class Identity:
 
     user_id: str
     via: str
-    claims: dict = None
-    session: object = None
+    claims: dict | None = None
+    session: "Session | None" = None
 
 
 class Authenticator:

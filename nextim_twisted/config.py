@@ -7,6 +7,7 @@ default; an unknown key, a wrong type or a missing secret raises
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 
@@ -97,11 +98,115 @@ class Section:
             raise AttributeError(name) from None
 
 
+# Typed views of the sections (for type checkers): at run time each is a :class:`Section`
+# holding the validated values of :data:`SCHEMA`, so the two are kept in step by
+# tests/test_config.py.
+
+class ServerSection(Protocol):
+    """``[server]``."""
+
+    listen: str
+    public_url: str  # derived from listen when unset
+    domain: str
+    allowed_origins: list[str]
+    max_body_bytes: int
+    room_presences: bool
+    gc_tuning: bool
+
+
+class StorageSection(Protocol):
+    """``[storage]``."""
+
+    backend: str
+    path: str
+    dsn: str | None
+    synchronous: str
+    schema: str | None
+    retention_days: int
+
+
+class AuthSection(Protocol):
+    """``[auth]``."""
+
+    method: str
+    token_secret: str | None
+    token_cookie: str
+    session_cookie: str
+    session_ttl: int
+    cookie_secure: bool
+
+
+class AdminSection(Protocol):
+    """``[admin]``."""
+
+    api_key: str | None
+    broadcast_from: str
+
+
+class TimersSection(Protocol):
+    """``[timers]``."""
+
+    poll_hold: float
+    session_idle: float
+    user_grace: float
+
+
+class LimitsSection(Protocol):
+    """``[limits]``."""
+
+    queue_packets: int
+    message_chars: int
+    setting_bytes: int
+    history: int
+    new_messages: int
+    messages_per_minute: int
+    presences_per_minute: int
+    onlines_per_minute: int
+    status_chars: int
+
+
+class LogSection(Protocol):
+    """``[log]``."""
+
+    format: str
+    level: str
+
+
+class MetricsSection(Protocol):
+    """``[metrics]``."""
+
+    enabled: bool
+    token: str | None
+
+
+class XmppSection(Protocol):
+    """``[xmpp]``."""
+
+    enabled: bool
+    host: str
+    port: int
+    component_domain: str | None
+    secret: str | None
+    muc_domain: str | None
+    min_backoff: float
+    max_backoff: float
+    queue_stanzas: int
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
     Build with :func:`load` (a TOML file) or :func:`from_dict`.
     """
+
+    server: ServerSection
+    storage: StorageSection
+    auth: AuthSection
+    admin: AdminSection
+    timers: TimersSection
+    limits: LimitsSection
+    log: LogSection
+    metrics: MetricsSection
+    xmpp: XmppSection
 
     def __init__(self, sections):
         self._sections = sections

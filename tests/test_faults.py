@@ -9,7 +9,6 @@ default ``synchronous = FULL``.
 import concurrent.futures
 import socket
 import threading
-import time
 import urllib.parse
 
 from tests.daemon import Daemon, wait_until

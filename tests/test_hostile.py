@@ -693,7 +693,7 @@ async def test_message_flood_is_rate_limited_and_stores_only_what_got_ok(daemon)
 async def test_presence_and_typing_flood_is_rate_limited(daemon):
     ticket = (await daemon.online("alice"))["connection"]["ticket"]
     statuses = []
-    for i in range(40):
+    for _ in range(40):
         r = await daemon.call("status", ticket=ticket, to="bob", show="typing", callback="cb")
         statuses.append(r)
     codes = [r.jsonp("cb") for r in statuses]

@@ -26,7 +26,7 @@ with open(OPENAPI_PATH, encoding="utf-8") as _f:
     DOC = json.load(_f)
 
 DOC_URI = "urn:nextim:openapi"
-REGISTRY = Registry().with_resource(DOC_URI, Resource(contents=DOC, specification=DRAFT202012))
+REGISTRY = Registry().with_resource(DOC_URI, Resource(contents=DOC, specification=DRAFT202012))  # type: ignore[call-arg]
 METHODS = ("get", "post", "put", "delete", "patch")
 #: webim names served besides the WEBIM table (web/app.WebApp.webim).
 EXTRA_WEBIM = {"login", "logout"}

@@ -27,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PENDING_OWNERS = {
     "nextim_twisted/web/app.py",
     "nextim_twisted/web/metrics.py",
-    "nextim_twisted/service.py",
     "nextim_twisted/xmpp/__init__.py",
     "nextim_twisted/xmpp/bridge.py",
     "nextim_twisted/xmpp/component.py",

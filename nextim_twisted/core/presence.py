@@ -22,8 +22,8 @@ def normalize_show(value):
 
 
 #: Shared empty ``contacts`` of users who never talked to a stranger: an empty set of
-#: each user's own would cost 216 bytes per online user (RSS per user, docs/benchmarks.md).
-NO_CONTACTS = frozenset()
+#: each user's own would cost 216 bytes per online user (RSS per idle user, docs/benchmarks.md).
+NO_CONTACTS: frozenset[str] = frozenset()
 
 
 class OnlineUser:

@@ -2,6 +2,7 @@
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
 from .. import auth
 from ..errors import BadRequest, NotFound, TooLarge
+from .delivery import deliver
 from .params import check_id
 
 _TEXT_LIMITS = {"nick": 100, "pic_url": 2000, "default_pic_url": 2000, "url": 2000, "group": 100,
@@ -36,9 +37,8 @@ async def put_user(ctx, user_id, body):
                              _text(body, "url"))
     if password is not None:
         await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
-    user = ctx.router.users.get(user_id)
-    if user is not None:
-        user.profile = await ctx.store.get_user(user_id)
+    if ctx.router.is_online(user_id):
+        ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
     return {"success": True}
 
 
@@ -132,7 +132,7 @@ async def delete_room(ctx, room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
         await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (docs/xmpp.md)
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
+    for member_id in ctx.router.live_members(room_id):
         ctx.router.leave_room(member_id, room_id)
     return {"success": True}
 
@@ -180,9 +180,8 @@ async def broadcast(ctx, body):
         raise TooLarge("body too long", code="body_too_long")
     nick = _text(body, "nick") or "System"
     sender = ctx.config.admin.broadcast_from
-    msg = await ctx.store.add_message("broadcast", sender, ctx.config.server.domain, nick, text, "",
-                                      ctx.now_ms(), True)
-    return {"success": True, "delivered": ctx.router.route_broadcast(msg)}
+    _, delivered = await deliver(ctx, "broadcast", sender, ctx.config.server.domain, nick, text)
+    return {"success": True, "delivered": delivered}
 
 
 async def stats(ctx):

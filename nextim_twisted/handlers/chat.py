@@ -7,6 +7,7 @@ from ..errors import BadRequest, Forbidden, NotFound, TooLarge
 from . import OK
 from . import xmpp as xmpp_handlers
 from .context import parse_show, require_live, session_of
+from .delivery import deliver
 
 #: Type names a client may send, with v5 aliases (docs/design.md#d7-messages).
 MESSAGE_TYPES = {"unicast": "unicast", "chat": "unicast", "multicast": "multicast", "grpchat": "multicast"}
@@ -56,30 +57,17 @@ async def message(ctx, identity, params):
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
         # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
-        if to not in router.users and await store.get_user(to) is None:
+        if not router.is_online(to) and await store.get_user(to) is None:
             raise NotFound("unknown user", code="unknown_user")
-        # Offline-ness is decided here from live sessions, not by the client (docs/protocol.md#a6-the-offline-flag).
-        recipient = router.users.get(to)
-        delivered = recipient is not None and bool(recipient.sessions)
-        msg = await store.add_message("unicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), delivered)
-        to_recipient = True
-        recipient = router.users.get(to)
-        if not delivered and recipient is not None and recipient.sessions and to != identity.user_id:
-            # The recipient came online while the message was being stored. A concurrent
-            # ``online`` may have taken it as a new message already: whoever marks it
-            # delivered first hands it over, so it reaches the recipient once (docs/design.md#d10-history).
-            to_recipient = bool(await store.mark_delivered([msg["id"]]))
-        router.route_unicast(msg, session.ticket, to_recipient=to_recipient)
+        # Offline-ness is decided from live sessions by the delivery rule, never by the client.
+        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket)
     else:
         # Live membership implies directory membership (admin removals leave the live
         # room too), so the two lookups are only needed to explain a refusal (docs/benchmarks.md).
         if not router.in_room(identity.user_id, to):
             await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
-        msg = await store.add_message("multicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), True)
-        router.route_multicast(msg, session.ticket)
+        await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket)
         if ctx.xmpp is not None:
             ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (docs/xmpp.md)
     return OK

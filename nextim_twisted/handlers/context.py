@@ -1,9 +1,21 @@
 """What every handler works with: config, storage, live state, auth, clock, limits."""
+from __future__ import annotations
+
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
+
+if TYPE_CHECKING:
+    from ..auth import Authenticator
+    from ..config import Config
+    from ..core.router import Clock, Router
+    from ..hub.base import IHub
+    from ..store.base import Store
+    from ..xmpp.bridge import Bridge
 
 
 class Context:
@@ -14,9 +26,12 @@ class Context:
     :param router: the :class:`~nextim_twisted.core.router.Router`.
     :param auth: the :class:`~nextim_twisted.auth.Authenticator`.
     :param clock: ``IReactorTime``.
+    :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
+        when the bridge is off; :mod:`nextim_twisted.compose` passes it.
     """
 
-    def __init__(self, config, store, router, auth, clock):
+    def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
+                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -28,11 +43,17 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
-        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
-        #: (docs/xmpp.md), else None; set by the service.
-        self.xmpp = None
+        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
+        #: else None.
+        self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None
 
-    def now_ms(self):
+    @property
+    def hub(self) -> IHub:
+        """The :class:`~nextim_twisted.hub.base.IHub` packets leave through: for packets
+        that are not routed messages (XMPP presences, statuses, failure notices)."""
+        return self.router.hub
+
+    def now_ms(self) -> int:
         """Integer milliseconds from the injected clock (docs/design.md#d7-messages timestamps)."""
         return int(self.clock.seconds() * 1000)
 
@@ -123,7 +144,7 @@ def blocked_rooms(settings):
 
 def require_live(ctx, identity):
     """The caller's live user state. :raises Forbidden: the user has no live session."""
-    user = ctx.router.users.get(identity.user_id)
+    user = ctx.router.user(identity.user_id)
     if user is None:
         raise Forbidden("go online first", code="not_online")
     return user

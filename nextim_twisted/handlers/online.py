@@ -103,7 +103,7 @@ async def online(ctx, identity, params):
         new_messages = [m for m in new_messages if m["id"] in taken]
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
-    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(user.sessions))
+    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(router.sessions_of(uid)))
     return {
         "success": True,
         "server_time": ctx.now_ms(),

@@ -18,6 +18,7 @@ v3-era client stops polling on an unknown message type, docs/protocol.md#envelop
 newer clients recognise it by its ``error`` key. It is not stored in history.
 """
 from .. import model
+from .delivery import deliver
 
 #: Style of the failure packet's body (safe under docs/design.md#d15-limits).
 FAILURE_STYLE = "color:#b00"
@@ -39,20 +40,18 @@ async def send_chat(ctx, user, ticket, jid, body, style):
 
 async def incoming_chat(ctx, user_id, jid, nick, body):
     """A ``chat`` message from an XMPP buddy: stored like any unicast (docs/design.md#d7-messages), delivered
-    live, or kept for ``new_messages`` at the user's next ``online`` (docs/design.md#d10-history).
+    live, or kept for ``new_messages`` at the user's next ``online``, once either way
+    (the delivery rule, :mod:`.delivery`).
     Bodies beyond ``[limits] message_chars`` are cut. Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    recipient = ctx.router.users.get(user_id)
-    delivered = recipient is not None and bool(recipient.sessions)
-    msg = await ctx.store.add_message("unicast", jid, user_id, nick, body, "", ctx.now_ms(), delivered)
-    ctx.router.route_unicast(msg)
+    msg, _ = await deliver(ctx, "unicast", jid, user_id, nick, body)
     return msg
 
 
 def incoming_status(ctx, user_id, jid, nick, show):
     """A XEP-0085 chat state as a typing status (``typing``/``clear``, docs/protocol.md#webimstatus): live
     only, never stored."""
-    return ctx.router.deliver(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
+    return ctx.hub.to_user(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
 
 
 def buddy_presence(ctx, user_id, jid, nick, type_, show, status):
@@ -60,8 +59,8 @@ def buddy_presence(ctx, user_id, jid, nick, type_, show, status):
     ``online``, ``show`` or ``offline``."""
     if type_ == "offline":
         show, status = "unavailable", ""
-    return ctx.router.deliver(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
-                                                     "show": show, "status": status or ""})
+    return ctx.hub.to_user(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
+                                                  "show": show, "status": status or ""})
 
 
 def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
@@ -70,7 +69,7 @@ def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
     reason = text or _REASONS.get(condition) or condition.replace("-", " ")
     packet = {"type": "unicast", "from": peer, "to": user_id, "nick": nick, "body": f"Not delivered: {reason}",
               "style": FAILURE_STYLE, "timestamp": ctx.now_ms(), "error": condition, "error_msg": reason}
-    return ctx.router.deliver(user_id, "messages", packet)
+    return ctx.hub.to_user(user_id, "messages", packet)
 
 
 _REASONS = {
@@ -90,8 +89,7 @@ async def incoming_groupchat(ctx, room_id, occupant_id, nick, body):
     ``multicast`` from the occupant (``<room jid>/<nick>``) and routed to the live
     web members (docs/design.md#d7-messages). Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    msg = await ctx.store.add_message("multicast", occupant_id, room_id, nick, body, "", ctx.now_ms(), True)
-    ctx.router.route_multicast(msg)
+    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body)
     return msg
 
 
@@ -103,8 +101,7 @@ def room_occupant(ctx, room_id, occupant_id, nick, joined, show):
         return
     packet = {"type": "join" if joined else "leave", "from": occupant_id, "nick": nick, "to": room_id,
               "show": show if joined else "unavailable", "status": room_id}
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
-        ctx.router.deliver(member_id, "presences", packet)
+    ctx.hub.to_room(room_id, "presences", packet)
 
 
 def remote_buddy_info(jid, nick, group, presence):
