@@ -329,8 +329,9 @@ class Router:
         return delivered
 
     def route_multicast(self, message: Message, sender_ticket: str | None = None) -> int:
-        """Deliver a committed room message to the live members (docs/design.md#d7-messages, docs/protocol.md#rooms): the sender
-        gets copies on its other sessions only. :returns: members reached."""
+        """Deliver a committed room message to the live members (docs/design.md#d7-messages,
+        docs/protocol.md#rooms): the sender gets copies on its other sessions only.
+        :returns: members reached."""
         self.messages_routed["multicast"] += 1
         return self.hub.to_room(message["to"], "messages", _packet(message), except_ticket=sender_ticket)
 
