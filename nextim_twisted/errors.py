@@ -1,8 +1,11 @@
-"""Protocol errors: every refusal the daemon gives, in the one D2 envelope.
+"""Protocol errors: every refusal the daemon gives, in the one error envelope.
 
 Handlers and core raise these; the web layer turns them into
 ``{"success": false, "error": code, "error_msg": text}`` with ``status`` in plain
-mode and 200 under JSONP (DESIGN.md D2). Nothing else should reach a client.
+mode and 200 under JSONP (docs/design.md#d2-errors). Nothing else should reach a client.
+
+:data:`ERROR_CODES` is the whole vocabulary of ``error``: tests/test_error_codes.py
+checks it against every code the package raises and against ``web/openapi.json``.
 """
 
 
@@ -11,7 +14,8 @@ class ProtocolError(Exception):
 
     :param message: human text for ``error_msg`` (never contains secrets or bodies).
     :param code: machine code for ``error``; defaults to the class's ``code``.
-    :param headers: extra response headers, e.g. ``{"Retry-After": "3"}`` (D15).
+    :param headers: extra response headers, e.g. ``{"Retry-After": "3"}``
+        (docs/design.md#d15-limits).
     """
 
     status = 400
@@ -25,7 +29,7 @@ class ProtocolError(Exception):
         self.headers = dict(headers or {})
 
     def envelope(self):
-        """The D2 body as a dict."""
+        """The envelope as a dict."""
         return {"success": False, "error": self.code, "error_msg": self.message}
 
 
@@ -60,7 +64,7 @@ class TooLarge(ProtocolError):
 
 
 class RateLimited(ProtocolError):
-    """429 with ``Retry-After`` in whole seconds (D15)."""
+    """429 with ``Retry-After`` in whole seconds (docs/design.md#d15-limits)."""
 
     status = 429
     code = "rate_limited"
@@ -73,3 +77,10 @@ class RateLimited(ProtocolError):
 class ShuttingDown(ProtocolError):
     status = 503
     code = "shutting_down"
+
+
+class InternalError(ProtocolError):
+    """500: an unexpected exception, logged; the client sees only this code."""
+
+    status = 500
+    code = "internal_error"

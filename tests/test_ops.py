@@ -13,7 +13,8 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from nextim_twisted import config as config_module
 from nextim_twisted import logs
 from nextim_twisted.core.timers import TICKS_PER_S
-from nextim_twisted.web.metrics import HEALTH_TIMEOUT_S, endpoint_name
+from nextim_twisted.web.metrics import endpoint_name
+from nextim_twisted.web.ops import HEALTH_TIMEOUT_S
 from tests.conftest import API_KEY, TOKEN_SECRET
 
 METRICS_TOKEN = "metrics-token-" + "z" * 16

@@ -1,5 +1,6 @@
-"""Operator surface of the web layer (issue 5): Prometheus metrics at ``GET /metrics``,
-the health check at ``GET /health``, and one access-log event per request.
+"""What the web layer measures: the Prometheus metrics served at ``GET /metrics``
+(the route is in :mod:`.ops`), the reactor-stall monitor, and one access-log event per
+request (:class:`ObservedSite`).
 
 Metrics live in a per-daemon ``CollectorRegistry`` (never the global one), so several
 daemons may run in one process (tests). Names, all prefixed ``nextim_``:
@@ -37,24 +38,16 @@ The gauges and the router's counters are read from the router when Prometheus
 scrapes (:class:`LiveCollector`): nothing polls.
 """
 import gc
-import hmac
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 from twisted.web import server
 
-from ..errors import NotFound, ProtocolError, Unauthorized
-from .encoding import render, render_error
-
-log = Logger()
 #: The access log: one event per request (namespace ``nextim_twisted.access``).
 access_log = Logger(namespace="nextim_twisted.access")
-
-#: Seconds ``/health`` waits for ``store.ping()`` before it answers 503.
-HEALTH_TIMEOUT_S = 5
 
 #: Endpoints whose access events are logged at debug level (scrapes and probes
 #: would otherwise flood the log).
@@ -254,54 +247,6 @@ class StallMonitor:
         elif self._gc_started is not None:
             self.metrics.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
             self._gc_started = None
-
-
-class Ops:
-    """``GET /metrics`` and ``GET /health`` for a :class:`~nextim_twisted.web.app.WebApp`.
-
-    :param ctx: the handler context (``config``, ``store``, ``clock``, ``shutting_down``).
-    :param metrics: :class:`Metrics`.
-    """
-
-    def __init__(self, ctx, metrics):
-        self.ctx = ctx
-        self.metrics = metrics
-
-    def render_metrics(self, request):
-        """The exposition, or the D2 envelope: 404 ``unknown_path`` when ``[metrics]
-        enabled = false``; 401 ``bad_metrics_token`` without the right
-        ``Authorization: Bearer <[metrics] token>`` when a token is set."""
-        try:
-            cfg = self.ctx.config.metrics
-            if not cfg.enabled:
-                raise NotFound("no such path", code="unknown_path")
-            if cfg.token:
-                auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
-                given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-                if not hmac.compare_digest(given.encode("utf-8"), cfg.token.encode("utf-8")):
-                    raise Unauthorized("metrics token required: Authorization: Bearer <token>",
-                                       code="bad_metrics_token")
-        except ProtocolError as error:
-            return render_error(request, error)
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        return self.metrics.exposition()
-
-    async def render_health(self, request):
-        """200 ``{"status": "ok", "storage": "ok"}`` once ``store.ping()`` answers;
-        503 ``{"status": "error", "storage": "error"}`` when it fails or takes over
-        :data:`HEALTH_TIMEOUT_S` seconds (on the context clock); 503
-        ``{"status": "shutting_down", ...}`` while the daemon stops (D16)."""
-        if self.ctx.shutting_down:
-            return render(request, {"status": "shutting_down", "storage": "unknown"}, status=503)
-        try:
-            d = self.ctx.store.ping()
-            d.addTimeout(HEALTH_TIMEOUT_S, self.ctx.clock)
-            await d
-        except Exception as e:  # any storage failure is "not healthy", never a 500
-            log.warn("health check failed: storage {error}", error=type(e).__name__)
-            return render(request, {"status": "error", "storage": "error"}, status=503)
-        return render(request, {"status": "ok", "storage": "ok"})
 
 
 class ObservedRequest(server.Request):
