@@ -6,7 +6,9 @@ import pytest
 import pytest_twisted
 
 from tests.conftest import API_KEY
+from tests import memweb
 
+daemon = memweb.daemon  # these HTTP tests run in memory, their timers on a Clock (tests/memweb.py)
 inline = pytest_twisted.ensureDeferred
 
 
@@ -352,6 +354,36 @@ async def test_newer_poll_stops_older(daemon):
 
 
 @inline
+async def test_session_without_polls_ends_after_the_idle_time(daemon):
+    """docs/design.md#d5-timers: a ticket nobody polls with ends after
+    [timers] session_idle seconds (10 here), on the Clock, not on the wall clock."""
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    daemon.clock.advance(9)
+    assert daemon.router.stats()["sessions"] == 1
+    daemon.clock.advance(1.5)
+    assert daemon.router.stats()["sessions"] == 0
+    assert (await daemon.poll(a)).json["error"] == "invalid_ticket"
+
+
+@inline
+async def test_buddy_sees_offline_only_after_the_grace(daemon):
+    """docs/design.md#d5-timers: a user whose last session ended stays online for
+    [timers] user_grace seconds (a page reload), then the buddies get ``offline``."""
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    seq = (await daemon.poll(a, ack=0)).json["seq"]  # bob's online
+    poll = daemon.poll(a, ack=seq)
+    await daemon.until(lambda: daemon.router.stats()["parked_polls"] == 1, "alice's poll to park")
+    assert (await daemon.call("offline", ticket=b)).text == "ok"
+    daemon.clock.advance(9)
+    await daemon.settle()
+    assert daemon.router.is_online("bob") and not poll.called
+    daemon.clock.advance(1.5)
+    presences = (await poll).json["presences"]
+    assert [(p["type"], p["from"]) for p in presences] == [("offline", "bob")]
+
+
+@inline
 async def test_poll_bad_ack_400(daemon):
     a = (await daemon.online("alice"))["connection"]["ticket"]
     resp = await daemon.poll(a, ack="-1")
@@ -435,7 +467,8 @@ async def test_admin_directory_changes_reach_live_users(daemon):
     bc = await daemon.admin("POST", "/admin/broadcast", {"body": "maintenance at 5"})
     assert bc.json["delivered"] == 2
     resp = await daemon.poll(a, ack=first.json["seq"])
-    assert [(m["type"], m["to"], m["body"]) for m in resp.json["messages"]] == [("unicast", "alice", "maintenance at 5")]
+    assert [(m["type"], m["to"], m["body"]) for m in resp.json["messages"]] == [
+        ("unicast", "alice", "maintenance at 5")]
     assert (await daemon.admin("DELETE", "/admin/users/erin")).status == 200
     assert not daemon.router.is_online("erin")
 

@@ -22,7 +22,9 @@ from nextim_twisted.web.app import routes
 from nextim_twisted.web.ops import OPENAPI_PATH
 from nextim_twisted.web.webim import POLL_METHODS, POLL_PATH, WEBIM
 from tests.conftest import API_KEY
+from tests import memweb
 
+daemon = memweb.daemon  # these HTTP tests run in memory, their timers on a Clock (tests/memweb.py)
 inline = pytest_twisted.ensureDeferred
 
 with open(OPENAPI_PATH, encoding="utf-8") as _f:
