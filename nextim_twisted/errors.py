@@ -86,9 +86,9 @@ class InternalError(ProtocolError):
     code = "internal_error"
 
 
-#: Every ``error`` code the daemon can answer, with what it means to a client. The
-#: HTTP status is that of the raising class (the same code may be 403 or 404, e.g.
-#: ``not_member``). tests/test_error_codes.py checks this against every code raised in
+#: Every ``error`` code the daemon can answer, with what it means to a client
+#: (docs/protocol.md#error-codes). The HTTP status is that of the raising class (the
+#: same code may be 403 or 404, e.g. ``not_member``). tests/test_error_codes.py checks this against every code raised in
 #: the package and against the ``error`` enum of ``web/openapi.json``, both ways.
 ERROR_CODES = {
     # the request itself (docs/design.md#d1-plain-and-jsonp, docs/design.md#d15-limits)

@@ -1,4 +1,4 @@
-"""Operator surface (issue 5): Prometheus metrics, /health, the access log and the
+"""Operator surface: Prometheus metrics, /health, the access log and the
 [log] observer — against the in-process daemon on SQLite and PostgreSQL."""
 import io
 import json
@@ -268,7 +268,7 @@ async def test_abandoned_poll_is_logged_once(daemon, access_events):
     assert [(e["status"], e["user_id"]) for e in polls] == [(499, "alice")]
     samples = await scrape(daemon)
     assert value(samples, "nextim_requests_total", endpoint="packets", status="aborted") == 1
-    # The poll ended with its connection; the session lives on until its idle timeout (D5).
+    # The poll ended with its connection; the session lives on until its idle timeout (docs/design.md#d5-timers).
     assert daemon.router.stats()["parked_polls"] == 0
     assert daemon.router.stats()["sessions"] == 1
 
@@ -331,7 +331,7 @@ def test_config_errors_name_the_key(data, key):
 
 def test_stall_monitor_records_reactor_lag_and_gc_pauses():
     """A reactor stall shows in nextim_reactor_lag_seconds by how late the 100 ms timer
-    fired; every cyclic collection shows in nextim_gc_pause_seconds (issue 6)."""
+    fired; every cyclic collection shows in nextim_gc_pause_seconds."""
     import gc
 
     from twisted.internet.task import Clock

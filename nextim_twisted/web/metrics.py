@@ -12,12 +12,12 @@ name                                type      labels / meaning
 ``sessions``                        gauge     live sessions (tickets), at scrape
 ``parked_polls``                    gauge     long polls waiting right now, at scrape
 ``messages_total``                  counter   ``type`` = unicast, multicast, broadcast
-                                              (committed and routed, D7)
+                                              (committed and routed)
 ``packets_delivered_total``         counter   ``kind`` = messages, presences, statuses:
                                               packets sent in poll answers (a re-send
-                                              after a lost answer counts again, D6)
-``queue_overflows_total``           counter   sessions ended by a full queue (D6)
-``errors_total``                    counter   ``code``: the D2 envelope's ``error``
+                                              after a lost answer counts again)
+``queue_overflows_total``           counter   sessions ended by a full queue
+``errors_total``                    counter   ``code``: the envelope's ``error``
 ``logins_total``                    counter   ``method`` = token, password, session,
                                               ticket: successful ``webim/online`` calls
 ``requests_total``                  counter   ``endpoint``, ``status`` = 2xx, 3xx, 4xx,
@@ -66,7 +66,8 @@ def endpoint_name(path, args, webim_names):
     """The bounded ``endpoint`` label of a request.
 
     :param path: ``request.path`` (bytes, no query string).
-    :param args: ``request.args`` (the bare ``/`` with a ``ticket`` is a poll, §7 A3).
+    :param args: ``request.args`` (the bare ``/`` with a ``ticket`` is a poll: configs
+        whose poll URL is the server URL itself).
     :param webim_names: the known ``webim/<name>`` endpoints.
     :returns: ``packets``, ``index``, ``webim_<name>``, ``webim_unknown``, ``admin``,
         ``static``, ``metrics``, ``health`` or ``other``.
@@ -111,14 +112,14 @@ class LiveCollector:
         routed = getattr(router, "messages_routed", {}) if router is not None else {}
         gauges = (
             ("nextim_online_users", "Users online (with sessions or inside the grace).", "online_users"),
-            ("nextim_sessions", "Live sessions (one per ticket, D4).", "sessions"),
+            ("nextim_sessions", "Live sessions (one per ticket).", "sessions"),
             ("nextim_parked_polls", "Long polls waiting for packets right now.", "parked_polls"),
         )
         families = [GaugeMetricFamily(name, doc, value=stats.get(key, 0)) for name, doc, key in gauges]
         families.append(CounterMetricFamily(
-            "nextim_queue_overflows", "Sessions ended because their packet queue was full (D6).",
+            "nextim_queue_overflows", "Sessions ended because their packet queue was full.",
             value=stats.get("queue_overflows", 0)))
-        messages = CounterMetricFamily("nextim_messages", "Messages committed and routed, by type (D7).",
+        messages = CounterMetricFamily("nextim_messages", "Messages committed and routed, by type.",
                                        labels=["type"])
         for type_ in MESSAGE_TYPES:
             messages.add_metric([type_], routed.get(type_, 0))
@@ -139,12 +140,12 @@ class Metrics:
         self.registry.register(LiveCollector(router))
         ProcessCollector(registry=self.registry)
         r = self.registry
-        self.packets = Counter("nextim_packets_delivered", "Packets sent in long-poll answers, by kind (D6).",
+        self.packets = Counter("nextim_packets_delivered", "Packets sent in long-poll answers, by kind.",
                                ["kind"], registry=r)
-        self.errors = Counter("nextim_errors", "Refusals answered with the D2 envelope, by error code.",
+        self.errors = Counter("nextim_errors", "Refusals answered with the error envelope, by error code.",
                               ["code"], registry=r)
         self.logins = Counter("nextim_logins", "Successful webim/online calls, by how the caller was "
-                              "identified (D13).", ["method"], registry=r)
+                              "identified.", ["method"], registry=r)
         self.requests = Counter("nextim_requests", "HTTP requests by endpoint and status class.",
                                 ["endpoint", "status"], registry=r)
         self.request_seconds = Histogram("nextim_request_duration_seconds",
@@ -171,7 +172,8 @@ class Metrics:
         self.db_seconds.labels(operation).observe(seconds)
 
     def polled(self, envelope):
-        """Count the packets of a poll answer (D6 envelope); returns it unchanged."""
+        """Count the packets of a poll answer (docs/design.md#d6-comet-envelope); returns it
+        unchanged."""
         if isinstance(envelope, dict):
             for kind in PACKET_KINDS:
                 n = len(envelope.get(kind) or ())
@@ -204,7 +206,7 @@ class StallMonitor:
 
     A timer re-armed every :attr:`INTERVAL_S` seconds records how late it fired; a
     ``gc.callbacks`` hook times each collection (the collector stops the reactor). Both
-    tell an operator whether a latency tail is this process stalling (issue 6).
+    tell an operator whether a latency tail is this process stalling (docs/benchmarks.md).
 
     :param metrics: the :class:`Metrics` whose histograms are fed.
     :param reactor: an ``IReactorTime`` (a ``Clock`` in tests).
@@ -255,13 +257,13 @@ class ObservedRequest(server.Request):
 
     # This project's attributes live in slots, not in the instance dict: twisted.web's
     # Request already puts 22 keys there, and a 25th turns CPython's compact shared-key
-    # dict (~0.3 KB) into a full one (~1.6 KB), once per parked poll (issue 6).
+    # dict (~0.3 KB) into a full one (~1.6 KB), once per parked poll (docs/benchmarks.md).
     __slots__ = ("started", "on_connection_lost", "nextim_user_id", "nextim_error")
 
     def __init__(self, *args, **kwargs):
         self.started = None
         #: Set by the web layer: called with no argument when the connection is lost
-        #: before the answer (a parked poll cancels its Deferred, D5).
+        #: before the answer (a parked poll cancels its Deferred, docs/design.md#d5-timers).
         self.on_connection_lost = None
         super().__init__(*args, **kwargs)
 
@@ -287,7 +289,7 @@ class ObservedSite(server.Site):
     :data:`QUIET_ENDPOINTS`) has the fields ``method``, ``path`` (never the query
     string: it carries tickets and tokens), ``status`` (int; 499 when the client went
     away first), ``duration_ms`` (float), ``endpoint``, ``user_id`` (None when not
-    known) and ``error`` (the D2 code or None). Request and answer bodies are never
+    known) and ``error`` (the envelope's code or None). Request and answer bodies are never
     logged. The web layer tells it the user and error through the request attributes
     ``nextim_user_id`` and ``nextim_error``.
 

@@ -82,7 +82,7 @@ async def _logout(webim, request, params, callback):
 
 
 #: Every ``webim/<name>`` endpoint; ``<name>.php`` is the same endpoint (the 2010
-#: client's URLs). docs/protocol.md lists their parameters and answers.
+#: client's URLs). Their parameters and answers: docs/protocol.md#endpoints.
 WEBIM = {
     "online": Endpoint(online.online, writes=True, allow_password=True),
     "offline": Endpoint(online.offline, writes=True),
