@@ -15,6 +15,7 @@ Public entry points: ``WebApp(ctx)``, :meth:`WebApp.site`, :meth:`WebApp.resourc
 :attr:`WebApp.metrics`.
 """
 import os
+from typing import Optional
 
 from klein import Klein
 from twisted.web.resource import Resource
@@ -42,7 +43,7 @@ class _EnvelopeNotFound(Resource):
         return render_error(request, NotFound("no such file", code="unknown_path"))
 
 
-def routes(ctx, ops_: "ops.Ops | None", static_dir: str = STATIC_DIR) -> Klein:
+def routes(ctx, ops_: Optional[ops.Ops], static_dir: str = STATIC_DIR) -> Klein:
     """The Klein app of everything but the hot path: admin API, operator routes, the
     bundled client, and the envelope for unknown paths and methods.
 

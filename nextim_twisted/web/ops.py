@@ -5,6 +5,7 @@ The metrics themselves (registry, histograms, the access log) are in :mod:`.metr
 """
 import hmac
 import os
+from typing import Optional
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -81,7 +82,7 @@ class Ops:
             return f.read()
 
 
-def add_routes(app: Klein, ops: Ops) -> None:
+def add_routes(app: Klein, ops: Optional[Ops]) -> None:
     """Declare ``/metrics``, ``/health`` and ``/openapi.json`` on ``app``.
 
     :param ops: :class:`Ops`; only used when a route is called (None is enough to read
@@ -90,10 +91,12 @@ def add_routes(app: Klein, ops: Ops) -> None:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(request):
+        assert ops is not None
         return ops.render_metrics(request)
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(request):
+        assert ops is not None
         return defer.ensureDeferred(ops.render_health(request))
 
     @app.route("/openapi.json", methods=["GET", "HEAD"])
