@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
 
 from nextim_twisted.handlers.params import MAX_IDS, is_storable
-from nextim_twisted.web.app import WEBIM
+from nextim_twisted.web.webim import WEBIM
 from tests.conftest import API_KEY, TOKEN_SECRET, Response
 
 inline = pytest_twisted.ensureDeferred

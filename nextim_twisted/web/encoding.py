@@ -1,17 +1,19 @@
-"""Plain and JSONP answers (docs/design.md#d1-plain-and-jsonp) and the error envelope, on twisted.web requests."""
+"""Plain and JSONP answers (docs/design.md#d1-plain-and-jsonp) and the error envelope
+(docs/design.md#d2-errors), on twisted.web requests."""
 import json
 import re
 
 from ..errors import BadRequest
 from ..handlers import OK
 
-#: docs/design.md#d1-plain-and-jsonp: a JSONP callback name, dotted paths allowed (``parent.jsonp123``).
+#: A JSONP callback name, dotted paths allowed (``parent.jsonp123``; docs/protocol.md#jsonp).
 CALLBACK = re.compile(r"^[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*$", re.ASCII)
 MAX_CALLBACK = 128
 
 
 def check_callback(value):
-    """The callback name, or None. :raises BadRequest: not a safe JavaScript name (docs/design.md#d1-plain-and-jsonp)"""
+    """The callback name, or None. :raises BadRequest: not a safe JavaScript name
+    (docs/protocol.md#jsonp)."""
     if value is None or value == "":
         return None
     if len(value) > MAX_CALLBACK or not CALLBACK.match(value):
@@ -38,7 +40,7 @@ def _common_headers(request):
 
 def render(request, value, callback=None, status=200):
     """Write ``value`` as the answer: JSON (or ``ok``) in plain mode, ``/**/cb(json);``
-    under JSONP (docs/design.md#d1-plain-and-jsonp). Returns the body bytes (Klein writes them)."""
+    under JSONP (docs/design.md#d1-plain-and-jsonp). Returns the body bytes."""
     _common_headers(request)
     if callback is not None:
         request.setResponseCode(200)
