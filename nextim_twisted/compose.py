@@ -4,7 +4,9 @@ Dependency order (each part gets only what is built before it):
 
 1. the store (``[storage]``, :func:`~nextim_twisted.store.make_store`), unless given;
 2. the router with its hub (``[timers]``, ``[limits]``; the hub defaults to
-   :class:`~nextim_twisted.hub.local.LocalHub`, docs/design.md#d20-cluster);
+   :class:`~nextim_twisted.hub.local.LocalHub`; with ``[cluster]`` it is the
+   :class:`~nextim_twisted.hub.cluster.ClusterNode`'s hub and arbiter,
+   docs/design.md#d20-cluster);
 3. the authenticator (docs/design.md#d13-identity);
 4. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
    (the bridge needs the context, the context holds the bridge: the context calls the
@@ -34,6 +36,7 @@ from .store.base import Store
 
 if TYPE_CHECKING:
     from .config import Config
+    from .hub.cluster import ClusterNode
     from .web.app import WebApp
     from .xmpp.bridge import Bridge
 
@@ -53,6 +56,7 @@ class Components:
     ctx: Context
     xmpp: Bridge | None
     web: WebApp | None
+    cluster: ClusterNode | None = None
 
 
 def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: Any = None,
@@ -79,8 +83,16 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         def blocking(f, *args):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
     timers, limits = config.timers, config.limits
+    node = None
+    arbiter = None
+    node_id = ""
+    if config.cluster.enabled:
+        from .hub.cluster import ClusterNode
+        node = ClusterNode(config.cluster, timers.user_grace, reactor)
+        hub, arbiter, node_id = node.hub_factory, node.arbiter, node.node_id
     router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
-                    limits.queue_packets, config.server.room_presences, hub=hub)
+                    limits.queue_packets, config.server.room_presences, hub=hub, arbiter=arbiter,
+                    node_id=node_id)
     auth = Authenticator(config, store, router, blocking, clock)
     bridge_factory = None
     if config.xmpp.enabled if xmpp is None else xmpp:
@@ -88,10 +100,13 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
 
         def bridge_factory(ctx: Context) -> Bridge:
             return Bridge(ctx, config.xmpp, reactor)
-    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory)
+    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory, cluster=node)
+    if node is not None:
+        from .handlers.live import attach_cluster
+        attach_cluster(router, node)
     app = None
     if web:
         from .web.app import WebApp
         app = WebApp(ctx)
     return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
-                      xmpp=ctx.xmpp, web=app)
+                      xmpp=ctx.xmpp, web=app, cluster=node)

@@ -200,6 +200,18 @@ class XmppSection(Protocol):
     max_backoff: float
     queue_stanzas: int
 
+
+class ClusterSection(Protocol):
+    """``[cluster]`` (docs/scaling.md); ``enabled`` is derived: the section or
+    ``--node-id`` is present."""
+
+    enabled: bool
+    node_id: str | None
+    redis_url: str
+    redis_prefix: str
+    node_timeout: float
+
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
@@ -215,6 +227,7 @@ class Config:
     log: LogSection
     metrics: MetricsSection
     xmpp: XmppSection
+    cluster: ClusterSection
 
     def __init__(self, sections):
         self._sections = sections

@@ -169,6 +169,11 @@ class NextimService(service.MultiService):
         self.ctx, self.web, self.xmpp = parts.ctx, parts.web, parts.xmpp
         self.ready = None
         StorageService(parts.store, parts.auth).setServiceParent(self)
+        if parts.cluster is not None:
+            # After storage, before the listener: a node serves only once it holds its
+            # id in the cluster; it stops after the listener (docs/design.md#d20-cluster).
+            from .hub.cluster import ClusterService
+            ClusterService(parts.cluster).setServiceParent(self)
         if parts.xmpp is not None:
             BridgeService(parts.xmpp).setServiceParent(self)
         self.retention = None

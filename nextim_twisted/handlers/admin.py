@@ -37,8 +37,12 @@ async def put_user(ctx, user_id, body):
                              _text(body, "url"))
     if password is not None:
         await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
-    if ctx.router.is_online(user_id):
-        ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
+    if ctx.cluster is not None:
+        # Live on any node: each updates its copy (the hash stays in PostgreSQL).
+        profile = dict(await ctx.store.get_user(user_id), password_hash=None)
+        ctx.apply_live("update_profile", user_id, profile)
+    elif ctx.router.is_online(user_id):
+        ctx.apply_live("update_profile", user_id, await ctx.store.get_user(user_id))
     return {"success": True}
 
 
@@ -47,7 +51,7 @@ async def delete_user(ctx, user_id):
     check_id(user_id)
     if not await ctx.store.delete_user(user_id):
         raise NotFound("unknown user", code="unknown_user")
-    ctx.router.user_offline(user_id)
+    ctx.apply_live("user_offline", user_id)
     if ctx.xmpp is not None:
         await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (docs/xmpp.md)
     return {"success": True}
@@ -88,7 +92,7 @@ async def put_buddy(ctx, user_id, buddy_id, body):
         return {"success": True, "jid": jid}
     await _both_users(ctx, user_id, buddy_id)
     await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
-    ctx.router.buddies_changed(user_id, buddy_id, True)
+    ctx.apply_live("buddies_changed", user_id, buddy_id, True)
     return {"success": True}
 
 
@@ -101,7 +105,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
         return {"success": True}
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
-    ctx.router.buddies_changed(user_id, buddy_id, False)
+    ctx.apply_live("buddies_changed", user_id, buddy_id, False)
     return {"success": True}
 
 
@@ -132,8 +136,7 @@ async def delete_room(ctx, room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
         await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (docs/xmpp.md)
-    for member_id in ctx.router.live_members(room_id):
-        ctx.router.leave_room(member_id, room_id)
+    ctx.apply_live("room_deleted", room_id)
     return {"success": True}
 
 
@@ -146,8 +149,7 @@ async def put_member(ctx, room_id, user_id):
     if await ctx.store.get_user(user_id) is None:
         raise NotFound("unknown user", code="unknown_user")
     await ctx.store.put_member(room_id, user_id)
-    if ctx.router.is_online(user_id):
-        ctx.router.join_room(user_id, room_id)
+    ctx.apply_live("join_room", user_id, room_id)
     return {"success": True}
 
 
@@ -157,8 +159,7 @@ async def delete_member(ctx, room_id, user_id):
     check_id(user_id, "user_id")
     if not await ctx.store.delete_member(room_id, user_id):
         raise NotFound("not a member", code="not_member")
-    if ctx.router.is_online(user_id):
-        ctx.router.leave_room(user_id, room_id)
+    ctx.apply_live("leave_room", user_id, room_id)
     return {"success": True}
 
 

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
+from .live import ClusterLiveView, LiveView, apply_change
 
 if TYPE_CHECKING:
     from ..auth import Authenticator
     from ..config import Config
     from ..core.router import Clock, Router
     from ..hub.base import IHub
+    from ..hub.cluster import ClusterNode
     from ..store.base import Store
     from ..xmpp.bridge import Bridge
 
@@ -28,10 +30,12 @@ class Context:
     :param clock: ``IReactorTime``.
     :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
         when the bridge is off; :mod:`nextim_twisted.compose` passes it.
+    :param cluster: this node's :class:`~nextim_twisted.hub.cluster.ClusterNode` in
+        cluster mode (docs/design.md#d20-cluster), else None.
     """
 
     def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
-                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
+                 xmpp: Callable[[Context], Bridge] | None = None, cluster: ClusterNode | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -43,6 +47,10 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
+        #: The cluster node, or None for a single daemon.
+        self.cluster = cluster
+        #: Live state as the handlers ask it: this process's, or the cluster's.
+        self.live = LiveView(router) if cluster is None else ClusterLiveView(router, cluster.state)
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.
         self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None
@@ -59,8 +67,19 @@ class Context:
 
     @property
     def poll_url(self):
-        """``connection.server``: the full long-poll URL (docs/design.md#d3-online)."""
+        """``connection.server``: the full long-poll URL (docs/design.md#d3-online); a cluster node's own path
+        ``/n/<node_id>/packets``, which a balancer sends to this node
+        (docs/design.md#d20-cluster)."""
+        if self.cluster is not None:
+            return f"{self.config.public_url}/n/{self.cluster.node_id}/packets"
         return self.config.public_url + "/packets"
+
+    def apply_live(self, change: str, *args) -> None:
+        """Apply a directory change to the live state (a key of
+        :data:`~.live.CHANGES`), here and, in a cluster, on every other node."""
+        apply_change(self.router, change, list(args))
+        if self.cluster is not None:
+            self.cluster.publish_others({"t": "dir", "op": change, "a": list(args)})
 
     async def settings_of(self, user_id):
         """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""

@@ -1,6 +1,6 @@
 """The one delivery rule of a message, whatever its source (docs/design.md#d7-messages):
 
-1. is the recipient live (a session open now)?
+1. is the recipient live (a session open now, on any node of a cluster)?
 2. store the message, ``delivered`` set to that answer; ``ok`` only after the commit;
 3. re-check: a recipient who came online while the message was being stored may have
    taken it already as one of ``online``'s ``new_messages``. Whoever marks it delivered
@@ -41,10 +41,10 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     """
     router, store = ctx.router, ctx.store
     if type_ == "unicast":
-        live = router.has_sessions(to)
+        live = await ctx.live.has_sessions(to)
         msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live)
         to_recipient = True
-        if not live and to != from_id and router.has_sessions(to):
+        if not live and to != from_id and await ctx.live.has_sessions(to):
             to_recipient = bool(await store.mark_delivered([msg["id"]]))
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)

@@ -47,6 +47,9 @@ class ClusterHub(IHub):
     :param node: the :class:`ClusterNode` that publishes.
     """
 
+    #: The router hands this hub users that are not live on this node too.
+    reaches_other_nodes = True
+
     def __init__(self, sessions: LocalSessions, node: ClusterNode) -> None:
         self.local = LocalHub(sessions)
         self.node = node

@@ -84,6 +84,8 @@ class _ConnectionFactory(Factory):
     """
 
     isLazy = False
+    #: The subscriber factory's ``on_message(channel, payload)``.
+    on_message: OnMessage | None = None
 
     def __init__(self, protocol_class: type, reactor: IReactorTime, options: dict, reply_timeout: float):
         self.protocol_class = protocol_class
@@ -172,11 +174,13 @@ class RedisClient:
         cmd_factory = _ConnectionFactory(_CommandProtocol, reactor, self.options, reply_timeout)
         sub_factory = _ConnectionFactory(_SubscriberProtocol, reactor, self.options, reply_timeout)
         sub_factory.on_message = on_message
+        # (mypy does not see zope's implementer: the endpoint and factories provide the
+        # interfaces ClientService asks for.)
         self._services = [
-            ClientService(endpoint, cmd_factory, retryPolicy=retry_as("command"), clock=reactor,
-                          prepareConnection=self._command_made),
-            ClientService(endpoint, sub_factory, retryPolicy=retry_as("subscriber"), clock=reactor,
-                          prepareConnection=self._subscriber_made),
+            ClientService(endpoint, cmd_factory, retryPolicy=retry_as("command"),  # type: ignore[arg-type]
+                          clock=reactor, prepareConnection=self._command_made),
+            ClientService(endpoint, sub_factory, retryPolicy=retry_as("subscriber"),  # type: ignore[arg-type]
+                          clock=reactor, prepareConnection=self._subscriber_made),
         ]
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = reactor
