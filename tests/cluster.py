@@ -219,7 +219,9 @@ class ClusterTab:
         self.node = node
         self.user_id = user_id
         headers = {"Authorization": "Bearer " + cluster.token(user_id, user_id.title())}
-        resp = cluster.client(node).post("/webim/online", dict(params or {}), headers=headers)
+        # online straight to the chosen node (the test decides where the session lives);
+        # the poll follows connection.server (nginx's /n/<id>/ path behind nginx)
+        resp = cluster.nodes[node].client().post("/webim/online", dict(params or {}), headers=headers)
         assert resp.status == 200, resp
         self.online = resp.json()
         assert self.online.get("success") is True, self.online

@@ -40,9 +40,9 @@ async def put_user(ctx, user_id, body):
     if ctx.cluster is not None:
         # Live on any node: each updates its copy (the hash stays in PostgreSQL).
         profile = dict(await ctx.store.get_user(user_id), password_hash=None)
-        ctx.apply_live("update_profile", user_id, profile)
+        await ctx.apply_live("update_profile", user_id, profile)
     elif ctx.router.is_online(user_id):
-        ctx.apply_live("update_profile", user_id, await ctx.store.get_user(user_id))
+        await ctx.apply_live("update_profile", user_id, await ctx.store.get_user(user_id))
     return {"success": True}
 
 
@@ -51,7 +51,7 @@ async def delete_user(ctx, user_id):
     check_id(user_id)
     if not await ctx.store.delete_user(user_id):
         raise NotFound("unknown user", code="unknown_user")
-    ctx.apply_live("user_offline", user_id)
+    await ctx.apply_live("user_offline", user_id)
     if ctx.xmpp is not None:
         await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (docs/xmpp.md)
     return {"success": True}
@@ -92,7 +92,7 @@ async def put_buddy(ctx, user_id, buddy_id, body):
         return {"success": True, "jid": jid}
     await _both_users(ctx, user_id, buddy_id)
     await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
-    ctx.apply_live("buddies_changed", user_id, buddy_id, True)
+    await ctx.apply_live("buddies_changed", user_id, buddy_id, True)
     return {"success": True}
 
 
@@ -105,7 +105,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
         return {"success": True}
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
-    ctx.apply_live("buddies_changed", user_id, buddy_id, False)
+    await ctx.apply_live("buddies_changed", user_id, buddy_id, False)
     return {"success": True}
 
 
@@ -136,7 +136,7 @@ async def delete_room(ctx, room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
         await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (docs/xmpp.md)
-    ctx.apply_live("room_deleted", room_id)
+    await ctx.apply_live("room_deleted", room_id)
     return {"success": True}
 
 
@@ -149,7 +149,7 @@ async def put_member(ctx, room_id, user_id):
     if await ctx.store.get_user(user_id) is None:
         raise NotFound("unknown user", code="unknown_user")
     await ctx.store.put_member(room_id, user_id)
-    ctx.apply_live("join_room", user_id, room_id)
+    await ctx.apply_live("join_room", user_id, room_id)
     return {"success": True}
 
 
@@ -159,7 +159,7 @@ async def delete_member(ctx, room_id, user_id):
     check_id(user_id, "user_id")
     if not await ctx.store.delete_member(room_id, user_id):
         raise NotFound("not a member", code="not_member")
-    ctx.apply_live("leave_room", user_id, room_id)
+    await ctx.apply_live("leave_room", user_id, room_id)
     return {"success": True}
 
 

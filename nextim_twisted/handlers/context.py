@@ -74,12 +74,14 @@ class Context:
             return f"{self.config.public_url}/n/{self.cluster.node_id}/packets"
         return self.config.public_url + "/packets"
 
-    def apply_live(self, change: str, *args) -> None:
+    async def apply_live(self, change: str, *args) -> None:
         """Apply a directory change to the live state (a key of
-        :data:`~.live.CHANGES`), here and, in a cluster, on every other node."""
+        :data:`~.live.CHANGES`), here and, in a cluster, on every other node: returns
+        once Redis has handed it to them (while Redis is down, their sessions end when
+        it returns and reload the directory)."""
         apply_change(self.router, change, list(args))
         if self.cluster is not None:
-            self.cluster.publish_others({"t": "dir", "op": change, "a": list(args)})
+            await self.cluster.publish_others_now({"t": "dir", "op": change, "a": list(args)})
 
     async def settings_of(self, user_id):
         """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""

@@ -257,6 +257,15 @@ class ClusterNode:
         d = defer.ensureDeferred(self.state.publish_others(payload))
         d.addErrback(self.redis_failed, "publishing")
 
+    async def publish_others_now(self, payload: dict) -> None:
+        """Publish ``payload`` to every other node and wait until Redis took it (a
+        failure is logged and counts as a gap, never raised)."""
+        try:
+            await self.state.publish_others(payload)
+        except Exception:
+            from twisted.python.failure import Failure
+            self.redis_failed(Failure(), "publishing")
+
     def redis_failed(self, failure, doing: str) -> None:
         """Errback for fire-and-forget Redis commands: logged once per outage."""
         if failure.check(RedisUnavailable):
