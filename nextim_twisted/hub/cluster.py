@@ -177,7 +177,7 @@ class ClusterNode:
         self.reactor = reactor
         self.redis = RedisClient(reactor, cluster.redis_url, self._on_message, self._on_state)
         self.registry = NodeRegistry(self.redis, reactor, cluster.redis_prefix, cluster.node_id,
-                                     float(cluster.node_timeout), self.reap)
+                                     float(cluster.node_timeout), self._peer_dead)
         self.state = ClusterState(self.redis, cluster.redis_prefix, cluster.node_id, self.registry.instance)
         self.forwarder = CallForwarder(self.state, reactor, self._run_call)
         self.arbiter = ClusterArbiter(self)
@@ -189,6 +189,10 @@ class ClusterNode:
         self.stopping = False
         self._gap = False
         self._warned = False
+        # Until then, peers whose heartbeat key is missing are not reaped: after an
+        # outage every node needs one heartbeat period to write its key again.
+        self._reap_quiet_until = 0.0
+        self.timeout = float(cluster.node_timeout)
 
     # -- wiring ----------------------------------------------------------------------
     def hub_factory(self, sessions: LocalSessions) -> ClusterHub:
@@ -311,6 +315,7 @@ class ClusterNode:
                 log.warn("Redis connection lost: routing to other nodes stops until it returns")
             return
         if self.started and self._gap and not self.stopping:
+            self._reap_quiet_until = self.reactor.seconds() + self.timeout
             self._gap = False
             self._warned = False
             defer.ensureDeferred(self.resync()).addErrback(self.redis_failed, "resyncing after an outage")
@@ -327,6 +332,12 @@ class ClusterNode:
         await self.arbiter.reregister()
         if self.on_resync is not None:
             await self.on_resync()
+
+    async def _peer_dead(self, node_id: str, instance: str) -> bool:
+        if node_id != self.node_id and self.reactor.seconds() < self._reap_quiet_until:
+            return False  # every heartbeat stopped during the outage: wait for them
+        await self.reap(node_id, instance)
+        return True
 
     async def reap(self, node_id: str, instance: str) -> None:
         """Remove what ``instance`` of ``node_id`` held (it died, or this node stops);

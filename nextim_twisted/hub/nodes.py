@@ -47,13 +47,14 @@ class NodeRegistry:
     :param node_id: ``[cluster] node_id``.
     :param timeout: ``[cluster] node_timeout`` in seconds (float).
     :param on_dead: ``await on_dead(node_id, instance)`` once per dead instance of a peer,
-        on the one live node that took its reap lock; also for this node's own predecessor
+        on the one live node that took its reap lock (returning ``False`` means "not
+        yet": the peer is kept and asked about again after the lock expires); also for this node's own predecessor
         at :meth:`claim`. Live state in Redis is tagged with the instance, so a reap never
         touches what a restarted node with the same id has made since.
     """
 
     def __init__(self, redis: RedisClient, clock, prefix: str, node_id: str, timeout: float,
-                 on_dead: Callable[[str, str], Awaitable[None]]):
+                 on_dead: Callable[[str, str], Awaitable[bool | None]]):
         self.redis = redis
         self.clock = clock
         self.prefix = prefix
@@ -157,9 +158,12 @@ class NodeRegistry:
                 continue
             self._reaping.add(node_id)
             try:
-                log.warn("node {node} missed its heartbeat for {s} s: ending its sessions",
+                if await self.on_dead(node_id, instance) is False:
+                    # Not now (this node just came back from a Redis outage, in which
+                    # every heartbeat stopped): asked again once the lock expires.
+                    continue
+                log.warn("node {node} missed its heartbeat for {s} s: its sessions were ended",
                          node=node_id, s=self.timeout)
-                await self.on_dead(node_id, instance)
                 # forget it unless a new instance of that id registered meanwhile
                 await self.redis.execute("EVAL", "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
                                          "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0",
