@@ -257,7 +257,7 @@ def test_a_duplicate_node_id_is_refused():
         # the same config (n1) on another port, while n1 is alive
         twin = Daemon({k: v for k, v in c.nodes[0].config.items() if k != "server"})
         try:
-            with pytest.raises(DaemonError) as failed:
+            with pytest.raises(DaemonError):
                 twin.start()
             lines = [line for line in twin.log_text().splitlines() if "node_id" in line]
             assert lines and "in use by another live node" in lines[-1]
