@@ -205,11 +205,15 @@ class ClusterSection(Protocol):
     """``[cluster]`` (docs/scaling.md); ``enabled`` is derived: the section or
     ``--node-id`` is present."""
 
-    enabled: bool
     node_id: str | None
     redis_url: str
     redis_prefix: str
     node_timeout: float
+
+    @property
+    def enabled(self) -> bool:
+        """Derived at load, not a key: the section (or ``--node-id``) is present."""
+        ...
 
 
 class Config:

@@ -140,15 +140,27 @@ class ClusterArbiter:
         self.node.redis_failed(failure, "deciding a presence change")
         announce()
 
-    async def reregister(self) -> None:
+    async def reregister(self) -> list[list[str]]:
         """Write every user held here into Redis again (after an outage Redis may have
-        restarted empty), announcing nothing: the other nodes saw them before."""
+        restarted empty), announcing nothing: the other nodes saw them before. Users
+        Redis still lists for this node that left during the outage are removed.
+
+        :returns: ``[user_id, nick]`` of those removed that no node holds now (their
+            ``offline`` could not reach the other nodes during the outage)."""
+        state = self.node.state
+        listed = await state.redis.execute("SMEMBERS", f"{state.prefix}:nu:{state.node_id}") or []
+        gone = []
+        for user_id in sorted(set(listed) - set(self.held)):
+            row = (await state.presences([user_id])).get(user_id)
+            if await state.user_down(user_id) and row is not None and row[0] != "invisible":
+                gone.append([user_id, row[2]])
         for user in list(self.held.values()):
             await self.node.state.user_up(user.id, user.show, user.status, user.nick)
             if not getattr(user, "sessions", None):
                 await self.node.state.set_sessions(user.id, False)
             for room_id in sorted(getattr(user, "rooms", ())):
                 await self.node.state.room_join(room_id, user.id)
+        return gone
 
 
 #: ``handler(payload)`` for one payload kind published to this node (``payload["t"]``).
@@ -329,7 +341,9 @@ class ClusterNode:
         (docs/design.md#d20-cluster)."""
         log.info("Redis is back: re-registering {n} users and ending the sessions that "
                  "lived through the outage", n=len(self.arbiter.held))
-        await self.arbiter.reregister()
+        gone = await self.arbiter.reregister()
+        if gone:
+            await self.state.publish_others({"t": "gone", "users": gone})
         if self.on_resync is not None:
             await self.on_resync()
 
