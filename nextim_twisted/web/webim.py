@@ -207,9 +207,9 @@ class Webim:
             return answer["result"]
         error = answer.get("error")
         if isinstance(error, dict) and isinstance(error.get("status"), int):
-            refusal = ProtocolError(str(error.get("message")), code=str(error.get("code")),
-                                    headers=error.get("headers") or {})
-            refusal.status = error["status"]
+            # The owner's refusal as it raised it (its code is one of its literals).
+            refusal = ProtocolError(str(error.get("message")), headers=error.get("headers") or {})
+            refusal.code, refusal.status = str(error.get("code")), error["status"]
             raise refusal
         raise InternalError("the owning node failed to run the call")
 
