@@ -4,6 +4,7 @@ Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
 default; an unknown key, a wrong type or a missing secret raises
 :class:`ConfigError` whose message names the key (an operator gets one clear line).
 """
+import importlib.util
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -403,6 +404,8 @@ def _check_cluster(s, clustered):
     if s["storage"]["backend"] != "postgres":
         raise ConfigError("[cluster]: needs [storage] backend = \"postgres\" (every node must share the "
                           "durable state; a SQLite file belongs to one process)")
+    if importlib.util.find_spec("txredisapi") is None:
+        raise ConfigError("[cluster]: needs the Redis client: pip install 'nextim-twisted[cluster]' (txredisapi)")
     if not c["redis_url"].startswith("redis://"):
         raise ConfigError(f"[cluster] redis_url: must start with redis://, got {c['redis_url']!r}")
     if not REDIS_PREFIX.match(c["redis_prefix"]):

@@ -7,9 +7,11 @@ default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
 running (SQLite: WAL and a busy timeout; PostgreSQL: ordinary transactions). Directory
 writes go through the admin API's handlers (:mod:`nextim_twisted.handlers.admin`), so
 the id rules and field limits are the same (ids via ``handlers.params.check_id``; a
-room id may not equal a user id). A running daemon's *live* state is not told: a new
-buddy or membership shows at the users' next ``online`` (the admin HTTP API, by
-contrast, updates live sessions at once).
+room id may not equal a user id). A running single daemon's *live* state is not told:
+a new buddy or membership shows at the users' next ``online`` (the admin HTTP API, by
+contrast, updates live sessions at once). With ``[cluster]`` the change is also published
+through Redis to every node, which applies it to its live sessions as the admin API does
+(docs/scaling.md); ``[cluster] node_id`` may then be left out of the shared file.
 
 Like the daemon, every command upgrades an older schema first; but only ``migrate``
 creates one: any other command refuses a database without nextim's tables (or a
@@ -28,6 +30,7 @@ import json
 import os
 import sqlite3
 import sys
+import tomllib
 import traceback
 from datetime import datetime, timezone
 
@@ -212,6 +215,7 @@ class Ctl:
                         blocking=lambda f, *a: threads.deferToThread(f, *a))
         self.store = parts.store
         self.ctx = parts.ctx
+        self.parts = parts
 
     def print(self, *parts):
         print(*parts, sep="\t", file=self.out)
@@ -383,6 +387,22 @@ def _describe(args):
     return " ".join(w for w in words if w)
 
 
+def _tool_node_id(path):
+    """Overrides for loading the daemon's config as a tool: a shared cluster file
+    usually has no ``node_id`` (each node gets ``--node-id``), and nextimctl is no node."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # config_module.load reports it
+    section = data.get("cluster")
+    if isinstance(section, dict) and "node_id" not in section:
+        return {"cluster.node_id": "ctl"}
+    return None
+
+
 def _one_line(exc):
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -393,7 +413,7 @@ async def run(reactor, args, out=None):
     raises ``SystemExit(1 or 2)`` after writing one line to stderr on failure."""
     out = out or sys.stdout
     try:
-        config = config_module.load(args.config)
+        config = config_module.load(args.config, overrides=_tool_node_id(args.config))
     except config_module.ConfigError as e:
         raise CtlError(f"configuration error: {e}", status=2) from None
     if args.command == "check-config":
@@ -416,12 +436,24 @@ async def run(reactor, args, out=None):
         except db_errors as e:
             raise CtlError(f"cannot open the database: {_one_line(e)}") from None
         name = args.command.replace("-", "_") + ("_" + args.action if getattr(args, "action", None) else "")
+        cluster = ctl.parts.cluster
+        if cluster is not None:
+            from .hub.redisclient import RedisUnavailable
+            try:
+                await cluster.connect_as_tool()
+            except RedisUnavailable:
+                cluster = None
+                print("nextimctl: Redis not reachable: live sessions learn the change at their "
+                      "next online", file=sys.stderr)
         try:
             await getattr(ctl, name)(args)
         except ProtocolError as e:
             raise CtlError(f"{_describe(args)}: {e.message}") from None
         except db_errors as e:
             raise CtlError(f"database error: {_one_line(e)}") from None
+        finally:
+            if cluster is not None:
+                await cluster.redis.stop()
     finally:
         await ctl.store.close()
 

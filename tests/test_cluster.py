@@ -5,13 +5,16 @@ private Redis (tests/cluster.py): what users on different nodes see of each othe
 Timers are short (poll hold 3 s, session idle 3 s, user grace 2 s, node timeout 3 s);
 every wait is a poll for a condition with a deadline.
 """
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from tests.cluster import Cluster
-from tests.daemon import Daemon, DaemonError, wait_until
+from tests.daemon import REPO_ROOT, Daemon, DaemonError, to_toml, wait_until
 
 
 @pytest.fixture(params=["direct", "nginx"])
@@ -297,3 +300,30 @@ def test_kill9_a_node_behind_nginx(tmp_path):
         a.wait_for("messages", body="after")
         time.sleep(4)  # past node_timeout: n2 is reaped, but bob is live on n1
         assert a.find("presences", mark, from_="bob", type="offline") == []
+
+
+def test_nextimctl_changes_reach_live_sessions_on_every_node(tmp_path):
+    with Cluster(2) as c:
+        c.users("alice", "bob", buddies=[("alice", "bob")])
+        a = c.tab(0, "alice")
+        b = c.tab(1, "bob")
+        a.wait_for("presences", from_="bob", type="online")
+        # the shared file of a cluster: no node_id (each node gets --node-id)
+        shared = {k: dict(v) for k, v in c.nodes[0].config.items() if k != "server"}
+        del shared["cluster"]["node_id"]
+        cfg = tmp_path / "shared.toml"
+        cfg.write_text(to_toml(shared))
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        proc = subprocess.run([sys.executable, "-m", "nextim_twisted.ctl", "--config", str(cfg),
+                               "buddy", "delete", "alice", "bob"], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        mark_a, mark_b = a.mark(), b.mark()
+        b.call("presence", show="away")
+        a.call("presence", show="dnd")
+        time.sleep(0.5)
+        assert a.find("presences", mark_a, from_="bob") == [] and b.find("presences", mark_b, from_="alice") == []
+        proc = subprocess.run([sys.executable, "-m", "nextim_twisted.ctl", "--config", str(cfg),
+                               "user", "delete", "bob"], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert b.wait_ended() in ("stopped", "404")

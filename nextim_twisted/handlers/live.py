@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from ..hub.redisclient import RedisUnavailable
-
 if TYPE_CHECKING:
     from ..core.router import Router
     from ..hub.cluster import ClusterNode
@@ -70,22 +68,25 @@ class ClusterLiveView(LiveView):
     """
 
     def __init__(self, router: Router, state: ClusterState) -> None:
+        # (imported here: txredisapi is the optional "cluster" extra)
+        from ..hub.redisclient import RedisUnavailable
         super().__init__(router)
         self.state = state
+        self.unavailable = RedisUnavailable
 
     async def has_sessions(self, user_id: str) -> bool:
         if self.router.has_sessions(user_id):
             return True  # no round trip when the recipient is here
         try:
             return user_id in await self.state.has_sessions([user_id])
-        except RedisUnavailable:
+        except self.unavailable:
             return False
 
     async def presences(self, user_ids: Iterable[str], viewer_id: str) -> dict[str, Presence]:
         ids = list(user_ids)
         try:
             rows = await self.state.presences(ids)
-        except RedisUnavailable:
+        except self.unavailable:
             return await super().presences(ids, viewer_id)
         out = {}
         for user_id in ids:
@@ -100,7 +101,7 @@ class ClusterLiveView(LiveView):
         try:
             ids = sorted(await self.state.room_members(room_id))
             rows = await self.state.presences(ids)
-        except RedisUnavailable:
+        except self.unavailable:
             return await super().room_members(room_id, viewer_id)
         result = []
         for user_id in ids:

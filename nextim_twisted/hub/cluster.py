@@ -243,6 +243,20 @@ class ClusterNode:
         log.info("cluster node {node} up (instance {instance})", node=self.node_id,
                  instance=self.registry.instance)
 
+    async def connect_as_tool(self, timeout: float = 5.0) -> None:
+        """Connect without joining the cluster (``nextimctl``): no heartbeat, no channel,
+        and :meth:`publish_others_now` then reaches every node.
+
+        :raises RedisUnavailable: Redis not reachable within ``timeout`` seconds.
+        """
+        self.state.node_id = ""  # no node has this id: "every other node" is every node
+        self.redis.start()
+        try:
+            await self.redis.when_up(timeout=timeout)
+        except RedisUnavailable:
+            await self.redis.stop()
+            raise
+
     async def stop(self) -> None:
         """A clean stop (SIGTERM), after the router answered the parked polls and ended
         every session here: this node's users stay online for the user grace (a reload
