@@ -87,7 +87,10 @@ async def message(ctx, identity, params):
 
 async def status(ctx, identity, params):
     """``webim/status``: relay a typing status (``typing``/``clear`` or another short
-    token, §7 A15) to the online recipient; never stored."""
+    token, §7 A15) to the online recipient; never stored, dropped for an offline one.
+
+    :raises NotFound: ``unknown_user``, ``to`` is not in the directory.
+    """
     session_of(identity)
     _, show = params.required("to", "show")
     to = params.ident("to")
@@ -98,6 +101,10 @@ async def status(ctx, identity, params):
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 (issue 7)
         return OK
+    # As for ``message``: a live user is a directory user, only an offline one costs a
+    # lookup; an unknown one is 404, not a silent ``ok`` (docs/guarantees.md).
+    if to not in ctx.router.users and await ctx.store.get_user(to) is None:
+        raise NotFound("unknown user", code="unknown_user")
     ctx.router.route_status(identity.user_id, to, show)
     return OK
 
