@@ -4,6 +4,7 @@ Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
 default; an unknown key, a wrong type or a missing secret raises
 :class:`ConfigError` whose message names the key (issue 2: "one clear line").
 """
+import importlib.util
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -205,6 +206,11 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[storage] backend: must be \"sqlite\" or \"postgres\", got {s['storage']['backend']!r}")
     if s["storage"]["backend"] == "postgres" and not s["storage"]["dsn"]:
         raise ConfigError("[storage] dsn: required when backend = \"postgres\"")
+    if s["storage"]["backend"] == "postgres" and importlib.util.find_spec("psycopg") is None:
+        # The driver is an optional extra: say which, instead of an ImportError traceback
+        # from the connection pool at startup.
+        raise ConfigError("[storage] backend = \"postgres\" needs the PostgreSQL driver: "
+                          "pip install 'nextim-twisted[postgres]'")
     if s["storage"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("[storage] synchronous: must be OFF, NORMAL, FULL or EXTRA")
     if s["storage"]["schema"] is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", s["storage"]["schema"]):

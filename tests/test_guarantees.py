@@ -34,3 +34,56 @@ async def test_typing_to_an_offline_user_is_never_stored(daemon):
     assert [m["body"] for m in bob["new_messages"]] == ["hi"]
     first = await hold_out(daemon, daemon.poll(bob["connection"]["ticket"], ack=0))
     assert first.json["status"] == "ok" and first.json["statuses"] == []
+
+
+# -- the postgres extra --------------------------------------------------------------
+
+_WITHOUT_PSYCOPG = "import sys; sys.modules['psycopg'] = None; sys.argv = {argv!r}; {run}"
+
+
+@pytest.mark.parametrize("program", ["twistd", "nextimctl", "tac"])
+def test_postgres_without_psycopg_is_one_line_and_exit_2(tmp_path, program):
+    """Without the optional driver, every way of starting names the extra to install:
+    one line, exit status 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+    cfg = tmp_path / "nextim.toml"
+    cfg.write_text('[storage]\nbackend = "postgres"\ndsn = "host=127.0.0.1"\n'
+                   f'[auth]\ntoken_secret = "{"s" * 20}"\n[admin]\napi_key = "{"k" * 20}"\n')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if program == "twistd":
+        code = _WITHOUT_PSYCOPG.format(argv=["twistd", "-n", "--pidfile=", "nextim", "-c", str(cfg)],
+                                       run="from twisted.scripts.twistd import run; run()")
+    elif program == "tac":
+        code = _WITHOUT_PSYCOPG.format(argv=["twistd", "-n", "--pidfile=", "-y", os.path.join(repo, "nextim.tac")],
+                                       run="from twisted.scripts.twistd import run; run()")
+    else:
+        code = _WITHOUT_PSYCOPG.format(argv=["nextimctl", "--config", str(cfg), "stats"],
+                                       run="from nextim_twisted.ctl import main; main()")
+    env = dict(os.environ, PYTHONPATH=repo, NEXTIM_CONFIG=str(cfg))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'nextim-twisted[postgres]'" in lines[0], r.stderr
+
+
+# -- rate limits -------------------------------------------------------------------
+
+@pytest.mark.config(limits={"messages_per_minute": 10})
+@inline
+async def test_rate_limits_are_per_user_not_per_address(daemon):
+    """Behind a proxy every user comes from one address: one user's flood must not
+    spend another's budget, and a forged X-Forwarded-For buys nothing."""
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    spoof = {"X-Forwarded-For": "203.0.113.%d"}
+    alice = [(await daemon.call("message", ticket=a, type="unicast", to="dave", body=str(i),
+                                headers={"X-Forwarded-For": spoof["X-Forwarded-For"] % i})).status
+             for i in range(7)]
+    bob = [(await daemon.call("message", ticket=b, type="unicast", to="dave", body=str(i))).status
+           for i in range(5)]
+    assert alice[:5] == [200] * 5 and alice[5:] == [429, 429]
+    assert bob == [200] * 5
