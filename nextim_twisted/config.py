@@ -50,6 +50,10 @@ SCHEMA = {
         "poll_hold": ((int, float), 25),     # seconds (D5)
         "session_idle": ((int, float), 10),
         "user_grace": ((int, float), 10),
+        # seconds a session lives at most however often it is polled; its next poll
+        # after that is 404 and the client goes online again with a fresh token
+        # (docs/design.md#d19-session-lifetime)
+        "session_max": ((int, float), 86400),
     },
     "limits": {
         "queue_packets": (int, 1000),        # D6
@@ -61,6 +65,9 @@ SCHEMA = {
         "presences_per_minute": (int, 60),   # D15, per user (presence + status)
         "onlines_per_minute": (int, 60),     # D15, per user: each online makes a session
         "status_chars": (int, 200),
+        # hours a message's client_id is remembered: a retry within them stores nothing
+        # (docs/design.md#d17-idempotent-sends)
+        "client_id_hours": (int, 24),
     },
     "log": {                                 # issue 5 (nextim_twisted/logs.py)
         "format": (str, "text"),             # "text" | "json" (JSON lines)
@@ -229,7 +236,11 @@ def from_dict(data, demo=False, overrides=None):
     if s["admin"]["api_key"] is not None and len(s["admin"]["api_key"]) < 16:
         raise ConfigError("[admin] api_key: must be at least 16 characters")
     for key, value in s["timers"].items():
-        if not 0 < value <= 3600:
+        if key == "session_max":
+            if not s["timers"]["poll_hold"] < value <= 365 * 86400:
+                raise ConfigError(f"[timers] session_max: must be longer than poll_hold and at most "
+                                  f"a year (31536000 seconds), got {value!r}")
+        elif not 0 < value <= 3600:
             raise ConfigError(f"[timers] {key}: must be between 0 and 3600 seconds, got {value!r}")
     for key, value in s["limits"].items():
         if value < 1:

@@ -12,6 +12,7 @@ from .gcschedule import GcSchedule
 from .auth import Authenticator
 from .core.router import Router
 from .handlers.context import Context
+from .handlers.directory import DirectoryWatch
 from .retention import Retention
 from .store.base import SchemaError
 from .store.sql import SQLStore
@@ -48,7 +49,7 @@ class NextimService(service.Service):
         self.store = make_store(config, reactor)
         timers, limits = config.timers, config.limits
         self.router = Router(reactor, timers.poll_hold, timers.session_idle, timers.user_grace,
-                             limits.queue_packets, config.server.room_presences)
+                             limits.queue_packets, config.server.room_presences, timers.session_max)
         blocking = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
         self.auth = Authenticator(config, self.store, self.router, blocking, reactor)
         self.ctx = Context(config, self.store, self.router, self.auth, reactor)
@@ -63,6 +64,8 @@ class NextimService(service.Service):
         self.retention = None
         self.stalls = StallMonitor(self.web.metrics, reactor)
         self.gc_schedule = None  # [server] gc_tuning (gcschedule.py)
+        # nextimctl's (and other nodes') directory changes reach live sessions within a second
+        self.directory_watch = DirectoryWatch(self.ctx, reactor)
 
     def setServiceParent(self, parent):
         """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
@@ -79,6 +82,7 @@ class NextimService(service.Service):
         await self.store.start()
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        await self.directory_watch.start()
         if self.xmpp is not None:
             await self.xmpp.start()  # connects in the background; the web side never waits for it
         if self.config.storage.retention_days > 0:
@@ -117,6 +121,7 @@ class NextimService(service.Service):
     async def _stop(self):
         self.ctx.shutting_down = True
         self.stalls.stop()
+        self.directory_watch.stop()
         if self.gc_schedule is not None:
             self.gc_schedule.stop()
         if self.retention is not None:

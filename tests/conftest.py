@@ -15,6 +15,7 @@ from nextim_twisted import config as config_module
 from nextim_twisted.auth import Authenticator
 from nextim_twisted.core.router import Router
 from nextim_twisted.handlers.context import Context
+from nextim_twisted.handlers.directory import DirectoryWatch
 from nextim_twisted.web.app import WebApp
 from tests.storefixtures import STORE_KINDS, make_store, skip_unless_enabled
 
@@ -53,21 +54,25 @@ class Harness:
         self.clock.advance(time.time())
         t = config.timers
         self.router = Router(self.clock, t.poll_hold, t.session_idle, t.user_grace,
-                             config.limits.queue_packets, config.server.room_presences)
+                             config.limits.queue_packets, config.server.room_presences, t.session_max)
         blocking = lambda f, *a: threads.deferToThread(f, *a)  # noqa: E731
         self.auth = Authenticator(config, store, self.router, blocking, self.clock)
         self.ctx = Context(config, store, self.router, self.auth, self.clock)
         self.web = WebApp(self.ctx)
+        # directory changes of nextimctl (handlers/directory.py), read on the test clock
+        self.watch = DirectoryWatch(self.ctx, self.clock)
         self.port = None
 
     async def start(self):
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        await self.watch.start()
         site = self.web.site()
         self.port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def stop(self):
+        self.watch.stop()
         self.router.shutdown()
         await self.port.stopListening()
 

@@ -32,10 +32,12 @@ class Router:
     :param user_grace: seconds a user without sessions stays online (D5).
     :param max_queue: per-session queue bound in packets (D6).
     :param room_presences: send v5-style room ``join``/``leave`` presences (D9).
+    :param session_max: seconds a session may live however often it is polled; after
+        that its ticket is unknown (docs/design.md#d19-session-lifetime).
     """
 
     def __init__(self, clock, poll_hold=25, session_idle=10, user_grace=10, max_queue=1000,
-                 room_presences=False):
+                 room_presences=False, session_max=86400):
         self.clock = clock
         self.timers = TimerWheel(clock)
         self.poll_hold = poll_hold
@@ -43,6 +45,7 @@ class Router:
         self.user_grace = user_grace
         self.max_queue = max_queue
         self.room_presences = room_presences
+        self.session_max = session_max
         self.users = {}      # user id -> OnlineUser
         self.sessions = {}   # ticket -> Session
         self.rooms = {}      # room id -> set of live member ids
@@ -94,6 +97,7 @@ class Router:
         ticket = new_ticket()
         session = Session(ticket, user.id, self.timers, self.poll_hold, self.session_idle,
                           self.max_queue, self._session_ended)
+        session.expires_at = self.clock.seconds() + self.session_max
         user.sessions[ticket] = session
         self.sessions[ticket] = session
         return session, user
@@ -101,11 +105,18 @@ class Router:
     def session(self, ticket):
         """The live session of ``ticket``.
 
-        :raises NotFound: unknown or ended ticket (a poll answers it with 404, D2).
+        :raises NotFound: unknown or ended ticket (a poll answers it with 404, D2), or
+            a session older than ``session_max``, which this ends
+            (docs/design.md#d19-session-lifetime): the client goes online again with a
+            fresh token.
         """
         session = self.sessions.get(ticket) if ticket else None
         if session is None:
             raise NotFound("unknown or expired ticket", code="invalid_ticket")
+        if self.clock.seconds() >= session.expires_at:
+            session.stop()
+            self._forget_session(session)
+            raise NotFound("session too old: go online again", code="invalid_ticket")
         return session
 
     def end_session(self, ticket):
@@ -114,6 +125,20 @@ class Router:
         session = self.session(ticket)
         session.stop()
         self._forget_session(session)
+
+    def end_sessions(self, user_id, login=None):
+        """End the sessions of a user: all of them (a password change), or only those
+        opened with the login cookie ``login`` (its ``jti``, at ``logout``). Parked polls
+        get ``stopped``; the user goes offline after the grace if none is left
+        (docs/design.md#d19-session-lifetime). :returns: how many ended."""
+        user = self.users.get(user_id)
+        if user is None:
+            return 0
+        ended = [s for s in user.sessions.values() if login is None or s.login == login]
+        for session in ended:
+            session.stop()
+            self._forget_session(session)
+        return len(ended)
 
     def _session_ended(self, session, reason):
         if reason == "overflow":
@@ -234,11 +259,15 @@ class Router:
                 self._push_user(other, "presences", self._presence_packet(user, type_, other_id))
 
     def buddies_changed(self, user_id, buddy_id, added):
-        """Keep the live buddy sets in step with the directory (admin API)."""
+        """Keep the live buddy sets in step with the directory (admin API, nextimctl).
+        A removal stops presence both ways at once, also between users who had talked
+        while online (contacts, D8)."""
         a, b = self.users.get(user_id), self.users.get(buddy_id)
         for one, other_id in ((a, buddy_id), (b, user_id)):
             if one is not None:
                 (one.buddies.add if added else one.buddies.discard)(other_id)
+                if not added:
+                    one.drop_contact(other_id)
 
     # -- routing -----------------------------------------------------------
     def _push_user(self, user, kind, packet, except_ticket=None):

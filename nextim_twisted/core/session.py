@@ -50,6 +50,12 @@ class Session:
         self._parked = None
         self._hold_timer = None
         self._idle_timer = clock.callLater(idle_s, self._idle_expired)
+        #: ``clock.seconds()`` after which the router no longer knows the ticket
+        #: (``[timers] session_max``, docs/design.md#d19-session-lifetime).
+        self.expires_at = float("inf")
+        #: The ``jti`` of the login cookie that opened the session (accounts), else None:
+        #: ``logout`` ends the sessions of its own login only.
+        self.login = None
 
     # -- feeding -----------------------------------------------------------
     def push(self, kind, packet):

@@ -1,5 +1,6 @@
 """What every handler works with: config, storage, live state, auth, clock, limits."""
 import json
+import secrets
 
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
@@ -28,6 +29,10 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
+        #: Names this process as the origin of the directory changes it records
+        #: (handlers/directory.py): a daemon skips its own rows. ``nextimctl`` sets
+        #: ``"nextimctl"``.
+        self.node_id = "daemon-" + secrets.token_hex(6)
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
         #: (issue 7), else None; set by the service.
         self.xmpp = None

@@ -4,7 +4,7 @@ from twisted.logger import Logger
 
 from .. import model
 from ..auth import PROFILE_CLAIMS
-from ..errors import NotFound
+from ..errors import NotFound, Unauthorized
 from . import OK
 from .context import blocked_rooms, parse_show, session_of
 
@@ -64,6 +64,7 @@ async def online(ctx, identity, params):
 
     session, user = router.open_session(profile, show, status, list(groups),
                                         [r["id"] for r in rooms if r["id"] not in blocked])
+    session.login = identity.login  # logout ends the sessions of its login (D19)
     new_messages = await store.undelivered(uid, ctx.config.limits.new_messages)
 
     # Buddy list: directory buddies, open tabs, offline-message senders, strangers (§7 A5).
@@ -139,6 +140,19 @@ async def buddies(ctx, identity, params):
     return [remote[i] if i in remote else
             model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
             for i in ids if i in profiles or i in remote]
+
+
+def logout(ctx, cookie):
+    """``webim/logout``: end the sessions opened with this login cookie (its ``jti``),
+    wherever they poll; a missing or invalid cookie ends nothing
+    (docs/design.md#d19-session-lifetime). :returns: how many sessions ended."""
+    try:
+        claims = ctx.auth.login_cookie_claims(cookie)
+    except Unauthorized:
+        return 0
+    if not claims.get("jti"):
+        return 0  # a cookie from before logins were named
+    return ctx.router.end_sessions(claims["sub"], login=claims["jti"])
 
 
 async def login(ctx, params):

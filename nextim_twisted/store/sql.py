@@ -336,9 +336,11 @@ class SQLStore(Store):
         return self._run(q)
 
     def set_password_hash(self, user_id, password_hash):
-        """Set (None clears) the hash. Deferred → bool (the user exists)."""
+        """Set (None clears) the hash and move the user's login epoch on, so that login
+        cookies issued before no longer count (docs/design.md#d19-session-lifetime).
+        Deferred → bool (the user exists)."""
         def q(c):
-            return c.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+            return c.execute("UPDATE users SET password_hash = ?, login_epoch = login_epoch + 1 WHERE id = ?",
                              (password_hash, user_id)).rowcount > 0
         return self._run(q)
 

@@ -401,7 +401,7 @@ class WebApp:
             if name == "login":
                 return await self.login(request, params, callback)
             if name == "logout":
-                return self.logout(request)
+                return self.logout(request, params, callback)
             endpoint = WEBIM.get(name)
             if endpoint is None:
                 raise NotFound(f"unknown endpoint webim/{name}", code="unknown_endpoint")
@@ -428,13 +428,19 @@ class WebApp:
         if creds.origin and not self.ctx.auth.origin_allowed(creds):
             raise Forbidden("origin not allowed", code="csrf")
         user_id, answer = await online.login(self.ctx, params)
-        self._set_cookie(request, self.ctx.auth.make_login_cookie(user_id), self.ctx.config.auth.session_ttl)
+        self._set_cookie(request, await self.ctx.auth.login_cookie(user_id), self.ctx.config.auth.session_ttl)
         return answer
 
-    def logout(self, request):
-        """``POST webim/logout``: clear the login cookie."""
+    def logout(self, request, params, callback):
+        """``POST webim/logout``: end the sessions this login opened and clear the login
+        cookie (docs/design.md#d19-session-lifetime)."""
         if request.method != b"POST":
             raise Forbidden("log out with a POST", code="csrf")
+        creds = self.credentials(request, params, callback)
+        # A foreign page must not end the user's sessions (the cookie goes along).
+        if creds.origin and not self.ctx.auth.origin_allowed(creds):
+            raise Forbidden("origin not allowed", code="csrf")
+        online.logout(self.ctx, creds.session_cookie)
         self._set_cookie(request, "", 0)
         return OK
 
@@ -521,7 +527,12 @@ class WebApp:
 
     @app.route("/admin/users/<string:user_id>", methods=["DELETE"])
     def admin_delete_user(self, request, user_id):
-        return self.admin_call(request, admin.delete_user, user_id)
+        erase = (request.args or {}).get(b"erase", [b""])[0].lower() in (b"true", b"1", b"yes")
+        return self.admin_call(request, admin.delete_user, user_id, erase)
+
+    @app.route("/admin/users/<string:user_id>/export", methods=["GET"])
+    def admin_export_user(self, request, user_id):
+        return self.admin_call(request, admin.export_user, user_id)
 
     @app.route("/admin/users/<string:user_id>/buddies/<string:buddy_id>", methods=["PUT"])
     def admin_put_buddy(self, request, user_id, buddy_id):
