@@ -87,3 +87,203 @@ async def test_rate_limits_are_per_user_not_per_address(daemon):
            for i in range(5)]
     assert alice[:5] == [200] * 5 and alice[5:] == [429, 429]
     assert bob == [200] * 5
+
+
+# -- session lifetime ----------------------------------------------------------------
+
+@pytest.mark.config(timers={"session_max": 40})
+@inline
+async def test_a_session_polled_for_ever_still_ends_at_session_max(daemon):
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    first = await hold_out(daemon, daemon.poll(a, ack=0))     # t = 25
+    assert first.json["status"] == "ok"
+    second = await hold_out(daemon, daemon.poll(a, ack=0))    # t = 50: parked before 40, answered
+    assert second.json["status"] == "ok"
+    third = await daemon.poll(a, ack=0)
+    assert (third.status, third.json["error"]) == (404, "invalid_ticket")
+    assert a not in daemon.router.sessions
+    again = await daemon.online("alice")                        # a fresh token: a new session
+    assert again["connection"]["ticket"] != a
+
+
+@inline
+async def test_online_with_an_expired_token_is_401_token_expired(daemon):
+    import time
+    resp = await daemon.request("POST", "/webim/online", {"token": daemon.token("alice", exp=int(time.time()) - 60)})
+    assert (resp.status, resp.json["error"]) == (401, "token_expired")
+
+
+async def _login(daemon, user, password):
+    own = {"Origin": "http://127.0.0.1:8000"}
+    ok = await daemon.request("POST", "/webim/login", {"username": user, "password": password}, headers=own)
+    assert ok.status == 200, ok.text
+    jar = {"nextim_session": ok.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]}
+    online = await daemon.request("POST", "/webim/online", {}, headers=own, cookies=jar)
+    assert online.status == 200, online.text
+    return jar, online.json["connection"]["ticket"]
+
+
+@pytest.mark.config(auth={"method": "accounts"})
+@inline
+async def test_logout_ends_the_sessions_of_that_login_only_then_the_old_ticket_is_404(daemon):
+    from nextim_twisted.auth import hash_password
+    await daemon.store.set_password_hash("alice", hash_password("s3cret"))
+    own = {"Origin": "http://127.0.0.1:8000"}
+    laptop, t_laptop = await _login(daemon, "alice", "s3cret")
+    phone, t_phone = await _login(daemon, "alice", "s3cret")
+    parked = daemon.poll(t_laptop, ack=0)
+    await daemon.settle()
+    out = await daemon.request("POST", "/webim/logout", {}, headers=own, cookies=laptop)
+    assert out.text == "ok"
+    assert (await parked).json == {"status": "stopped"}
+    old = await daemon.poll(t_laptop, ack=0)
+    assert (old.status, old.json["error"]) == (404, "invalid_ticket")
+    assert (await daemon.call("message", ticket=t_laptop, type="unicast", to="bob", body="x")).status == 404
+    # the other login's session lives on
+    assert (await daemon.call("message", ticket=t_phone, type="unicast", to="bob", body="x")).text == "ok"
+    # a foreign page cannot log the user out
+    evil = await daemon.request("POST", "/webim/logout", {}, headers={"Origin": "http://evil.example"},
+                                cookies=phone)
+    assert evil.status == 403 and t_phone in daemon.router.sessions
+
+
+@pytest.mark.config(auth={"method": "accounts"})
+@inline
+async def test_a_password_change_ends_older_cookies_and_the_users_sessions(daemon):
+    own = {"Origin": "http://127.0.0.1:8000"}
+    assert (await daemon.admin("PUT", "/admin/users/alice", {"nick": "Alice", "password": "old-one"})).status == 200
+    jar, ticket = await _login(daemon, "alice", "old-one")
+    assert (await daemon.admin("PUT", "/admin/users/alice", {"nick": "Alice", "password": "new-one"})).status == 200
+    assert (await daemon.poll(ticket, ack=0)).status == 404
+    stale = await daemon.request("POST", "/webim/online", {}, headers=own, cookies=jar)
+    assert (stale.status, stale.json["error"]) == (401, "not_authenticated")
+    assert (await daemon.request("POST", "/webim/login", {"username": "alice", "password": "old-one"},
+                                 headers=own)).status == 401
+    await _login(daemon, "alice", "new-one")                  # the new password's cookie works
+
+
+# -- erasure and export --------------------------------------------------------------
+
+@inline
+async def test_export_holds_everything_and_erase_removes_it(daemon):
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    await daemon.call("message", ticket=a, type="unicast", to="bob", body="from alice")
+    await daemon.call("message", ticket=b, type="unicast", to="alice", body="to alice")
+    await daemon.call("message", ticket=b, type="unicast", to="carol", body="bob to carol")
+    await daemon.call("message", ticket=a, type="multicast", to="lobby", body="alice in lobby")
+    await daemon.call("message", ticket=b, type="multicast", to="lobby", body="bob in lobby")
+    await daemon.call("setting", ticket=a, data='{"theme": "dark"}')
+    await daemon.admin("POST", "/admin/users/alice/notifications", {"text": "welcome"})
+
+    export = await daemon.admin("GET", "/admin/users/alice/export")
+    data = export.json
+    assert export.status == 200 and data["user"]["id"] == "alice" and data["user"]["has_password"] is False
+    assert "password_hash" not in data["user"]
+    assert data["buddies"] == [{"id": "bob", "group": "Friends"}] and data["rooms"] == ["lobby"]
+    assert data["setting"] == '{"theme": "dark"}'
+    assert [n["text"] for n in data["notifications"]] == ["welcome"]
+    assert [m["body"] for m in data["messages"]] == ["from alice", "to alice", "alice in lobby"]
+
+    assert (await daemon.admin("DELETE", "/admin/users/alice?erase=true")).status == 200
+    assert not daemon.router.is_online("alice")
+    assert (await daemon.admin("GET", "/admin/users/alice/export")).status == 404
+    left = await daemon.store.export_messages()
+    assert [m["body"] for m in left] == ["bob to carol", "bob in lobby"]
+    assert await daemon.store.get_setting("alice") is None
+    assert await daemon.store.take_unread_notifications("alice") == []
+
+
+@inline
+async def test_delete_without_erase_keeps_the_other_sides_history(daemon):
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    await daemon.call("message", ticket=a, type="unicast", to="bob", body="kept")
+    assert (await daemon.admin("DELETE", "/admin/users/alice")).status == 200
+    assert [m["body"] for m in await daemon.store.export_messages(user_id="bob")] == ["kept"]
+
+
+# -- directory changes made with nextimctl reach live sessions ---------------------
+
+def _nextimctl(daemon, tmp_path, *args):
+    """Run ``nextimctl`` as a process on the test daemon's database; assert it worked."""
+    import os
+    import subprocess
+    import sys
+    store = daemon.store
+    if store.dialect == "sqlite":
+        storage = f'backend = "sqlite"\npath = "{store.location}"\n'
+    else:
+        storage = f'backend = "postgres"\ndsn = "{store.location}"\nschema = "{store.schema}"\n'
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(f'[storage]\n{storage}[auth]\ntoken_secret = "{"s" * 20}"\n[admin]\napi_key = "{"k" * 20}"\n')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "nextim_twisted.ctl", "--config", str(cfg), *args],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=repo), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+async def _watch_tick(daemon):
+    """One read of directory_changes by the daemon, driven by its clock."""
+    daemon.clock.advance(1)
+    if daemon.watch._running is not None:
+        await daemon.watch._running
+    await daemon.settle()
+
+
+@inline
+async def test_a_user_deleted_with_nextimctl_while_polling_goes_offline_at_once(daemon, tmp_path):
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    c = (await daemon.online("carol"))["connection"]["ticket"]
+    seen = (await daemon.poll(b, ack=0)).json            # carol's online
+    assert [(p["type"], p["from"]) for p in seen["presences"]] == [("online", "carol")]
+    parked = daemon.poll(c, ack=0)
+    await daemon.settle()
+    await threads_run(_nextimctl, daemon, tmp_path, "user", "delete", "carol")
+    await _watch_tick(daemon)
+    assert (await parked).json == {"status": "stopped"}
+    assert not daemon.router.is_online("carol")
+    assert (await daemon.poll(c, ack=0)).status == 404
+    # bob sees exactly one offline, now — not after a grace, not twice
+    await _watch_tick(daemon)
+    after = await hold_out(daemon, daemon.poll(b, ack=seen["seq"]))
+    assert [(p["type"], p["from"]) for p in after.json["presences"]] == [("offline", "carol")]
+
+
+@inline
+async def test_buddy_and_member_removed_with_nextimctl_stop_presence_and_room_packets(daemon, tmp_path):
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    seen = (await daemon.poll(a, ack=0)).json["seq"]     # bob's online
+    await threads_run(_nextimctl, daemon, tmp_path, "buddy", "delete", "alice", "bob")
+    await threads_run(_nextimctl, daemon, tmp_path, "member", "delete", "lobby", "alice")
+    await _watch_tick(daemon)
+    await daemon.call("presence", ticket=b, show="away")           # to alice no more
+    await daemon.call("presence", ticket=a, show="dnd")            # to bob no more
+    await daemon.call("message", ticket=b, type="multicast", to="lobby", body="room")
+    refused = await daemon.call("message", ticket=a, type="multicast", to="lobby", body="me too")
+    assert (refused.status, refused.json["error"]) == (403, "not_member")
+    to_bob = [packet for _, kind, packet in daemon.router.sessions[b].queue if kind == "presences"]
+    assert to_bob == []
+    quiet = await hold_out(daemon, daemon.poll(a, ack=seen))
+    assert quiet.json["presences"] == [] and quiet.json["messages"] == []
+
+
+def threads_run(f, *args):
+    """Run a blocking ``f`` (a subprocess) off the reactor, so the daemon keeps serving."""
+    from twisted.internet import threads
+    return threads.deferToThread(f, *args)
+
+
+@inline
+async def test_nextimctl_exports_and_erases_a_user(daemon, tmp_path):
+    import json
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    await daemon.call("message", ticket=a, type="unicast", to="bob", body="secret")
+    exported = json.loads(await threads_run(_nextimctl, daemon, tmp_path, "user", "export", "alice"))
+    assert exported["user"]["id"] == "alice" and [m["body"] for m in exported["messages"]] == ["secret"]
+    out = await threads_run(_nextimctl, daemon, tmp_path, "user", "delete", "--erase", "alice")
+    assert out == "user alice erased\n"
+    assert await daemon.store.export_messages() == []
+    await _watch_tick(daemon)
+    assert not daemon.router.is_online("alice")
