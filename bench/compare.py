@@ -160,6 +160,16 @@ async def run_level(server, n, args, rates=None):
             rec = await wait_recovered(gen, args.recovery_timeout)
             out["recovery_s"] = rec
             out["recovered"] = gen.all_parked()
+            times = sorted(gen.online_times)
+            if times:
+                # how long one ``online`` took under the herd (nextim; the request alone,
+                # not the client's retry waits)
+                out["recovery_online_p50_ms"] = 1000 * times[len(times) // 2]
+                out["recovery_online_p99_ms"] = 1000 * times[min(len(times) - 1, int(len(times) * 0.99))]
+                out["recovery_online_max_ms"] = 1000 * times[-1]
+                print(f"  {server.name} n={n} recovery {fmt(rec, 1)} s, online p50 "
+                      f"{fmt(out['recovery_online_p50_ms'])} p99 {fmt(out['recovery_online_p99_ms'])} "
+                      f"max {fmt(out['recovery_online_max_ms'])} ms", flush=True)
         out["loadavg_end"] = loadavg()
     finally:
         await gen.close()

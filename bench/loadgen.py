@@ -152,6 +152,9 @@ class Generator:
         cls = NextimUser if server.protocol == "nextim" else BoshUser
         self.users = [cls(self, i) for i in range(n)]
         self.running = True
+        #: seconds each successful ``online`` request took (nextim), since the last
+        #: :meth:`forget_sessions`: the recovery phase's worst online latency
+        self.online_times = []
 
     async def open(self):
         conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=90, ttl_dns_cache=None)
@@ -269,6 +272,7 @@ class Generator:
         """Before a restart: from now on only a new login counts as recovered."""
         for u in self.users:
             u.mark = u.logins
+        self.online_times = []
 
 
 # ---------------------------------------------------------------------------- nextim
@@ -292,12 +296,14 @@ class NextimUser:
     async def login(self):
         """``webim/online`` until it works (a browser retries with a delay)."""
         while self.gen.running:
+            started = time.monotonic()
             try:
                 async with self.gen.http.post(self.base + "/webim/online",
                                               headers={"Authorization": "Bearer " + self.token},
                                               data={"show": "available"}) as r:
                     body = await r.read()
                     if r.status == 200:
+                        self.gen.online_times.append(time.monotonic() - started)
                         answer = orjson.loads(body)
                         self.ticket = answer["connection"]["ticket"]
                         self.seq = None
