@@ -1,5 +1,5 @@
 """``nextimctl``: manage the daemon's directory and database from the command line
-(D14, issues 2 and 5).
+(docs/design.md#d14-directory, docs/operations.md#nextimctl-reference).
 
 It works directly on the database named by the daemon's config file (``--config``,
 default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
@@ -154,7 +154,7 @@ def build_parser():
         sp.add_argument("room", type=_ident)
         sp.add_argument("user", type=_ident)
 
-    sp = sub.add_parser("notify", help="add a notification for a user (D12)")
+    sp = sub.add_parser("notify", help="add a notification for a user (docs/design.md#d12-notifications)")
     sp.add_argument("user", type=_ident)
     sp.add_argument("text")
     sp.add_argument("--link", help="URL the notification points to")
@@ -207,20 +207,17 @@ class Ctl:
     """
 
     def __init__(self, config, reactor, out):
-        from .auth import Authenticator
-        from .core.router import Router
-        from .handlers.context import Context
-        from .service import make_store
+        from .compose import compose
 
         self.config = config
         self.reactor = reactor
         self.out = out
-        self.store = make_store(config, reactor)
-        # An empty Router: the admin handlers' live-state updates become no-ops.
-        router = Router(reactor)
-        blocking = lambda f, *a: threads.deferToThread(f, *a)  # noqa: E731
-        auth = Authenticator(config, self.store, router, blocking, reactor)
-        self.ctx = Context(config, self.store, router, auth, reactor)
+        # The daemon's parts without the web app and the XMPP bridge. The router stays
+        # empty: the admin handlers' live-state updates become no-ops.
+        parts = compose(config, reactor, xmpp=False, web=False,
+                        blocking=lambda f, *a: threads.deferToThread(f, *a))
+        self.store = parts.store
+        self.ctx = parts.ctx
         self.ctx.node_id = PROG  # the origin of the directory changes it records
 
     def print(self, *parts):
@@ -283,7 +280,7 @@ class Ctl:
     async def user_passwd(self, args):
         if await self.store.get_user(args.id) is None:
             raise CtlError(f"unknown user: {args.id}")
-        # the API's length limit; older login cookies and the user's sessions end (D19)
+        # the API's length limit; older login cookies and the user's sessions end (docs/design.md#d19-session-lifetime)
         await admin.set_password(self.ctx, args.id, args.password)
         self.print(f"password of {args.id} set")
 

@@ -1,21 +1,36 @@
 """``message``, ``status`` (typing), ``presence``, ``history`` and ``clear_history``
-(D7, D8, D10, D15; protocol-reference §2.3, §3.5)."""
+(docs/design.md#d7-messages, #d8-presence, #d10-history, #d15-limits; docs/protocol.md#endpoints)."""
 import re
 
 from .. import model
-from ..errors import BadRequest, Forbidden, NotFound, TooLarge
+from ..errors import BadRequest, Forbidden, NotFound, RateLimited, TooLarge
+from ..store import keys
 from . import OK
 from . import xmpp as xmpp_handlers
 from .context import parse_show, require_live, session_of
+from .delivery import deliver
 
-#: Type names a client may send, with v5 aliases (D7).
+#: Type names a client may send, with v5 aliases (docs/design.md#d7-messages).
 MESSAGE_TYPES = {"unicast": "unicast", "chat": "unicast", "multicast": "multicast", "grpchat": "multicast"}
 _STATUS_TOKEN = re.compile(r"^[A-Za-z_]{1,20}$")
+#: A ``client_id``: 1–64 printable ASCII characters (docs/design.md#d17-idempotent-sends).
+_CLIENT_ID = re.compile(r"^[\x20-\x7e]{1,64}$")
+
+
+def client_id_of(params):
+    """The optional ``client_id`` of a message, or None.
+    :raises BadRequest: present but empty, longer than 64 or not printable ASCII."""
+    value = params.values.get("client_id")
+    if value is None:
+        return None
+    if not _CLIENT_ID.match(value):
+        raise BadRequest("client_id: 1 to 64 printable ASCII characters", code="bad_parameter")
+    return value
 
 
 def message_type(value, default=None):
     """Normalize a message ``type``. :raises BadRequest: unknown; :raises Forbidden:
-    ``broadcast`` (admins only, through the admin API, D7)."""
+    ``broadcast`` (admins only, through the admin API, docs/design.md#d7-messages)."""
     value = value or default
     if value == "broadcast":
         raise Forbidden("broadcast is for admins only", code="admin_only")
@@ -35,10 +50,14 @@ async def check_room_member(ctx, room_id, user_id):
 
 
 async def message(ctx, identity, params):
-    """``webim/message`` (D7): commit, then route; ``ok`` only after the commit.
+    """``webim/message`` (docs/design.md#d7-messages): commit, then route; ``ok`` only after the commit.
 
-    Params: ``ticket``, ``type``, ``to``, ``body``, optional ``style``. ``from``,
-    ``nick``, ``timestamp`` and ``offline`` are ignored: the server decides them.
+    Params: ``ticket``, ``type``, ``to``, ``body``, optional ``style`` and
+    ``client_id``. ``from``, ``nick``, ``timestamp`` and ``offline`` are ignored: the
+    server decides them. With ``client_id`` a retry of a stored message answers ``ok``
+    again and stores and routes nothing, even over the rate limit (it costs nothing);
+    the same ``client_id`` with other content is 409 ``client_id_reused``
+    (docs/design.md#d17-idempotent-sends).
     """
     session = session_of(identity)
     type_, _, body = params.required("type", "to", "body")
@@ -47,47 +66,44 @@ async def message(ctx, identity, params):
     if len(body) > ctx.config.limits.message_chars:
         raise TooLarge(f"body: at most {ctx.config.limits.message_chars} characters", code="body_too_long")
     style = model.sanitize_style(params.get("style", ""))
+    client_id = client_id_of(params)
     user = require_live(ctx, identity)
-    ctx.limiter.check("messages", identity.user_id)
+    try:
+        ctx.limiter.check("messages", identity.user_id)
+    except RateLimited:
+        if client_id is not None:
+            known = await keys.find(ctx.store, identity.user_id, client_id)
+            if known is not None and known[0] == keys.digest(type_, to, body, style):
+                return OK  # the retry of a stored message: answered as the first time
+        raise
     router, store = ctx.router, ctx.store
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
-        # XMPP bridge (issue 7): to a JID buddy — stored, then sent as an XMPP chat message.
-        await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
+        # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
+        await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style, client_id)
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
-        # offline recipient costs a lookup (issue 6: one SQL round trip per message).
-        if to not in router.users and await store.get_user(to) is None:
+        # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
+        if not router.is_online(to) and await store.get_user(to) is None:
             raise NotFound("unknown user", code="unknown_user")
-        # Offline-ness is decided here from live sessions, not by the client (§7 A6).
-        recipient = router.users.get(to)
-        delivered = recipient is not None and bool(recipient.sessions)
-        msg = await store.add_message("unicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), delivered)
-        to_recipient = True
-        recipient = router.users.get(to)
-        if not delivered and recipient is not None and recipient.sessions and to != identity.user_id:
-            # The recipient came online while the message was being stored. A concurrent
-            # ``online`` may have taken it as a new message already: whoever marks it
-            # delivered first hands it over, so it reaches the recipient once (D6, D10).
-            to_recipient = bool(await store.mark_delivered([msg["id"]]))
-        router.route_unicast(msg, session.ticket, to_recipient=to_recipient)
+        # Offline-ness is decided from live sessions by the delivery rule, never by the client.
+        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket, client_id)
     else:
         # Live membership implies directory membership (admin removals leave the live
-        # room too), so the two lookups are only needed to explain a refusal (issue 6).
+        # room too), so the two lookups are only needed to explain a refusal (docs/benchmarks.md).
         if not router.in_room(identity.user_id, to):
             await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
-        msg = await store.add_message("multicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), True)
-        router.route_multicast(msg, session.ticket)
-        if ctx.xmpp is not None:
-            ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (issue 7)
+        msg, _ = await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket,
+                               client_id)
+        if ctx.xmpp is not None and msg is not None:
+            ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (docs/xmpp.md)
     return OK
 
 
 async def status(ctx, identity, params):
     """``webim/status``: relay a typing status (``typing``/``clear`` or another short
-    token, §7 A15) to the online recipient; never stored, dropped for an offline one.
+    token, docs/protocol.md#a15-typing-values) to the online recipient; never stored,
+    dropped for an offline one.
 
     :raises NotFound: ``unknown_user``, ``to`` is not in the directory.
     """
@@ -99,18 +115,18 @@ async def status(ctx, identity, params):
     require_live(ctx, identity)
     ctx.limiter.check("presences", identity.user_id)
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
-        ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 (issue 7)
+        ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 chat state
         return OK
     # As for ``message``: a live user is a directory user, only an offline one costs a
     # lookup; an unknown one is 404, not a silent ``ok`` (docs/guarantees.md).
-    if to not in ctx.router.users and await ctx.store.get_user(to) is None:
+    if not ctx.router.is_online(to) and await ctx.store.get_user(to) is None:
         raise NotFound("unknown user", code="unknown_user")
     ctx.router.route_status(identity.user_id, to, show)
     return OK
 
 
 async def presence(ctx, identity, params):
-    """``webim/presence`` (D8): change show and status; ``unavailable`` ends this
+    """``webim/presence`` (docs/design.md#d8-presence): change show and status; ``unavailable`` ends this
     tab's session like ``offline``."""
     session = session_of(identity)
     show = parse_show(params.required("show"))
@@ -127,7 +143,7 @@ async def presence(ctx, identity, params):
 
 
 async def history(ctx, identity, params):
-    """``webim/history`` (D10, §7 A7): ``id`` (or the first of ``ids``) and ``type``;
+    """``webim/history`` (docs/protocol.md#a7-history-parameters): ``id`` (or the first of ``ids``) and ``type``;
     newest ``limits.history`` items oldest first. Room history needs membership."""
     other = params.ident("id", required=False) or (params.ids("ids") or [None])[0]
     if other is None:
@@ -143,7 +159,7 @@ async def history(ctx, identity, params):
 
 
 async def clear_history(ctx, identity, params):
-    """``webim/clear_history`` (§7 A8): unicast only, this user's side only."""
+    """``webim/clear_history`` (docs/protocol.md#a8-clearing-history): unicast only, this user's side only."""
     other = params.ident("id")
     type_ = message_type(params.get("type"), default="unicast")
     if type_ == "unicast":

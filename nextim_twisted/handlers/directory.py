@@ -41,11 +41,10 @@ async def apply(ctx, kind, a, b=None):
         if ctx.xmpp is not None:
             await ctx.xmpp.user_deleted(a)  # unpair their XMPP buddies (docs/xmpp.md)
     elif kind == "user_updated":
-        user = router.users.get(a)
-        if user is not None:
+        if router.is_online(a):
             profile = await ctx.store.get_user(a)
             if profile is not None:
-                user.profile = profile
+                router.update_profile(a, profile)
     elif kind == "password_changed":
         router.end_sessions(a)
     elif kind in ("buddy_added", "buddy_removed"):
@@ -57,7 +56,7 @@ async def apply(ctx, kind, a, b=None):
         if router.is_online(b):
             router.leave_room(b, a)
     elif kind == "room_deleted":
-        for member_id in list(router.rooms.get(a, ())):
+        for member_id in router.live_members(a):
             router.leave_room(member_id, a)
 
 

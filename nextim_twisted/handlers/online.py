@@ -1,23 +1,32 @@
-"""``online``, ``offline``, ``refresh``, ``buddies`` and the accounts login (D3, D4, D13;
-protocol-reference §2.1, §2.3)."""
+"""``online``, ``offline``, ``refresh``, ``buddies`` and the accounts login (docs/design.md#d3-online, #d13-identity;
+docs/protocol.md#webimonline)."""
 from twisted.logger import Logger
 
 from .. import model
 from ..auth import PROFILE_CLAIMS
-from ..errors import NotFound, Unauthorized
+from ..core.router import message_packet
+from ..errors import BadRequest, NotFound, Unauthorized
+from ..store.snapshot import backlog_head, directory_snapshot
 from . import OK
-from .context import blocked_rooms, parse_show, session_of
+from .backlog import Backlog
+from .context import blocked_rooms, parse_setting, parse_show, session_of
 
 log = Logger()
 
 
-async def profile_for(ctx, identity):
-    """The caller's directory entry; a token for an unknown user creates it from the
-    claims, and a token's profile claims update it (D13, issue 2).
+_UNREAD = object()
 
+
+async def profile_for(ctx, identity, profile=_UNREAD):
+    """The caller's directory entry; a token for an unknown user creates it from the
+    claims, and a token's profile claims update it (docs/design.md#d13-identity).
+
+    :param profile: the entry as already read (``None``: not in the directory), to
+        spare a read; read here when not given.
     :raises NotFound: the user is not in the directory (accounts/ticket identities).
     """
-    profile = await ctx.store.get_user(identity.user_id)
+    if profile is _UNREAD:
+        profile = await ctx.store.get_user(identity.user_id)
     if identity.via == "token":
         claims = identity.claims
         wanted = {k: claims.get(k) for k in PROFILE_CLAIMS}
@@ -33,18 +42,22 @@ async def profile_for(ctx, identity):
 
 
 async def online(ctx, identity, params):
-    """``webim/online`` (D3): open a new session and answer everything the client
+    """``webim/online`` (docs/design.md#d3-online): open a new session and answer everything the client
     needs to start: user, connection, buddies with presence, rooms, new messages,
     settings, presences.
 
     Params: ``show``, ``status``, ``buddy_ids`` and ``room_ids`` (csv, get embedded
     history), ``stranger_ids`` (csv of user ids).
+
+    ``new_messages`` holds the oldest ``[limits] new_messages`` undelivered messages and
+    ``new_messages_pending`` how many more there are: those follow on this session's
+    comet at once, in order (docs/design.md#d18-the-whole-backlog).
     """
     store, router = ctx.store, ctx.router
     show = params.get("show")
     show = parse_show(show) if show is not None else None
     if show == "unavailable":
-        show = None  # choosing a show while offline goes online (§2.3)
+        show = None  # choosing a show while offline goes online (docs/protocol.md#webimonline)
     status = params.get("status")
     if status is not None:
         status = status[: ctx.config.limits.status_chars]
@@ -52,27 +65,34 @@ async def online(ctx, identity, params):
     room_ids = params.ids("room_ids")
     stranger_ids = params.ids("stranger_ids")
 
-    # Each online opens a session that lives until idle: a flood of them is refused (D15).
+    # Each online opens a session that lives until idle: a flood of them is refused (docs/design.md#d15-limits).
     ctx.limiter.check("onlines", identity.user_id)
-    profile = await profile_for(ctx, identity)
+    # The directory part in one read (store/snapshot.py: six reads, one transaction,
+    # cheaper under a restart herd, docs/benchmarks.md).
+    snap = await directory_snapshot(store, identity.user_id, buddy_ids + stranger_ids)
+    profile = await profile_for(ctx, identity, snap["profile"])
     uid = profile["id"]
-    settings = await ctx.settings_of(uid)
+    settings = _setting(snap["setting"])
     blocked = blocked_rooms(settings)
-    buddies = await store.get_buddies(uid)
-    groups = dict(buddies)
-    rooms = await store.rooms_of_user(uid)
+    groups = dict(snap["buddies"])
+    rooms = snap["rooms"]
 
     session, user = router.open_session(profile, show, status, list(groups),
                                         [r["id"] for r in rooms if r["id"] not in blocked])
-    session.login = identity.login  # logout ends the sessions of its login (D19)
-    new_messages = await store.undelivered(uid, ctx.config.limits.new_messages)
+    session.login = identity.login  # logout ends the sessions of its login (docs/design.md#d19-session-lifetime)
+    # Read after the session opened: a message stored meanwhile is either in here or
+    # routed to the new session (the delivery rule, handlers/delivery.py).
+    new_messages, undelivered = await backlog_head(store, uid, ctx.config.limits.new_messages)
 
-    # Buddy list: directory buddies, open tabs, offline-message senders, strangers (§7 A5).
+    # Buddy list: directory buddies, open tabs, offline-message senders, strangers (docs/protocol.md#webimonline).
     active = list(dict.fromkeys(buddy_ids + [m["from"] for m in new_messages]))
     wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
     wanted = [i for i in wanted if i != uid]
-    profiles = await store.get_users(wanted)
-    # XMPP bridge (issue 7): the user's JID buddies, with the presence XMPP gave them.
+    profiles = snap["profiles"]
+    unread = [i for i in wanted if i not in profiles and i in active]  # senders who are not buddies
+    if unread:
+        profiles = {**profiles, **await store.get_users(unread)}
+    # XMPP bridge (docs/xmpp.md): the user's JID buddies, with the presence XMPP gave them.
     remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
     wanted += [jid for jid in remote if jid not in wanted]
     buddy_list = []
@@ -80,7 +100,7 @@ async def online(ctx, identity, params):
         buddy = profiles.get(buddy_id)
         if buddy is None and buddy_id not in remote:
             continue
-        # Not a directory buddy: the UI sorts the "stranger" group last (§2.2).
+        # Not a directory buddy: the UI sorts the "stranger" group last (docs/protocol.md#buddyinfo).
         info = remote.get(buddy_id) or model.buddy_info(buddy, groups.get(buddy_id, "stranger"),
                                                         router.presence_of(buddy_id, uid))
         if buddy_id in active:
@@ -96,15 +116,21 @@ async def online(ctx, identity, params):
                                await store.room_history(room["id"], ctx.config.limits.history)]
         room_list.append(info)
 
-    # Marked delivered only after the histories, so a message is never in both (D10).
+    # Marked delivered only after the histories, so a message is never in both (docs/design.md#d10-history).
     # Of concurrent ``online`` calls of one user each message goes to the one call
-    # that marks it (the others read it too): handed over exactly once (D6).
+    # that marks it (the others read it too): handed over exactly once (docs/design.md#d6-comet-envelope).
     if new_messages:
         taken = set(await store.mark_delivered([m["id"] for m in new_messages]))
         new_messages = [m for m in new_messages if m["id"] in taken]
+    # The rest of the backlog follows on this session's comet, oldest first, in pages
+    # within its queue; each message reaches one session (handlers/backlog.py). With
+    # several tabs coming online at once the count is an upper bound for each.
+    pending = max(0, undelivered - ctx.config.limits.new_messages)
+    if pending:
+        Backlog(store, session, message_packet).start()
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
-    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(user.sessions))
+    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(router.sessions_of(uid)))
     return {
         "success": True,
         "server_time": ctx.now_ms(),
@@ -113,14 +139,26 @@ async def online(ctx, identity, params):
         "buddies": buddy_list,
         "rooms": room_list,
         "new_messages": [model.log_item(m) for m in new_messages],
+        "new_messages_pending": pending,
         "setting": settings,
         "presences": presences,
     }
 
 
+def _setting(text):
+    """The stored settings text as a dict, ``{}`` when none or unreadable
+    (as :meth:`~.context.Context.settings_of`)."""
+    if not text:
+        return {}
+    try:
+        return parse_setting(text)
+    except BadRequest:
+        return {}  # stored before the rules of parse_setting: never fail ``online`` for it
+
+
 async def offline(ctx, identity, params):
     """``webim/offline`` and ``webim/refresh``: end this tab's session; the user goes
-    offline for others only after the grace (D5, §2.3)."""
+    offline for others only after the grace (docs/design.md#d5-timers)."""
     session = session_of(identity)
     ctx.router.end_session(session.ticket)
     return OK
@@ -130,13 +168,13 @@ refresh = offline
 
 
 async def buddies(ctx, identity, params):
-    """``webim/buddies``: buddyInfo (with presence and show, §2.2) of the given ``ids``;
+    """``webim/buddies``: buddyInfo (with presence and show, docs/protocol.md#buddyinfo) of the given ``ids``;
     unknown ids are left out."""
     params.required("ids")
     ids = params.ids("ids")
     profiles = await ctx.store.get_users(ids)
     groups = dict(await ctx.store.get_buddies(identity.user_id))
-    remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (issue 7)
+    remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (docs/xmpp.md)
     return [remote[i] if i in remote else
             model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
             for i in ids if i in profiles or i in remote]
@@ -156,7 +194,7 @@ def logout(ctx, cookie):
 
 
 async def login(ctx, params):
-    """``POST webim/login`` (accounts, issue 3): check ``username``/``password``.
+    """``POST webim/login`` (accounts, docs/protocol.md#webimlogin-and-webimlogout): check ``username``/``password``.
 
     :returns: ``(user_id, answer)``; the web layer sets the login cookie.
     """
