@@ -287,3 +287,67 @@ async def test_nextimctl_exports_and_erases_a_user(daemon, tmp_path):
     assert await daemon.store.export_messages() == []
     await _watch_tick(daemon)
     assert not daemon.router.is_online("alice")
+
+
+# -- HTTP/1.0 (nginx's default towards its upstream) ---------------------------------
+
+async def _http10(daemon, request_bytes):
+    """Send one raw HTTP/1.0 request; → (head text, body bytes) once the server closes."""
+    from twisted.internet import defer, endpoints, protocol, reactor
+
+    class Collect(protocol.Protocol):
+        def __init__(self):
+            self.data, self.done = b"", defer.Deferred()
+
+        def dataReceived(self, data):
+            self.data += data
+
+        def connectionLost(self, reason):
+            self.done.callback(self.data)
+
+    port = daemon.port.getHost().port
+    proto = await endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+    proto.transport.write(request_bytes)
+    raw = await proto.done
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def _length(head):
+    import re
+    found = re.search(r"^content-length: *(\d+)", head, re.I | re.M)
+    return int(found.group(1)) if found else None
+
+
+@inline
+async def test_an_http_10_poll_answered_later_carries_content_length(daemon):
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    await daemon.poll(a, ack=0)                                    # bob's online presence
+    seq = daemon.router.session(a).last_seq
+    parked = defer_from(_http10(daemon, f"GET /packets?ticket={a}&ack={seq} HTTP/1.0\r\n\r\n".encode()))
+    await daemon.settle()
+    assert daemon.router.session(a).parked
+    await daemon.call("message", ticket=b, type="unicast", to="alice", body="over 1.0")
+    head, body = await parked
+    assert head.startswith("HTTP/1.0 200") and "chunked" not in head.lower()
+    assert _length(head) == len(body) and b"over 1.0" in body
+
+
+@inline
+async def test_http_10_calls_and_refusals_carry_content_length(daemon):
+    token = daemon.token("alice")
+    head, body = await _http10(daemon, (f"POST /webim/online HTTP/1.0\r\nAuthorization: Bearer {token}\r\n"
+                                        "Content-Type: application/x-www-form-urlencoded\r\n"
+                                        "Content-Length: 0\r\n\r\n").encode())
+    assert head.startswith("HTTP/1.0 200") and _length(head) == len(body) > 0
+    head, body = await _http10(daemon, b"GET /packets?ticket=nope HTTP/1.0\r\n\r\n")
+    assert head.startswith("HTTP/1.0 404") and _length(head) == len(body) > 0
+    head, body = await _http10(daemon, b"GET /admin/stats HTTP/1.0\r\n\r\n")
+    assert head.startswith("HTTP/1.0 401") and _length(head) == len(body) > 0
+
+
+def defer_from(coro):
+    from twisted.internet import defer
+    return defer.ensureDeferred(coro)
