@@ -483,7 +483,8 @@ class SQLStore(Store):
                 (type, from_id, to_id, nick, body, style, timestamp,
                  1 if delivered else 0)).one()
             return {"id": int(row[0]), "type": type, "from": from_id, "to": to_id,
-                    "nick": nick, "body": body, "style": style, "timestamp": timestamp}
+                    "nick": nick, "body": body, "style": style, "timestamp": timestamp,
+                    "client_id": None}
         return self._run(q)
 
     def undelivered(self, user_id, limit=50):
