@@ -114,7 +114,8 @@ async def run_level(server, n, args, rates=None):
     await asyncio.sleep(1.0)
     pid = server.pid
     out["rss_start_kb"] = proc_rss_kb(pid)
-    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency)
+    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
+                    reconnect_spread=args.reconnect_spread)
     await gen.open()
     try:
         cpu = CpuMeter(pid).start()
@@ -159,6 +160,7 @@ async def run_level(server, n, args, rates=None):
             out["restart_down_s"] = t_up - t0
             rec = await wait_recovered(gen, args.recovery_timeout)
             out["recovery_s"] = rec
+            out["reconnect_spread_s"] = args.reconnect_spread
             out["recovered"] = gen.all_parked()
             times = sorted(gen.online_times)
             if times:
@@ -397,6 +399,9 @@ def parse():
                    help="go on with the ramp after a phase that lost messages")
     p.add_argument("--no-restart", action="store_true")
     p.add_argument("--recovery-timeout", type=float, default=180.0)
+    p.add_argument("--reconnect-spread", type=float, default=0.0,
+                   help="seconds over which nextim users whose session is gone spread their new online "
+                        "(the shipped client: 4); 0 = all at once")
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--generator-cpu", default="1")
     p.add_argument("--report-only", action="store_true")

@@ -142,11 +142,14 @@ def percentile(sorted_values, p):
 class Generator:
     """Owns the HTTP client, the users and the stats of one run against one server."""
 
-    def __init__(self, server, n, room_fraction=0.5, concurrency=200):
+    def __init__(self, server, n, room_fraction=0.5, concurrency=200, reconnect_spread=0.0):
         self.server = server
         self.n = n
         self.room_fraction = room_fraction
         self.concurrency = concurrency
+        #: seconds over which users whose session is gone (404) spread their new
+        #: ``online``, as the shipped client does (app.js RECONNECT_SPREAD_MS); 0: at once
+        self.reconnect_spread = reconnect_spread
         self.stats = Stats()
         self.http = None
         cls = NextimUser if server.protocol == "nextim" else BoshUser
@@ -353,6 +356,8 @@ class NextimUser:
 
     async def login_again(self):
         self.task = asyncio.current_task()
+        if self.gen.reconnect_spread:
+            await asyncio.sleep(random.random() * self.gen.reconnect_spread)
         await self.login()
 
     def send_message(self, kind, target, recipients):

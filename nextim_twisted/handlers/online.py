@@ -130,7 +130,10 @@ async def online(ctx, identity, params):
         Backlog(store, session, message_packet).start()
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
-    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(router.sessions_of(uid)))
+    # debug, not info: the access event of the request already names the user, and
+    # formatting a second event per online was a sixth of the daemon's CPU in a
+    # restart herd (docs/benchmarks.md)
+    log.debug("online {user_id} (sessions: {n})", user_id=uid, n=len(router.sessions_of(uid)))
     return {
         "success": True,
         "server_time": ctx.now_ms(),
