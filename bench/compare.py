@@ -158,7 +158,11 @@ async def run_level(server, n, args, rates=None):
             server.restart()
             t_up = time.monotonic()
             out["restart_down_s"] = t_up - t0
+            cpu = CpuMeter(server.pid).start()  # the new process
+            gcpu0, tr0 = time.process_time(), time.monotonic()
             rec = await wait_recovered(gen, args.recovery_timeout)
+            out["recovery_server_cpu_pct"] = cpu.stop()
+            out["recovery_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - tr0)
             out["recovery_s"] = rec
             out["reconnect_spread_s"] = args.reconnect_spread
             out["recovered"] = gen.all_parked()
@@ -171,7 +175,9 @@ async def run_level(server, n, args, rates=None):
                 out["recovery_online_max_ms"] = 1000 * times[-1]
                 print(f"  {server.name} n={n} recovery {fmt(rec, 1)} s, online p50 "
                       f"{fmt(out['recovery_online_p50_ms'])} p99 {fmt(out['recovery_online_p99_ms'])} "
-                      f"max {fmt(out['recovery_online_max_ms'])} ms", flush=True)
+                      f"max {fmt(out['recovery_online_max_ms'])} ms; server cpu "
+                      f"{fmt(out['recovery_server_cpu_pct'])}% gen cpu {fmt(out['recovery_generator_cpu_pct'])}%",
+                      flush=True)
         out["loadavg_end"] = loadavg()
     finally:
         await gen.close()
