@@ -263,7 +263,7 @@ async def test_a_10_mb_list_is_refused_unread(env):
 
 
 @pytest.mark.parametrize("answer, rule", [
-    ({"buddies": [{"id": "u%d" % i, "nick": "U"} for i in range(MAX_LIST + 1)]}, "at most 5000"),
+    ({"buddies": [{"id": f"u{i}", "nick": "U"} for i in range(MAX_LIST + 1)]}, "at most 5000"),
     ({"buddies": [{"id": "bo/b", "nick": "Bob"}]}, "buddies[0].id"),
     ({"buddies": [{"id": "bob,carol", "nick": "Bob"}]}, "buddies[0].id"),
     ({"buddies": [{"id": "x" * 65, "nick": "Bob"}]}, "buddies[0].id"),

@@ -116,9 +116,11 @@ class Store:
         raise NotImplementedError
 
     # messages (history) --------------------------------------------------
-    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered):
+    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered, also=None):
         """Commit one message; returns only after the commit (D7). ``type`` is
-        unicast, multicast or broadcast. Deferred → message dict (with ``id``)."""
+        unicast, multicast or broadcast. ``also(cursor, message)`` runs in the same
+        transaction after the insert (webhook outbox rows). Deferred → message dict
+        (with ``id``)."""
         raise NotImplementedError
 
     def undelivered(self, user_id, limit=50):
