@@ -328,3 +328,17 @@ async def test_a_wrong_secret_is_refused_by_the_site(env):
     finally:
         await other.stop()
     assert env.site.bad_signatures == 1
+
+
+@inline
+async def test_invalidating_a_room_forgets_the_room_lists_of_its_old_and_new_members(env):
+    d = env.directory
+    for uid in ("alice", "bob", "carol"):
+        await d.rooms_of(uid)
+    await d.member_ids("lobby")
+    env.site.members["lobby"] = {"alice", "carol"}
+    d.invalidate(room_ids=["lobby"])
+    assert await d.member_ids("lobby") == ["alice", "carol"]
+    assert await d.is_member("lobby", "carol") and not await d.is_member("lobby", "bob")
+    assert [r["id"] for r in await d.rooms_of("carol")] == ["lobby"]
+    assert await d.rooms_of("bob") == []

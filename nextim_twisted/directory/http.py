@@ -225,11 +225,26 @@ class HTTPDirectory:
         return defer.ensureDeferred(self._profiles(list(dict.fromkeys(user_ids))))
 
     def invalidate(self, user_ids=(), room_ids=()):
+        """Also forgets the room lists of the users a room's change concerns: its
+        members as last cached (or, when not cached, every cached list that has it);
+        members it gained are caught when its members are read again."""
         for kinds, ids in ((("user", "buddies", "rooms"), user_ids), (("room", "members"), room_ids)):
             for id_ in ids:
+                if "members" in kinds:
+                    self._forget_room_lists(id_)
                 for kind in kinds:
                     self._cache.pop((kind, id_), None)
                     self._inflight.pop((kind, id_), None)  # a read under way must not be cached
+
+    def _forget_room_lists(self, room_id):
+        members = self._cache.get(("members", room_id))
+        if members is not None and members.value is not None:
+            concerned = [("rooms", u) for u in members.value]
+        else:
+            concerned = [k for k, e in self._cache.items() if k[0] == "rooms"
+                         and any(r["id"] == room_id for r in e.value or ())]
+        for key in concerned:
+            self._cache.pop(key, None)
 
     # -- the cache -------------------------------------------------------------
     def _fresh(self, key):
@@ -411,6 +426,10 @@ class HTTPDirectory:
             return sorted({_id(m, f"members[{i}]") for i, m in enumerate(_list(_object(v), "members"))})
         members = self._checked("members", path, check, value)
         self._count("members", "ok")
+        for user_id in members:  # a cached room list that misses this room is out of date
+            entry = self._cache.get(("rooms", user_id))
+            if entry is not None and not any(r["id"] == room_id for r in entry.value or ()):
+                del self._cache[("rooms", user_id)]
         return members
 
     async def _profiles(self, ids):
