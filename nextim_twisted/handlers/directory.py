@@ -81,6 +81,8 @@ async def _resync_room(ctx, room_id):
     for user_id in live - members:
         router.leave_room(user_id, room_id)
     for user_id in members - live:
-        if router.is_online(user_id) and room_id not in blocked_rooms(await ctx.settings_of(user_id)):
-            if router.is_online(user_id):  # still, after the read
-                router.join_room(user_id, room_id)
+        if not router.is_online(user_id):
+            continue
+        blocked = blocked_rooms(await ctx.settings_of(user_id))
+        if room_id not in blocked and router.is_online(user_id):  # still online after the read
+            router.join_room(user_id, room_id)
