@@ -1,9 +1,10 @@
-"""Packaging for nextim-twisted (DESIGN.md "Suggested layout")."""
+"""Packaging for nextim-twisted (docs/architecture.md#where-each-concern-lives)."""
 from setuptools import find_packages, setup
 
 setup(
     name="nextim-twisted",
     version="0.1.0",
+    license="MIT",
     description="Standalone web instant-messaging daemon speaking the NextIM protocol, on Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -28,12 +29,15 @@ setup(
             "treq>=24.9",
             "hypothesis>=6.100",
             "playwright>=1.45",
-            "slixmpp>=1.8",  # the XMPP user in tests/test_xmpp.py (issue 7)
-            # issue 4: response schemas (tests/test_openapi.py), the document itself, and
+            "slixmpp>=1.8",  # the XMPP user in tests/test_xmpp.py (docs/xmpp.md)
+            # hostile-input checks: response schemas (tests/test_openapi.py), the document itself, and
             # generated requests against a real daemon (tests/test_schemathesis.py)
             "jsonschema>=4.20",
             "openapi-spec-validator>=0.7",
             "schemathesis>=4.0,<5",
+            # .ci/run lints and type-checks before the tests (settings in pyproject.toml)
+            "ruff>=0.6,<1",
+            "mypy>=1.10,<3",
         ],
     },
     entry_points={"console_scripts": ["nextimctl = nextim_twisted.ctl:main"]},

@@ -280,7 +280,7 @@ def write_report(res):
         "side.",
         "",
         "Differences that favour the XMPP servers: nextim commits every message to SQLite",
-        "(WAL, `synchronous = NORMAL`) before answering and routing it (D7), keeps",
+        "(WAL, `synchronous = NORMAL`) before answering and routing it ([D7](design.md#d7-messages)), keeps",
         "presence for buddies (ring of buddies in the directory) and answers `online` with",
         "buddies, rooms and history; the XMPP servers store nothing (no MAM, no offline",
         "storage) and have empty rosters (users registered by the script, no subscriptions).",

@@ -1,4 +1,4 @@
-"""Soak test (issue 4; not a CI test): N users chat for M minutes against a running
+"""Soak test (docs/guarantees.md; not a CI test): N users chat for M minutes against a running
 nextim-twisted daemon, then the script reports lost and duplicated messages (both must
 be zero), and the daemon's RSS and open file descriptors over time.
 
@@ -6,8 +6,8 @@ be zero), and the daemon's RSS and open file descriptors over time.
     python bench/soak.py --url http://127.0.0.1:8000 --admin-key KEY \\
         --token-secret SECRET --users 20 --minutes 2 [--pid PID]
 
-Each user has one tab: ``webim/online``, then a long-poll loop with the D6 ``ack``
-protocol (checking that ``seq`` runs 1, 2, 3 … without gap or repeat), and a sender
+Each user has one tab: ``webim/online``, then a long-poll loop with the ``ack``
+protocol (docs/design.md#d6-comet-envelope) (checking that ``seq`` runs 1, 2, 3 … without gap or repeat), and a sender
 that writes unicast messages to random other users and, now and then, to a shared room.
 A tab whose session ends (404) goes online again and recovers from ``new_messages`` and
 history, as a real client does. Every body is unique, so at the end each recipient's
@@ -62,7 +62,7 @@ class Client:
 
 
 def make_token(secret, sub, ttl=24 * 3600):
-    """An HS256 JWT (D13), stdlib only."""
+    """An HS256 JWT (docs/design.md#d13-identity), stdlib only."""
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
@@ -174,7 +174,7 @@ class User:
             with self.lock:
                 for seq, kind, packet in packets:
                     if seq <= self.last_seq:
-                        continue  # re-sent after a retry (D6): already counted
+                        continue  # re-sent after a retry (docs/design.md#d6-comet-envelope): already counted
                     if seq != self.last_seq + 1:
                         self.seq_errors.append((self.last_seq, seq))
                     self.last_seq = seq

@@ -1,4 +1,4 @@
-"""Who is calling: JWT tokens, login cookies, tickets and passwords (D13).
+"""Who is calling: JWT tokens, login cookies, tickets and passwords (docs/design.md#d13-identity).
 
 The web layer extracts :class:`Credentials` from a request; :class:`Authenticator`
 decides which user it is, or refuses with 401/403/404. Tokens are HS256 JWTs
@@ -8,12 +8,16 @@ reactor thread.
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import argon2
 import jwt
 
 from .errors import BadRequest, Forbidden, Unauthorized
 from .handlers.params import check_id, is_storable
+
+if TYPE_CHECKING:
+    from .core.session import Session
 
 _hasher = argon2.PasswordHasher()
 _dummy_hash = None  # made on first use: an argon2 hash costs ~0.3 s, too much for every import
@@ -26,7 +30,7 @@ def _dummy():
         _dummy_hash = _hasher.hash("nextim: no such user")
     return _dummy_hash
 
-#: Claims copied from a site token into the user's profile (D13).
+#: Claims copied from a site token into the user's profile (docs/design.md#d13-identity).
 PROFILE_CLAIMS = ("nick", "pic_url", "default_pic_url", "url")
 #: Longest profile claim accepted (the admin API's limit for URLs; ``nick`` is cut to 100).
 MAX_CLAIM_CHARS = 2000
@@ -56,16 +60,16 @@ class Credentials:
     the ``scheme://host`` the request was addressed to (same-origin check).
     """
 
-    bearer: str = None
-    token_param: str = None
-    token_cookie: str = None
-    session_cookie: str = None
-    ticket: str = None
-    username: str = None
-    password: str = None
+    bearer: str | None = None
+    token_param: str | None = None
+    token_cookie: str | None = None
+    session_cookie: str | None = None
+    ticket: str | None = None
+    username: str | None = None
+    password: str | None = None
     method: str = "GET"
-    origin: str = None
-    request_origin: str = None
+    origin: str | None = None
+    request_origin: str | None = None
     jsonp: bool = False
 
 
@@ -82,12 +86,12 @@ class Identity:
 
     user_id: str
     via: str
-    claims: dict = None
-    session: object = None
+    claims: dict | None = None
+    session: "Session | None" = None
 
 
 class Authenticator:
-    """Resolves :class:`Credentials` to an :class:`Identity` (D13).
+    """Resolves :class:`Credentials` to an :class:`Identity` (docs/design.md#d13-identity).
 
     :param config: the daemon :class:`~nextim_twisted.config.Config`.
     :param store: storage (for password hashes).
@@ -159,7 +163,7 @@ class Authenticator:
         """Resolve the caller.
 
         :param writes: the call changes state: cookie-only authentication then must
-            be a POST from an allowed origin (D13, no JSONP CSRF).
+            be a POST from an allowed origin (docs/design.md#d13-identity, no JSONP CSRF).
         :param allow_password: accept ``username``/``password`` (``online`` in
             ``accounts`` mode, as in the reference).
         :returns: :class:`Identity`.
@@ -201,7 +205,7 @@ class Authenticator:
 
     def origin_allowed(self, creds):
         """True if the request's ``Origin`` is the daemon's own (``public_url`` or the
-        address the request came to) or listed in ``[server] allowed_origins`` (D13)."""
+        address the request came to) or listed in ``[server] allowed_origins`` (docs/design.md#d13-identity)."""
         origin = creds.origin
         return bool(origin) and (origin in self._allowed_origins or origin == creds.request_origin)
 

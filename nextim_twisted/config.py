@@ -2,11 +2,12 @@
 
 Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
 default; an unknown key, a wrong type or a missing secret raises
-:class:`ConfigError` whose message names the key (issue 2: "one clear line").
+:class:`ConfigError` whose message names the key (an operator gets one clear line).
 """
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 
@@ -20,9 +21,9 @@ SCHEMA = {
         "listen": (str, "tcp:8000:interface=127.0.0.1"),
         "public_url": (str, None),          # default: derived from listen
         "domain": (str, "localhost"),
-        "allowed_origins": (list, []),       # extra Origins allowed for cookie-only writes (D13)
-        "max_body_bytes": (int, 40000),      # D15
-        "room_presences": (bool, False),     # D9: v5-style join/leave presences
+        "allowed_origins": (list, []),       # extra Origins for cookie-only writes (docs/design.md#d13-identity)
+        "max_body_bytes": (int, 40000),      # docs/design.md#d15-limits
+        "room_presences": (bool, False),     # docs/design.md#d9-rooms: v5-style join/leave presences
         "gc_tuning": (bool, True),           # gcschedule.py: frozen startup, young GC on a timer, full GC hourly
     },
     "storage": {
@@ -34,7 +35,7 @@ SCHEMA = {
         "retention_days": (int, 0),          # delete messages older than this; 0 = keep forever
     },
     "auth": {
-        "method": (str, "token"),            # "token" | "accounts" (D13)
+        "method": (str, "token"),            # "token" | "accounts" (docs/design.md#d13-identity)
         "token_secret": (str, None),
         "token_cookie": (str, "nextim_token"),
         "session_cookie": (str, "nextim_session"),
@@ -46,26 +47,26 @@ SCHEMA = {
         "broadcast_from": (str, "system"),
     },
     "timers": {
-        "poll_hold": ((int, float), 25),     # seconds (D5)
+        "poll_hold": ((int, float), 25),     # seconds (docs/design.md#d5-timers)
         "session_idle": ((int, float), 10),
         "user_grace": ((int, float), 10),
     },
     "limits": {
-        "queue_packets": (int, 1000),        # D6
-        "message_chars": (int, 10000),       # D15
-        "setting_bytes": (int, 8192),        # D11
-        "history": (int, 30),                # D10
-        "new_messages": (int, 50),           # D10
-        "messages_per_minute": (int, 120),   # D15, per user
-        "presences_per_minute": (int, 60),   # D15, per user (presence + status)
-        "onlines_per_minute": (int, 60),     # D15, per user: each online makes a session
+        "queue_packets": (int, 1000),        # docs/design.md#d6-comet-envelope
+        "message_chars": (int, 10000),       # docs/design.md#d15-limits
+        "setting_bytes": (int, 8192),        # docs/design.md#d11-settings
+        "history": (int, 30),                # docs/design.md#d10-history
+        "new_messages": (int, 50),           # docs/design.md#d10-history
+        "messages_per_minute": (int, 120),   # docs/design.md#d15-limits, per user
+        "presences_per_minute": (int, 60),   # docs/design.md#d15-limits, per user (presence + status)
+        "onlines_per_minute": (int, 60),     # docs/design.md#d15-limits, per user: each online makes a session
         "status_chars": (int, 200),
     },
-    "log": {                                 # issue 5 (nextim_twisted/logs.py)
+    "log": {                                 # docs/deployment.md#4-logs
         "format": (str, "text"),             # "text" | "json" (JSON lines)
         "level": (str, "info"),              # "debug" | "info" | "warn" | "error"
     },
-    "metrics": {                             # issue 5 (web/metrics.py): GET /metrics
+    "metrics": {                             # docs/deployment.md#5-metrics: GET /metrics
         "enabled": (bool, True),
         "token": (str, None),                # optional bearer token for scrapes
     },
@@ -85,7 +86,7 @@ SCHEMA = {
         "timeout": ((int, float), 5),       # seconds per POST
         "max_age": (int, 86400),            # seconds an undelivered event is retried, then dropped
     },
-    # XMPP bridge (issue 7, docs/xmpp.md): the daemon as a XEP-0114 external component.
+    # XMPP bridge (docs/xmpp.md): the daemon as a XEP-0114 external component.
     "xmpp": {
         "enabled": (bool, False),
         "host": (str, "127.0.0.1"),        # XMPP server's component listener
@@ -113,11 +114,115 @@ class Section:
             raise AttributeError(name) from None
 
 
+# Typed views of the sections (for type checkers): at run time each is a :class:`Section`
+# holding the validated values of :data:`SCHEMA`, so the two are kept in step by
+# tests/test_config.py.
+
+class ServerSection(Protocol):
+    """``[server]``."""
+
+    listen: str
+    public_url: str  # derived from listen when unset
+    domain: str
+    allowed_origins: list[str]
+    max_body_bytes: int
+    room_presences: bool
+    gc_tuning: bool
+
+
+class StorageSection(Protocol):
+    """``[storage]``."""
+
+    backend: str
+    path: str
+    dsn: str | None
+    synchronous: str
+    schema: str | None
+    retention_days: int
+
+
+class AuthSection(Protocol):
+    """``[auth]``."""
+
+    method: str
+    token_secret: str | None
+    token_cookie: str
+    session_cookie: str
+    session_ttl: int
+    cookie_secure: bool
+
+
+class AdminSection(Protocol):
+    """``[admin]``."""
+
+    api_key: str | None
+    broadcast_from: str
+
+
+class TimersSection(Protocol):
+    """``[timers]``."""
+
+    poll_hold: float
+    session_idle: float
+    user_grace: float
+
+
+class LimitsSection(Protocol):
+    """``[limits]``."""
+
+    queue_packets: int
+    message_chars: int
+    setting_bytes: int
+    history: int
+    new_messages: int
+    messages_per_minute: int
+    presences_per_minute: int
+    onlines_per_minute: int
+    status_chars: int
+
+
+class LogSection(Protocol):
+    """``[log]``."""
+
+    format: str
+    level: str
+
+
+class MetricsSection(Protocol):
+    """``[metrics]``."""
+
+    enabled: bool
+    token: str | None
+
+
+class XmppSection(Protocol):
+    """``[xmpp]``."""
+
+    enabled: bool
+    host: str
+    port: int
+    component_domain: str | None
+    secret: str | None
+    muc_domain: str | None
+    min_backoff: float
+    max_backoff: float
+    queue_stanzas: int
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
     Build with :func:`load` (a TOML file) or :func:`from_dict`.
     """
+
+    server: ServerSection
+    storage: StorageSection
+    auth: AuthSection
+    admin: AdminSection
+    timers: TimersSection
+    limits: LimitsSection
+    log: LogSection
+    metrics: MetricsSection
+    xmpp: XmppSection
 
     def __init__(self, sections):
         self._sections = sections
@@ -135,7 +240,7 @@ class Config:
 
     @property
     def own_origin(self):
-        """``scheme://host[:port]`` of :attr:`public_url` (D13 origin check)."""
+        """``scheme://host[:port]`` of :attr:`public_url` (docs/design.md#d13-identity origin check)."""
         parts = urlsplit(self.public_url)
         return f"{parts.scheme}://{parts.netloc}"
 
@@ -182,7 +287,7 @@ def from_dict(data, demo=False, overrides=None):
     """Validate a parsed TOML mapping and fill defaults.
 
     :param data: ``{section: {key: value}}`` as read from TOML.
-    :param demo: demo mode (issue 3): ``accounts`` auth and no admin key needed.
+    :param demo: demo mode (``twistd nextim --demo``): ``accounts`` auth and no admin key needed.
     :param overrides: ``{"section.key": value}`` applied after the file (e.g. ``--listen``).
     :raises ConfigError: unknown section/key, wrong type, bad value, missing secret.
     """

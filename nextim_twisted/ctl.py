@@ -1,5 +1,5 @@
 """``nextimctl``: manage the daemon's directory and database from the command line
-(D14, issues 2 and 5).
+(docs/design.md#d14-directory, docs/operations.md#nextimctl-reference).
 
 It works directly on the database named by the daemon's config file (``--config``,
 default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
@@ -148,7 +148,7 @@ def build_parser():
         sp.add_argument("room", type=_ident)
         sp.add_argument("user", type=_ident)
 
-    sp = sub.add_parser("notify", help="add a notification for a user (D12)")
+    sp = sub.add_parser("notify", help="add a notification for a user (docs/design.md#d12-notifications)")
     sp.add_argument("user", type=_ident)
     sp.add_argument("text")
     sp.add_argument("--link", help="URL the notification points to")
@@ -201,20 +201,17 @@ class Ctl:
     """
 
     def __init__(self, config, reactor, out):
-        from .auth import Authenticator
-        from .core.router import Router
-        from .handlers.context import Context
-        from .service import make_store
+        from .compose import compose
 
         self.config = config
         self.reactor = reactor
         self.out = out
-        self.store = make_store(config, reactor)
-        # An empty Router: the admin handlers' live-state updates become no-ops.
-        router = Router(reactor)
-        blocking = lambda f, *a: threads.deferToThread(f, *a)  # noqa: E731
-        auth = Authenticator(config, self.store, router, blocking, reactor)
-        self.ctx = Context(config, self.store, router, auth, reactor)
+        # The daemon's parts without the web app and the XMPP bridge. The router stays
+        # empty: the admin handlers' live-state updates become no-ops.
+        parts = compose(config, reactor, xmpp=False, web=False,
+                        blocking=lambda f, *a: threads.deferToThread(f, *a))
+        self.store = parts.store
+        self.ctx = parts.ctx
 
     def print(self, *parts):
         print(*parts, sep="\t", file=self.out)

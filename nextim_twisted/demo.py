@@ -1,4 +1,4 @@
-"""Demo data for ``twistd nextim --demo`` (issue 3): three users who are buddies,
+"""Demo data for ``twistd nextim --demo`` (README.md, "Try it"): three users who are buddies,
 a room with all of them and a welcome notification — only into an empty database."""
 from twisted.logger import Logger
 

@@ -3,7 +3,7 @@
 Every collection stops the reactor for as long as it walks its generation's objects,
 and an online user keeps about 57 of them alive (parked poll, connection, session),
 so collections that include 10 000 users' objects are 0.1–1 s stalls in everyone's
-deliveries (issue 6, docs/benchmarks.md). CPython's own trigger does not help here: it
+deliveries (docs/benchmarks.md). CPython's own trigger does not help here: it
 counts allocations *minus* deallocations, and a daemon answering polls frees an old
 poll's objects for each new one, so the young generation grew for seconds unseen and
 each collection of it took over 100 ms.
@@ -23,6 +23,7 @@ Reference counting frees all other garbage at once, as always.
 """
 import gc
 
+from twisted.application import service
 from twisted.internet import task
 
 #: Seconds between young (generation 0) collections.
@@ -34,14 +35,16 @@ FULL_INTERVAL_S = 3600
 THRESHOLDS = (10_000, 2**30, 2**30)
 
 
-class GcSchedule:
-    """Runs the collections on ``reactor`` timers (see the module docstring).
+class GcSchedule(service.Service):
+    """Runs the collections on ``reactor`` timers (see the module docstring); a child
+    service of the daemon (:class:`~nextim_twisted.service.NextimService`), started last.
 
     :param reactor: an ``IReactorTime`` (a ``Clock`` in tests).
     :param collect: ``gc.collect`` (injected in tests).
     """
 
     def __init__(self, reactor, collect=gc.collect):
+        self.setName("gc-schedule")
         self.reactor = reactor
         self.collect = collect
         self._young = None
@@ -49,7 +52,10 @@ class GcSchedule:
         self._saved_thresholds = None
 
     def start(self):
-        """Freeze what exists now, take over the thresholds and start the timers."""
+        """Freeze what exists now, take over the thresholds and start the timers
+        (once: a second call changes nothing)."""
+        if self._saved_thresholds is not None:
+            return self
         self.collect()
         gc.freeze()
         self._saved_thresholds = gc.get_threshold()
@@ -71,3 +77,11 @@ class GcSchedule:
             gc.set_threshold(*self._saved_thresholds)
             gc.unfreeze()
             self._saved_thresholds = None
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()

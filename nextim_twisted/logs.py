@@ -1,4 +1,4 @@
-"""The daemon's log output (issue 5): human text or JSON lines, filtered by level.
+"""The daemon's log output (docs/deployment.md#4-logs): human text or JSON lines, filtered by level.
 
 Configured by the ``[log]`` section: ``format`` = ``"text"`` (default) or ``"json"``,
 ``level`` = ``"debug"``, ``"info"`` (default), ``"warn"`` or ``"error"``.
@@ -10,7 +10,7 @@ so ``twistd -n nextim`` writes our format to standard output (under systemd:
 journald). ``twistd --logger=fully.qualified.factory`` still wins over it.
 
 Every module logs through its own ``twisted.logger.Logger`` with structured fields
-(DESIGN.md); :class:`JSONLinesObserver` writes those fields as JSON keys, so a log
+(docs/architecture.md#rules-of-the-layers); :class:`JSONLinesObserver` writes those fields as JSON keys, so a log
 pipeline can filter on ``status``, ``path``, ``user_id`` … without parsing text.
 Nothing here may ever carry message bodies, tokens, tickets or passwords: the
 events themselves are written not to contain them (see ``web/metrics.py``).

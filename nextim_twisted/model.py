@@ -1,5 +1,5 @@
-"""Value shapes of the protocol (protocol-reference §2.2) built from storage rows and
-live state, and the ``style`` sanitizer (D15)."""
+"""Value shapes of the protocol (docs/protocol.md#data-shapes) built from storage rows and
+live state, and the ``style`` sanitizer (docs/design.md#d15-limits)."""
 import re
 
 
@@ -18,7 +18,7 @@ def user_info(profile, show, status, status_time=None):
 
 
 def buddy_info(profile, group, presence):
-    """buddyInfo (§2.2): userInfo plus ``group`` and ``presence``.
+    """buddyInfo (docs/protocol.md#buddyinfo): userInfo plus ``group`` and ``presence``.
 
     :param presence: ``(presence, show, status)`` as :meth:`Router.presence_of` gives it.
     """
@@ -31,7 +31,7 @@ def buddy_info(profile, group, presence):
 
 
 def room_info(room, count, blocked=False):
-    """roomInfo (§2.2): ``{id, nick, pic_url, default_pic_url, url, all_count, count, blocked}``."""
+    """roomInfo (docs/protocol.md#roominfo) ``{id, nick, pic_url, default_pic_url, url, all_count, count, blocked}``."""
     return {
         "id": room["id"],
         "nick": room.get("nick") or room["id"],
@@ -45,7 +45,7 @@ def room_info(room, count, blocked=False):
 
 
 def log_item(message):
-    """logItem (§2.2) from a stored message: without the storage row id."""
+    """logItem (docs/protocol.md#logitem) from a stored message: without the storage row id."""
     return {
         "type": message["type"],
         "from": message["from"],
@@ -68,7 +68,7 @@ _STYLE_VALUE = re.compile(r"^[\w\s#%.,'()+-]*$")
 def sanitize_style(style, max_length=150):
     """Keep only simple ``property: value`` pairs of colour, background colour, font and
     text decoration; drop pairs containing ``url(``, ``expression``, ``javascript:``,
-    ``<``, ``>``, ``"`` or ``\\`` (D15). Returns normalized CSS (``"a:b;c:d"``) of at most
+    ``<``, ``>``, ``"`` or ``\\`` (docs/design.md#d15-limits). Returns normalized CSS (``"a:b;c:d"``) of at most
     ``max_length`` characters (whole pairs only)."""
     if not style:
         return ""

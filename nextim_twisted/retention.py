@@ -1,10 +1,11 @@
-"""History retention (issue 5): delete messages older than ``[storage]
+"""History retention (docs/operations.md#history-retention): delete messages older than ``[storage]
 retention_days``, once when the daemon starts and then every 24 hours.
 
-Driven by an injected ``IReactorTime`` (DESIGN.md: tests use a ``Clock``); the
+Driven by an injected ``IReactorTime`` (docs/architecture.md#rules-of-the-layers: tests use a ``Clock``); the
 deletion itself is :meth:`~nextim_twisted.store.base.Store.purge_messages`, one
 transaction, off the reactor thread.
 """
+from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
@@ -16,8 +17,9 @@ PURGE_INTERVAL = 24 * 3600
 DAY_MS = 24 * 3600 * 1000
 
 
-class Retention:
-    """Purges messages older than ``days`` days on a timer.
+class Retention(service.Service):
+    """Purges messages older than ``days`` days on a timer; a child service of the
+    daemon (:class:`~nextim_twisted.service.NextimService`), started once storage is.
 
     :param store: a started :class:`~nextim_twisted.store.base.Store`.
     :param clock: ``IReactorTime``; "now" is ``clock.seconds()``.
@@ -32,6 +34,7 @@ class Retention:
     def __init__(self, store, clock, days, interval=PURGE_INTERVAL):
         if days < 1:
             raise ValueError("retention days must be at least 1")
+        self.setName("retention")
         self.store = store
         self.clock = clock
         self.days = days
@@ -70,9 +73,18 @@ class Retention:
 
     def start(self):
         """Purge now, then every :attr:`interval` seconds."""
-        self._loop.start(self.interval, now=True)
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
 
     def stop(self):
         """Stop the timer (a purge already running finishes). Idempotent."""
         if self._loop.running:
             self._loop.stop()
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()

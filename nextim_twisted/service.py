@@ -1,99 +1,212 @@
-"""The daemon as one Twisted service: storage, live state, handlers and the web
-listener, started and stopped in order (D16)."""
+"""The daemon as one Twisted service tree: storage, the XMPP bridge, the retention
+job, the web listener, the GC schedule and the stall monitor, each a child service,
+started one after the other in that order and stopped in the reverse order
+(docs/design.md#d16-shutdown): parked polls are answered and the listener closed
+first, then the bridge, storage last.
+
+The parts themselves are built by :func:`nextim_twisted.compose.compose`.
+"""
 import os
 import secrets
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from . import demo, logs
+from . import demo as demo_data
+from . import logs
+from .compose import compose
 from .gcschedule import GcSchedule
-from .auth import Authenticator
-from .core.router import Router
-from .handlers.context import Context
 from .retention import Retention
 from .store.base import SchemaError
-from .store.sql import SQLStore
-from .web.app import WebApp
 from .web.metrics import StallMonitor
 
 log = Logger()
 
-
-def make_store(config, reactor):
-    """The configured storage backend (not started)."""
-    storage = config.storage
-    if storage.backend == "postgres":
-        return SQLStore.postgres(storage.dsn, schema=storage.schema, reactor=reactor)
-    return SQLStore.sqlite(os.path.abspath(storage.path), synchronous=storage.synchronous.upper(),
-                           reactor=reactor)
+#: Seconds the answers to parked polls get to leave the socket buffers before the
+#: listener closes (docs/design.md#d16-shutdown).
+DRAIN_S = 0.2
 
 
-class NextimService(service.Service):
-    """Starts storage, then listens; on stop answers parked polls, stops listening,
-    then closes storage (D16).
+class StorageService(service.Service):
+    """Opens the store (creating or upgrading the schema) and loads the login-cookie
+    key; closes the store last on stop."""
 
-    :param config: validated :class:`~nextim_twisted.config.Config`.
-    :param reactor: the reactor (only ``tap.py`` passes the global one).
-    :param demo: seed demo data into an empty database (issue 3).
-    """
-
-    name = "nextim"
-
-    def __init__(self, config, reactor, demo=False):
-        self.config = config
-        self.reactor = reactor
-        self.demo = demo
-        self.store = make_store(config, reactor)
-        timers, limits = config.timers, config.limits
-        self.router = Router(reactor, timers.poll_hold, timers.session_idle, timers.user_grace,
-                             limits.queue_packets, config.server.room_presences)
-        blocking = lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
-        self.auth = Authenticator(config, self.store, self.router, blocking, reactor)
-        self.ctx = Context(config, self.store, self.router, self.auth, reactor)
-        # XMPP bridge (issue 7): built here, connected once storage is up.
-        self.xmpp = None
-        if config.xmpp.enabled:
-            from .xmpp.bridge import Bridge
-            self.xmpp = self.ctx.xmpp = Bridge(self.ctx, config.xmpp, reactor)
-        self.web = WebApp(self.ctx)
-        self.port = None
-        self.ready = None
-        self.retention = None
-        self.stalls = StallMonitor(self.web.metrics, reactor)
-        self.gc_schedule = None  # [server] gc_tuning (gcschedule.py)
-
-    def setServiceParent(self, parent):
-        """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
-        (format, level), which twistd uses instead of its own (see :mod:`.logs`)."""
-        logs.install(parent, self.config.log)
-        super().setServiceParent(parent)
+    def __init__(self, store, auth):
+        self.setName("storage")
+        self.store = store
+        self.auth = auth
 
     def startService(self):
         super().startService()
-        self.ready = defer.ensureDeferred(self._start())
-        self.ready.addErrback(self._failed)
+        return defer.ensureDeferred(self._start())
 
     async def _start(self):
         await self.store.start()
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
-        if self.xmpp is not None:
-            await self.xmpp.start()  # connects in the background; the web side never waits for it
-        if self.config.storage.retention_days > 0:
-            # purge now and every 24 h (issue 5: [storage] retention_days)
-            self.retention = Retention(self.store, self.reactor, self.config.storage.retention_days)
-            self.retention.start()
-        if self.demo and await demo.seed(self.store, self.auth.blocking, self.ctx.now_ms()):
+
+    def stopService(self):
+        super().stopService()
+        return self.store.close()
+
+
+class BridgeService(service.Service):
+    """The XMPP bridge: connects in the background once storage is up (the web side
+    never waits for it); on stop tells XMPP every web user is gone."""
+
+    def __init__(self, bridge):
+        self.setName("xmpp")
+        self.bridge = bridge
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self.bridge.start())
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self.bridge.stop())
+
+
+class DemoDataService(service.Service):
+    """``--demo``: seeds demo users and a room into an empty database before the
+    listener opens. Nothing to stop."""
+
+    def __init__(self, ctx):
+        self.setName("demo")
+        self.ctx = ctx
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self):
+        ctx = self.ctx
+        if await demo_data.seed(ctx.store, ctx.auth.blocking, ctx.now_ms()):
             log.info("demo data created: users {users} (each password equals the user name), room lobby",
-                     users=", ".join(u for u, _ in demo.DEMO_USERS))
-        site = self.web.site()  # access log + metrics per request (web/metrics.py)
-        endpoint = endpoints.serverFromString(self.reactor, self.config.server.listen)
-        self.port = await endpoint.listen(site)
-        if self.config.server.gc_tuning:
-            self.gc_schedule = GcSchedule(self.reactor).start()
-        self.stalls.start()
+                     users=", ".join(u for u, _ in demo_data.DEMO_USERS))
+
+
+class WebService(service.Service):
+    """Listens on ``[server] listen`` with the web app's site. On stop: refuses new
+    calls, answers every parked poll with an empty batch, lets the answers drain for
+    :data:`DRAIN_S`, then stops listening (docs/design.md#d16-shutdown).
+
+    :ivar port: the listening port once started (``getHost()`` tells the address).
+    """
+
+    def __init__(self, web, ctx, listen, reactor):
+        self.setName("web")
+        self.web = web
+        self.ctx = ctx
+        self.listen = listen
+        self.reactor = reactor
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self):
+        endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        self.port = await endpoint.listen(self.web.site())  # access log + metrics per request
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        self.ctx.shutting_down = True
+        router = self.ctx.router
+        parked = router.stats()["parked_polls"]
+        router.shutdown()
+        if parked:
+            log.info("answered {n} parked polls before stopping", n=parked)
+            await task.deferLater(self.reactor, DRAIN_S, lambda: None)
+        if self.port is not None:
+            await self.port.stopListening()
+
+
+class StallMonitorService(service.Service):
+    """Runs the web layer's :class:`~nextim_twisted.web.metrics.StallMonitor`
+    (reactor lag and GC pause metrics) while the daemon serves."""
+
+    def __init__(self, monitor):
+        self.setName("stall-monitor")
+        self.monitor = monitor
+
+    def startService(self):
+        super().startService()
+        self.monitor.start()
+
+    def stopService(self):
+        super().stopService()
+        self.monitor.stop()
+
+
+class NextimService(service.MultiService):
+    """The daemon: its parts from :func:`~nextim_twisted.compose.compose`, run as child
+    services. Unlike a plain ``MultiService`` the children start one at a time, each
+    after the previous one's Deferred fired, and stop one at a time in reverse order, so
+    storage is open before anything uses it and closed after everything else.
+
+    :param config: validated :class:`~nextim_twisted.config.Config`.
+    :param reactor: the reactor (only ``tap.py`` and ``nextim.tac`` pass the global one).
+    :param demo: seed demo data into an empty database (``twistd nextim --demo``).
+
+    :ivar ready: Deferred of the start-up (None before :meth:`startService`); a start-up
+        failure is logged and exits the process (non-zero).
+    """
+
+    def __init__(self, config, reactor, demo=False):
+        super().__init__()
+        self.setName("nextim")
+        self.config = config
+        self.reactor = reactor
+        self.demo = demo
+        self.parts = parts = compose(config, reactor)
+        self.store, self.router, self.auth = parts.store, parts.router, parts.auth
+        self.ctx, self.web, self.xmpp = parts.ctx, parts.web, parts.xmpp
+        self.ready = None
+        StorageService(parts.store, parts.auth).setServiceParent(self)
+        if parts.xmpp is not None:
+            BridgeService(parts.xmpp).setServiceParent(self)
+        self.retention = None
+        if config.storage.retention_days > 0:
+            # purge now and every 24 h ([storage] retention_days)
+            self.retention = Retention(parts.store, reactor, config.storage.retention_days)
+            self.retention.setServiceParent(self)
+        if demo:
+            DemoDataService(parts.ctx).setServiceParent(self)
+        self.listener = WebService(parts.web, parts.ctx, config.server.listen, reactor)
+        self.listener.setServiceParent(self)
+        self.gc_schedule = None
+        if config.server.gc_tuning:
+            self.gc_schedule = GcSchedule(reactor)
+            self.gc_schedule.setServiceParent(self)
+        StallMonitorService(StallMonitor(parts.web.metrics, reactor)).setServiceParent(self)
+
+    @property
+    def port(self):
+        """The listening port, once started."""
+        return self.listener.port
+
+    def setServiceParent(self, parent):
+        """Attach to ``parent``; a twistd application also gets the ``[log]`` observer
+        (format, level), which twistd uses instead of its own (see :mod:`.logs`)."""
+        logs.install(parent, self.config.log)
+        return super().setServiceParent(parent)
+
+    def startService(self):
+        service.Service.startService(self)  # not MultiService's: one child at a time
+        self.ready = defer.ensureDeferred(self._start())
+        self.ready.addErrback(self._failed)
+
+    async def _start(self):
+        for child in list(self):
+            if not self.running:
+                return  # stopped while starting: stopService stops what did start
+            await defer.maybeDeferred(child.startService)
         log.info("nextim-twisted serving {url}/ (storage: {backend})", url=self.config.public_url,
                  backend=self.config.storage.backend)
         if self.demo:
@@ -111,24 +224,10 @@ class NextimService(service.Service):
             self.reactor.stop()
 
     def stopService(self):
-        super().stopService()
+        service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self):
-        self.ctx.shutting_down = True
-        self.stalls.stop()
-        if self.gc_schedule is not None:
-            self.gc_schedule.stop()
-        if self.retention is not None:
-            self.retention.stop()
-        parked = self.router.stats()["parked_polls"]
-        self.router.shutdown()
-        if parked:
-            log.info("answered {n} parked polls before stopping", n=parked)
-            # Let the answers leave the socket buffers before connections are dropped.
-            await task.deferLater(self.reactor, 0.2, lambda: None)
-        if self.port is not None:
-            await self.port.stopListening()
-        if self.xmpp is not None:
-            await self.xmpp.stop()
-        await self.store.close()
+        for child in reversed(list(self)):
+            if child.running:
+                await defer.maybeDeferred(child.stopService)

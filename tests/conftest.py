@@ -12,10 +12,7 @@ import treq
 from twisted.internet import defer, endpoints, reactor, task, threads
 
 from nextim_twisted import config as config_module
-from nextim_twisted.auth import Authenticator
-from nextim_twisted.core.router import Router
-from nextim_twisted.handlers.context import Context
-from nextim_twisted.web.app import WebApp
+from nextim_twisted.compose import compose
 from tests.storefixtures import STORE_KINDS, make_store, skip_unless_enabled
 
 TOKEN_SECRET = "test-token-secret-" + "x" * 16
@@ -43,21 +40,21 @@ class Response:
 
 
 class Harness:
-    """The daemon's layers wired as in :mod:`nextim_twisted.service`, serving HTTP on
-    127.0.0.1 with the real reactor, timers on :attr:`clock`."""
+    """The daemon's parts wired by :func:`nextim_twisted.compose.compose`, as the
+    service wires them, serving HTTP on 127.0.0.1 with the real reactor; the router's
+    timers, token expiry and timestamps run on :attr:`clock`. With ``[xmpp] enabled``
+    the bridge is built (:attr:`bridge`) but not started."""
 
     def __init__(self, store, config):
         self.store = store
         self.config = config
         self.clock = task.Clock()
         self.clock.advance(time.time())
-        t = config.timers
-        self.router = Router(self.clock, t.poll_hold, t.session_idle, t.user_grace,
-                             config.limits.queue_packets, config.server.room_presences)
-        blocking = lambda f, *a: threads.deferToThread(f, *a)  # noqa: E731
-        self.auth = Authenticator(config, store, self.router, blocking, self.clock)
-        self.ctx = Context(config, store, self.router, self.auth, self.clock)
-        self.web = WebApp(self.ctx)
+        self.parts = compose(config, reactor, store=store, clock=self.clock,
+                             blocking=lambda f, *a: threads.deferToThread(f, *a))
+        self.router, self.auth, self.ctx, self.web = (self.parts.router, self.parts.auth, self.parts.ctx,
+                                                      self.parts.web)
+        self.bridge = self.parts.xmpp
         self.port = None
 
     async def start(self):
@@ -72,7 +69,7 @@ class Harness:
         await self.port.stopListening()
 
     def token(self, sub, nick=None, **claims):
-        """A site JWT (D13) for ``sub``."""
+        """A site JWT (docs/design.md#d13-identity) for ``sub``."""
         payload = {"sub": sub, "nick": nick or sub.title(), "exp": int(time.time()) + 3600, **claims}
         return jwt.encode(payload, TOKEN_SECRET, algorithm="HS256")
 

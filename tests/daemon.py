@@ -105,7 +105,7 @@ class Response:
             raise AssertionError(f"not JSON (status {self.status}): {self.body[:500]!r}") from None
 
     def jsonp(self, callback):
-        """The JSON inside a D1 JSONP body ``/**/<callback>(<json>);``."""
+        """The JSON inside a JSONP body ``/**/<callback>(<json>);`` (docs/design.md#d1-plain-and-jsonp)."""
         text = self.text
         prefix, suffix = f"/**/{callback}(", ");"
         if not (text.startswith(prefix) and text.endswith(suffix)):
@@ -222,7 +222,7 @@ class Daemon:
         return self.base_url + (path if path.startswith("/") else "/" + path)
 
     def token(self, user_id, nick=None, ttl=3600, **claims):
-        """An HS256 site token (D13) for ``user_id``; extra claims as keyword arguments."""
+        """An HS256 site token (docs/design.md#d13-identity) for ``user_id``; extra claims as keyword arguments."""
         payload = {"sub": user_id, "exp": int(time.time()) + ttl}
         if nick is not None:
             payload["nick"] = nick

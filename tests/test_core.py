@@ -1,4 +1,4 @@
-"""Sessions, timers and routing in core/ driven by a Clock (D5, D6, D7, D8, D9)."""
+"""Sessions, timers and routing in core/ driven by a Clock (docs/design.md#d5-timers to #d9-rooms)."""
 from twisted.internet import task
 
 from nextim_twisted.core.router import Router
@@ -187,7 +187,7 @@ def test_unicast_fans_out_to_tabs_and_sender_copies():
     assert [m["body"] for m in got] == ["hi"]
     assert "id" not in got[0]                               # the storage row id stays inside
     assert [m["body"] for m in drain(b2)["messages"]] == ["hi"]
-    # strangers who talked now exchange presence (D8)
+    # strangers who talked now exchange presence (docs/design.md#d8-presence)
     r.set_presence("alice", "away", "")
     assert [p["type"] for p in drain(b1)["presences"]] == ["show"]
 
@@ -246,7 +246,7 @@ def test_shutdown_answers_parked_polls():
 
 
 def test_room_presences_only_when_configured():
-    """D9: join/leave presences are off by default (1.0.x clients misread them) and,
+    """docs/design.md#d9-rooms: join/leave presences are off by default (1.0.x clients misread them) and,
     when switched on, go v5-style to the other live members with ``to`` = room id."""
     for enabled in (False, True):
         clock, r = make_router(room_presences=enabled)
@@ -257,3 +257,126 @@ def test_room_presences_only_when_configured():
         got = [(p["type"], p["from"], p["to"]) for p in drain(a)["presences"]]
         assert got == ([("join", "bob", "lobby"), ("leave", "bob", "lobby")] if enabled else [])
         assert drain(b)["presences"] == []                  # never to the one who moved
+
+
+# -- the hub seam and the router's queries (docs/design.md#d20-cluster) ---------------
+
+class RecordingHub:
+    """An IHub that records what the router hands it and delivers nothing."""
+
+    def __init__(self, sessions):
+        self.sessions = sessions
+        self.calls = []
+
+    def to_user(self, user_id, kind, packet, except_ticket=None):
+        self.calls.append(("user", user_id, kind, packet.get("body") or packet.get("type"), except_ticket))
+        return False
+
+    def to_users(self, user_ids, kind, packet):
+        self.calls.append(("users", sorted(user_ids), kind, packet["type"], None))
+        return 0
+
+    def to_room(self, room_id, kind, packet, except_user=None, except_ticket=None):
+        self.calls.append(("room", room_id, kind, packet.get("body") or packet.get("type"), except_ticket))
+        return 0
+
+    def to_everyone(self, kind, packet):
+        self.calls.append(("everyone", None, kind, packet["body"], None))
+        return 0
+
+
+def test_every_packet_leaves_through_the_hub():
+    clock, r = make_router(hub=RecordingHub, room_presences=True)
+    hub = r.hub
+    sa, _ = r.open_session(profile("alice"), None, None, ["bob"], ["lobby"])
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], ["lobby"])
+    assert hub.calls == [("users", ["alice"], "presences", "online", None)]
+    hub.calls.clear()
+    r.route_unicast({"id": 1, "type": "unicast", "from": "alice", "to": "bob", "body": "hi"}, sa.ticket)
+    r.route_multicast({"id": 2, "type": "multicast", "from": "alice", "to": "lobby", "body": "all"}, sa.ticket)
+    r.route_broadcast({"id": 3, "type": "broadcast", "from": "admin", "to": "x", "body": "news"})
+    r.route_status("alice", "bob", "typing")
+    r.leave_room("bob", "lobby")
+    assert hub.calls == [
+        ("user", "bob", "messages", "hi", None),
+        ("user", "alice", "messages", "hi", sa.ticket),  # the sender's other sessions
+        ("room", "lobby", "messages", "all", sa.ticket),
+        ("everyone", None, "messages", "news", None),
+        ("user", "bob", "statuses", None, None),
+        ("room", "lobby", "presences", "leave", None),
+    ]
+    assert sa.queue == [] and sb.queue == []  # nothing bypassed the hub
+
+
+def test_router_queries_answer_without_its_dicts():
+    clock, r = make_router()
+    sa, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    r.open_session(profile("bob"), None, None, [], ["lobby"])
+    assert r.has_sessions("alice") and not r.has_sessions("carol")
+    assert r.live_members("lobby") == ["alice", "bob"] and r.live_members("nowhere") == []
+    assert sorted(r.live_user_ids()) == ["alice", "bob"]
+    assert r.sessions_of("alice") == [sa] and r.sessions_of("carol") == []
+    assert r.user("alice").nick == "Alice" and r.user("carol") is None
+    r.update_profile("alice", {"id": "alice", "nick": "Ally"})
+    assert r.user("alice").nick == "Ally"
+    r.end_session(sa.ticket)
+    assert not r.has_sessions("alice") and r.is_online("alice")  # inside the grace
+    clock.advance(10)
+    assert not r.is_online("alice") and r.live_members("lobby") == ["bob"]
+
+
+def test_observers_hear_presence_and_room_changes_and_cannot_break_routing():
+    from nextim_twisted.core.observers import ILiveStateObserver
+    from nextim_twisted.xmpp.bridge import Bridge
+
+    assert ILiveStateObserver in Bridge.__mro__  # the bridge declares the contract
+
+    class Recorder(ILiveStateObserver):
+        def __init__(self):
+            self.events = []
+
+        def user_presence(self, user, type_):
+            self.events.append(("presence", user.id, type_))
+            raise RuntimeError("an observer's bug")
+
+        def room_joined(self, user, room_id):
+            self.events.append(("joined", user.id, room_id))
+
+        def room_left(self, user, room_id):
+            self.events.append(("left", user.id, room_id))
+
+    clock, r = make_router()
+    seen = Recorder()
+    r.add_observer(seen)
+    r.add_observer(seen)  # once is enough
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
+    sa, _ = r.open_session(profile("alice"), None, None, ["bob"], ["lobby"])
+    r.leave_room("alice", "lobby")
+    assert seen.events == [("presence", "bob", "online"), ("joined", "alice", "lobby"),
+                           ("presence", "alice", "online"), ("left", "alice", "lobby")]
+    assert [p["from"] for p in drain(sb)["presences"]] == ["alice"]  # routing went on
+    r.remove_observer(seen)
+    r.set_presence("alice", "away", None)
+    assert len(seen.events) == 4
+
+
+def test_local_hub_carries_packets_to_live_sessions_only():
+    # The contract a cluster hub must keep as well (hub/base.IHub).
+    from nextim_twisted.hub.local import LocalHub
+
+    clock, r = make_router()
+    a1, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    a2, _ = r.open_session(profile("alice"), None, None, [], ["lobby"])
+    b1, _ = r.open_session(profile("bob"), None, None, [], ["lobby"])
+    hub = LocalHub(r)
+    assert hub.to_user("alice", "statuses", {"to": "alice", "show": "typing"}, except_ticket=a1.ticket)
+    assert not hub.to_user("carol", "statuses", {"to": "carol", "show": "typing"})  # not live: skipped
+    assert hub.to_users(["alice", "bob", "carol"], "presences", {"type": "show", "to": None}) == 2
+    assert hub.to_room("lobby", "presences", {"type": "join", "to": "lobby"}, except_user="bob") == 1
+    assert hub.to_everyone("messages", {"type": "unicast", "to": None, "body": "b"}) == 2
+    got = {s.ticket: drain(s) for s in (a1, a2, b1)}
+    assert got[a1.ticket]["statuses"] == [] and [p["show"] for p in got[a2.ticket]["statuses"]] == ["typing"]
+    assert [(p["type"], p["to"]) for p in got[a1.ticket]["presences"]] == [("show", "alice"), ("join", "lobby")]
+    assert [(p["type"], p["to"]) for p in got[b1.ticket]["presences"]] == [("show", "bob")]
+    assert [m["to"] for m in got[b1.ticket]["messages"]] == ["bob"]
+    assert [m["to"] for m in got[a2.ticket]["messages"]] == ["alice"]

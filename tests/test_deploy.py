@@ -1,4 +1,4 @@
-"""Issue 5, production footing: the shipped systemd unit and nginx sample are checked by
+"""Production footing (docs/deployment.md): the shipped systemd unit and nginx sample are checked by
 the real tools, and a real nginx in front of a real ``twistd nextim`` delivers long
 polls. Plain synchronous pytest (no reactor): nginx and the daemon are child processes.
 
@@ -53,7 +53,7 @@ def test_systemd_unit_verifies(tmp_path):
 
 
 def test_systemd_unit_settings():
-    """The settings issue 5 asks for, so an edit cannot drop one unnoticed."""
+    """The settings docs/deployment.md#2-systemd explains, so an edit cannot drop one unnoticed."""
     text = open(UNIT, encoding="utf-8").read()
     settings = {}
     for line in text.splitlines():

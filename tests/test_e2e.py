@@ -1,8 +1,8 @@
-"""Issue 2 end to end: a real ``twistd nextim`` process driven over HTTP.
+"""End to end: a real ``twistd nextim`` process driven over HTTP.
 
 Plain synchronous pytest (no reactor in this process): the daemon runs as a child
 process (:mod:`tests.daemon`), each browser tab is a :class:`Tab` whose long-poll
-loop runs in a worker thread and uses the D6 ``ack`` protocol. Timers are short
+loop runs in a worker thread and uses the ``ack`` protocol (docs/design.md#d6-comet-envelope). Timers are short
 (poll hold 3 s, session idle 3 s, user grace 2 s), and every wait is a poll for a
 condition with a deadline.
 """
@@ -29,7 +29,7 @@ def bearer(d, user_id, nick=None):
 
 
 def assert_envelope(value, code=None):
-    """The D2 error envelope."""
+    """The error envelope."""
     assert isinstance(value, dict), value
     assert value.get("success") is False, value
     assert isinstance(value.get("error"), str) and value["error"], value
@@ -54,7 +54,7 @@ class Tab:
     """One browser tab: ``webim/online`` → ticket, then a long-poll loop in a thread.
 
     Every packet received is kept in :attr:`packets` as ``(kind, packet)`` in ``seq``
-    order. The loop checks D6: packets of a session are numbered 1, 2, 3 … with no
+    order. The loop checks docs/design.md#d6-comet-envelope: packets of a session are numbered 1, 2, 3 … with no
     gap or repeat across polls, and the envelope's ``seq`` is the last one in it.
     """
 
@@ -181,7 +181,7 @@ class Tab:
 
 @pytest.fixture(scope="module", params=STORE_KINDS)
 def daemon(request):
-    """A real ``twistd nextim`` on SQLite, then the same on PostgreSQL (issue 5: the same
+    """A real ``twistd nextim`` on SQLite, then the same on PostgreSQL (an operator may pick either: the same
     conversation must pass on both), each in its own database/schema."""
     skip_unless_enabled(request.param)
     overrides = None
@@ -244,7 +244,7 @@ def bodies(items, **fields):
     return [m["body"] for m in items if all(m.get(k.rstrip("_")) == v for k, v in fields.items())]
 
 
-# -- the issue 2 scenario -------------------------------------------------------------
+# -- the whole product scenario ---------------------------------------------------------
 
 def test_three_users_chat_end_to_end(daemon, tabs):
     d = daemon
@@ -258,7 +258,7 @@ def test_three_users_chat_end_to_end(daemon, tabs):
     assert on["user"]["id"] == "alice" and on["user"]["nick"] == "Alice"
     assert on["connection"]["domain"] == "test.local"
     assert on["connection"]["server"] == d.public_url + "/packets"
-    assert len(a1.ticket) >= 22  # >= 128 bits, url-safe (D4)
+    assert len(a1.ticket) >= 22  # >= 128 bits, url-safe (docs/design.md#d4-tickets)
     assert isinstance(on["server_time"], int)
     assert {b["id"]: b["presence"] for b in on["buddies"]} == {"bob": "offline", "carol": "offline"}
     assert [r["id"] for r in on["rooms"]] == ["lobby", "staff"]
@@ -449,7 +449,7 @@ def test_jsonp_mode(daemon, tabs):
     assert resp.body == b'/**/jQuery17_1.cb("ok");'
     erin.wait_for("messages", body="via jsonp", from_="dave")
 
-    # Errors are status 200 with the D2 envelope under JSONP.
+    # Errors are status 200 with the error envelope under JSONP.
     resp = c.get("/webim/message", {"ticket": dave_ticket, "type": "unicast", "to": "erin", "callback": "cb"})
     assert resp.status == 200 and resp.content_type == "application/javascript", resp
     assert_envelope(resp.jsonp("cb"), "missing_parameter")
@@ -481,7 +481,7 @@ def test_jsonp_mode(daemon, tabs):
     assert bodies(env["messages"]) == ["to dave"], env
     seqs = sorted(p["seq"] for k in ("messages", "presences", "statuses") for p in env[k])
     assert seqs == list(range(1, len(seqs) + 1)) and env["seq"] == seqs[-1], env
-    # D6: without acking, a retry gets the same packets again; acking drops them.
+    # docs/design.md#d6-comet-envelope: without acking, a retry gets the same packets again; acking drops them.
     again = c.get("/packets", {"ticket": dave_ticket, "callback": "jsonp2", "ack": 0}).jsonp("jsonp2")
     assert again["messages"] == env["messages"] and again["seq"] == env["seq"], again
     erin.send("dave", "second")
@@ -499,7 +499,7 @@ def test_invisible_online_and_request_limits(daemon, tabs):
     assert ivy.online["presences"] == {"jack": "available"}
     resp = jack.client.get("/webim/buddies", {"ids": "ivy"}, headers=bearer(d, "jack"))
     assert [(b["presence"], b["show"]) for b in resp.json()] == [("offline", "unavailable")], resp
-    assert_ok(ivy.call("presence", show="busy"))  # legacy spelling of dnd (D8)
+    assert_ok(ivy.call("presence", show="busy"))  # legacy spelling of dnd (docs/design.md#d8-presence)
     p = jack.wait_for("presences", from_="ivy")
     assert p["type"] == "online" and p["show"] == "dnd", p  # invisible -> visible = `online`
     assert jack.find("presences", from_="ivy") == [p]  # nothing while she was invisible
@@ -515,7 +515,7 @@ def test_invisible_online_and_request_limits(daemon, tabs):
     assert_error(c.request("PUT", "/webim/online", headers=bearer(d, "ivy")), 405)
     assert_error(c.request("DELETE", "/packets"), 405)
 
-    # Seed-literal configs poll the bare server URL (§7 A3); a second tab of ivy does.
+    # Seed-literal configs poll the bare server URL (docs/protocol.md#a3-the-poll-url); a second tab of ivy does.
     ivy2 = tabs("ivy", "Ivy", start=False)
     jack.send("ivy", "to both tabs")
     resp = c.get("/", {"ticket": ivy2.ticket, "callback": "cb", "ack": 0})
@@ -619,7 +619,7 @@ def test_sigterm_answers_parked_poll_and_restart_keeps_history():
         hist = c.get("/webim/history", {"id": "xena"}, headers=bearer(d, "yuri")).json()
         assert bodies(hist) == ["before stop 1", "before stop 2"], hist
 
-        # A crash right after `ok` loses nothing either (committed before ok, D7).
+        # A crash right after `ok` loses nothing either (committed before ok, docs/design.md#d7-messages).
         x = c.post("/webim/online", {}, headers=bearer(d, "xena", "Xena")).json()
         assert_ok(c.post("/webim/message", {"ticket": x["connection"]["ticket"], "type": "unicast",
                                             "to": "yuri", "body": "before crash"}))

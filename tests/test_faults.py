@@ -1,4 +1,4 @@
-"""Faults against a real ``twistd nextim`` process (issue 4; D6, D7, D16): a crash in
+"""Faults against a real ``twistd nextim`` process (docs/guarantees.md, docs/design.md#d6-comet-envelope): a crash in
 the middle of a message burst, answers lost on the way to the client, and a client that
 never polls.
 
@@ -9,7 +9,6 @@ default ``synchronous = FULL``.
 import concurrent.futures
 import socket
 import threading
-import time
 import urllib.parse
 
 from tests.daemon import Daemon, wait_until
@@ -64,8 +63,8 @@ def make_users(d, *ids):
 def test_kill9_during_a_burst_loses_and_duplicates_nothing_that_got_ok():
     """Four senders write as fast as they can; the daemon is killed with SIGKILL while
     requests are in flight. After a restart every message that got ``ok`` is in the
-    history exactly once (committed before ``ok``, D7); old tickets answer 404 and a new
-    ``online`` works (D4, D16)."""
+    history exactly once (committed before ``ok``, docs/design.md#d7-messages); old tickets answer 404 and a new
+    ``online`` works (docs/design.md#d4-tickets, docs/design.md#d16-shutdown)."""
     with Daemon(FAULT_CONFIG) as d:
         make_users(d, "alice", "bob")
         ticket = online(d, "alice")["connection"]["ticket"]
@@ -116,7 +115,7 @@ def test_kill9_during_a_burst_loses_and_duplicates_nothing_that_got_ok():
         assert sorted(got) == sorted(stored) and len(got) == len(set(got))
 
 
-# -- lost answers and the ack retry (D6) ---------------------------------------------
+# -- lost answers and the ack retry (docs/design.md#d6-comet-envelope) ---------------
 
 def test_an_answer_lost_on_a_parked_poll_is_sent_again_on_retry():
     """bob's poll is parked; alice's message wakes it and the answer is written to a
@@ -167,7 +166,7 @@ def test_a_poll_dropped_right_after_sending_loses_nothing():
 def test_a_client_that_never_polls_is_bounded_and_memory_stays_flat():
     """bob opens a session and never polls while alice sends thousands of messages. His
     queue stops at ``queue_packets``: the overflow ends the session (its poll answers
-    404, D6); the daemon's RSS stays flat; bob goes online again and finds every message
+    404, docs/design.md#d6-comet-envelope); the daemon's RSS stays flat; bob goes online again and finds every message
     in history, exactly once."""
     config = dict(FAULT_CONFIG, limits=dict(FAULT_CONFIG["limits"], queue_packets=200),
                   timers={"poll_hold": 3, "session_idle": 120, "user_grace": 120})

@@ -1,5 +1,5 @@
 """gcschedule.py: under [server] gc_tuning the collector runs young collections on a
-timer and a full one every hour (issue 6), driven by a Clock."""
+timer and a full one every hour (docs/benchmarks.md), driven by a Clock."""
 import gc
 
 from twisted.internet import task

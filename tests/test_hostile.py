@@ -1,8 +1,8 @@
-"""Hostile input against the in-process daemon (issue 4): broken, oversized and
+"""Hostile input against the in-process daemon (docs/guarantees.md): broken, oversized and
 malicious parameters, JSON bodies, tokens, tickets, callbacks and floods, on SQLite
 and PostgreSQL.
 
-Expected everywhere: the D2 envelope (plain mode: 4xx + JSON; JSONP: 200 + script),
+Expected everywhere: the error envelope (plain mode: 4xx + JSON; JSONP: 200 + script),
 never a 5xx; nothing stored half-way; no other user's data in any answer; text is
 stored and returned as text. Property-based tests use hypothesis; their test bodies are
 synchronous and drive the reactor with ``pytest_twisted.blockon``. Every input that
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
 
 from nextim_twisted.handlers.params import MAX_IDS, is_storable
-from nextim_twisted.web.app import WEBIM
+from nextim_twisted.web.webim import WEBIM
 from tests.conftest import API_KEY, TOKEN_SECRET, Response
 
 inline = pytest_twisted.ensureDeferred
@@ -182,7 +182,7 @@ raw_values = st.one_of(
 @inline
 async def test_any_parameters_to_any_endpoint(daemon):
     """Whatever the parameters (invalid UTF-8, NUL, huge numbers, wrong types), every
-    endpoint answers the D2 envelope or a proper answer, never a 5xx or another user's data."""
+    endpoint answers the error envelope or a proper answer, never a 5xx or another user's data."""
     @given(name=st.sampled_from(sorted(WEBIM) + ["login", "logout", "nope", "online.php"]),
            method=st.sampled_from(["GET", "POST"]),
            pairs=st.lists(st.tuples(param_names.map(str.encode), raw_values), max_size=6),
@@ -614,7 +614,7 @@ async def test_malformed_ack_is_400(daemon, value):
 
 @inline
 async def test_message_to_oneself_reaches_each_other_tab_once(daemon):
-    # was: every other tab got the message twice, the sending tab once (D7: never)
+    # was: every other tab got the message twice, the sending tab once (docs/design.md#d7-messages: never)
     t1 = (await daemon.online("alice"))["connection"]["ticket"]
     t2 = (await daemon.online("alice"))["connection"]["ticket"]
     t3 = (await daemon.online("alice"))["connection"]["ticket"]
@@ -671,7 +671,7 @@ async def test_recipient_coming_online_while_a_message_is_stored_gets_it_once(da
     assert (await daemon.online("dave"))["new_messages"] == []  # and not again at the next online
 
 
-# -- floods (D15) --------------------------------------------------------------------
+# -- floods (docs/design.md#d15-limits) ----------------------------------------------
 
 @inline
 async def test_message_flood_is_rate_limited_and_stores_only_what_got_ok(daemon):
@@ -693,15 +693,15 @@ async def test_message_flood_is_rate_limited_and_stores_only_what_got_ok(daemon)
 async def test_presence_and_typing_flood_is_rate_limited(daemon):
     ticket = (await daemon.online("alice"))["connection"]["ticket"]
     statuses = []
-    for i in range(40):
+    for _ in range(40):
         r = await daemon.call("status", ticket=ticket, to="bob", show="typing", callback="cb")
         statuses.append(r)
     codes = [r.jsonp("cb") for r in statuses]
-    assert all(r.status == 200 for r in statuses)  # JSONP: errors are 200 scripts (D2)
+    assert all(r.status == 200 for r in statuses)  # JSONP: errors are 200 scripts (docs/design.md#d2-errors)
     assert "ok" in codes and any(isinstance(c, dict) and c["error"] == "rate_limited" for c in codes)
 
 
-# -- long requests (D1, D15) ----------------------------------------------------------
+# -- long requests (docs/design.md#d1-plain-and-jsonp, docs/design.md#d15-limits) -----
 
 @inline
 async def test_a_long_message_by_jsonp_get_is_answered(daemon):
@@ -722,7 +722,7 @@ async def test_an_over_long_request_line_or_query_is_the_413_envelope(daemon):
     query = b"callback=cb&data=" + b"%41" * (max_body + 10)  # decodes to more than max_body bytes
     resp = await raw(daemon, "GET", "/webim/setting", query=query, headers={
         "Authorization": "Bearer " + daemon.token("alice")})
-    assert resp.status == 200 and resp.jsonp("cb")["error"] == "body_too_large"  # JSONP: 200 (D2)
+    assert resp.status == 200 and resp.jsonp("cb")["error"] == "body_too_large"  # JSONP: 200 (docs/design.md#d2-errors)
     resp = await raw(daemon, "GET", "/webim/setting", query=b"data=" + b"%41" * (max_body + 10))
     assert resp.status == 413 and resp.json["error"] == "body_too_large"
     resp = await raw(daemon, "GET", "/webim/online", query=b"x=" + b"A" * (4 * max_body))

@@ -1,16 +1,19 @@
 """Every webim/* endpoint over real HTTP: normal answers and errors, plain and JSONP
-(D1, D2), on both storage backends."""
+(docs/design.md#d1-plain-and-jsonp, docs/design.md#d2-errors), on both storage
+backends. In memory (tests/memweb.py): timers are driven by the harness's Clock."""
 import json
 
 import pytest
 import pytest_twisted
 
 from tests.conftest import API_KEY
+from tests import memweb
 
+daemon = memweb.daemon  # these HTTP tests run in memory, their timers on a Clock (tests/memweb.py)
 inline = pytest_twisted.ensureDeferred
 
 
-# -- D1/D2 encoding ------------------------------------------------------------------
+# -- plain, JSONP and the envelope ----------------------------------------------------------------------------
 
 @inline
 async def test_online_answer_shape(daemon):
@@ -100,7 +103,7 @@ async def test_invalid_utf8_is_400(daemon):
     assert await daemon.store.message_count() == 0
 
 
-# -- authentication (D13) ---------------------------------------------------------------
+# -- identity (docs/design.md#d13-identity) -------------------------------------------------------------------
 
 @inline
 async def test_no_credentials_401(daemon):
@@ -163,7 +166,7 @@ async def test_cookie_only_write_needs_post_from_allowed_origin(daemon):
     assert good.status == 200 and good.json["success"] is True
 
 
-# -- messages, history, offline delivery (D7, D10) ---------------------------------------
+# -- messages, history, offline delivery (docs/design.md#d7-messages, docs/design.md#d10-history) -------------
 
 @inline
 async def test_message_flow_offline_then_new_messages(daemon):
@@ -178,7 +181,7 @@ async def test_message_flow_offline_then_new_messages(daemon):
     assert all(m["from"] == "alice" and m["nick"] == "Alice" and m["to"] == "bob" for m in news)
     assert all(isinstance(m["timestamp"], int) and m["timestamp"] > 10**12 for m in news)
     assert "history" in [b for b in ans["buddies"] if b["id"] == "alice"][0]
-    assert [b for b in ans["buddies"] if b["id"] == "alice"][0]["history"] == []   # never in both (D10)
+    assert [b for b in ans["buddies"] if b["id"] == "alice"][0]["history"] == []  # never in both
     again = await daemon.online("bob")
     assert again["new_messages"] == []
     hist = await daemon.call("history", user="bob", method="GET", id="alice", type="unicast")
@@ -285,7 +288,7 @@ async def test_blocked_rooms_setting_is_honoured_at_online(daemon):
     assert not daemon.router.in_room("alice", "lobby")
 
 
-# -- presence and status (D8) -------------------------------------------------------------
+# -- presence and status (docs/design.md#d8-presence) ---------------------------------------------------------
 
 @inline
 async def test_presence_and_typing_reach_buddy(daemon):
@@ -319,7 +322,7 @@ async def test_presence_unavailable_ends_session(daemon):
     assert (await daemon.poll(a)).status == 404
 
 
-# -- the long poll (D5, D6) ------------------------------------------------------------------
+# -- the long poll (docs/design.md#d5-timers, docs/design.md#d6-comet-envelope) -------------------------------
 
 @inline
 async def test_poll_unknown_ticket_404_in_both_modes(daemon):
@@ -352,6 +355,36 @@ async def test_newer_poll_stops_older(daemon):
 
 
 @inline
+async def test_session_without_polls_ends_after_the_idle_time(daemon):
+    """docs/design.md#d5-timers: a ticket nobody polls with ends after
+    [timers] session_idle seconds (10 here), on the Clock, not on the wall clock."""
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    daemon.clock.advance(9)
+    assert daemon.router.stats()["sessions"] == 1
+    daemon.clock.advance(1.5)
+    assert daemon.router.stats()["sessions"] == 0
+    assert (await daemon.poll(a)).json["error"] == "invalid_ticket"
+
+
+@inline
+async def test_buddy_sees_offline_only_after_the_grace(daemon):
+    """docs/design.md#d5-timers: a user whose last session ended stays online for
+    [timers] user_grace seconds (a page reload), then the buddies get ``offline``."""
+    a = (await daemon.online("alice"))["connection"]["ticket"]
+    b = (await daemon.online("bob"))["connection"]["ticket"]
+    seq = (await daemon.poll(a, ack=0)).json["seq"]  # bob's online
+    poll = daemon.poll(a, ack=seq)
+    await daemon.until(lambda: daemon.router.stats()["parked_polls"] == 1, "alice's poll to park")
+    assert (await daemon.call("offline", ticket=b)).text == "ok"
+    daemon.clock.advance(9)
+    await daemon.settle()
+    assert daemon.router.is_online("bob") and not poll.called
+    daemon.clock.advance(1.5)
+    presences = (await poll).json["presences"]
+    assert [(p["type"], p["from"]) for p in presences] == [("offline", "bob")]
+
+
+@inline
 async def test_poll_bad_ack_400(daemon):
     a = (await daemon.online("alice"))["connection"]["ticket"]
     resp = await daemon.poll(a, ack="-1")
@@ -370,7 +403,7 @@ async def test_root_path_answers_polls(daemon):
     assert [p["from"] for p in resp.jsonp("cb")["presences"]] == ["bob", "bob"]
 
 
-# -- settings, notifications, buddies, rooms (D11, D12) --------------------------------------
+# -- settings, notifications, buddies, rooms (docs/design.md#d11-settings, docs/design.md#d12-notifications)
 
 @inline
 async def test_settings_roundtrip_and_errors(daemon):
@@ -410,7 +443,7 @@ async def test_buddies_and_rooms_lookup(daemon):
     assert [(r["id"], r["count"]) for r in rooms.json] == [("lobby", 1)]
 
 
-# -- admin API (D14) -----------------------------------------------------------------------------
+# -- admin API (docs/design.md#d14-directory) -----------------------------------------------------------------
 
 @inline
 async def test_admin_requires_key(daemon):
@@ -435,7 +468,8 @@ async def test_admin_directory_changes_reach_live_users(daemon):
     bc = await daemon.admin("POST", "/admin/broadcast", {"body": "maintenance at 5"})
     assert bc.json["delivered"] == 2
     resp = await daemon.poll(a, ack=first.json["seq"])
-    assert [(m["type"], m["to"], m["body"]) for m in resp.json["messages"]] == [("unicast", "alice", "maintenance at 5")]
+    assert [(m["type"], m["to"], m["body"]) for m in resp.json["messages"]] == [
+        ("unicast", "alice", "maintenance at 5")]
     assert (await daemon.admin("DELETE", "/admin/users/erin")).status == 200
     assert not daemon.router.is_online("erin")
 
@@ -482,7 +516,7 @@ async def test_message_flood_is_rate_limited(daemon):
 @pytest.mark.config(limits={"onlines_per_minute": 12})
 @inline
 async def test_online_flood_is_rate_limited(daemon):
-    """Each online opens a session until idle: a flood of them gets 429 (D15), and the
+    """Each online opens a session until idle: a flood of them gets 429 (docs/design.md#d15-limits), and the
     sessions already opened stay the only ones."""
     statuses = [(await daemon.call("online", user="alice")).status for _ in range(6)]
     assert statuses[:5] == [200] * 5 and statuses[5] == 429
@@ -494,7 +528,7 @@ async def test_online_flood_is_rate_limited(daemon):
 @pytest.mark.config(auth={"method": "accounts"})
 @inline
 async def test_accounts_login_cookie_and_csrf(daemon):
-    """accounts auth (D13, issue 3): login sets an HttpOnly SameSite cookie; the cookie
+    """accounts auth (docs/design.md#d13-identity): login sets an HttpOnly SameSite cookie; the cookie
     alone may change state only by POST from the daemon's own origin."""
     from nextim_twisted.auth import hash_password
     await daemon.store.set_password_hash("alice", hash_password("s3cret"))

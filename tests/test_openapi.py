@@ -1,7 +1,8 @@
 """The OpenAPI description (``nextim_twisted/web/openapi.json``) matches the code:
-every Klein route and every ``web/app.WEBIM`` endpoint is in it and vice versa, it is
-a valid OpenAPI 3.1 document, the daemon serves it, and real answers of every
-operation validate against its response schemas (issue 4).
+every endpoint of the one ``webim/*`` table (``web/webim.WEBIM``), the long poll, and
+every Klein route (admin, operator routes, the bundled client) is in it and vice
+versa; it is a valid OpenAPI 3.1 document, the daemon serves it, and real answers of
+every operation validate against its response schemas.
 
 Response bodies are checked with ``jsonschema`` (OpenAPI 3.1 schemas are JSON Schema
 2020-12, so no OpenAPI-specific validator is needed for them); the document itself
@@ -17,39 +18,38 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from nextim_twisted.web.app import OPENAPI_PATH, WEBIM, WebApp
+from nextim_twisted.web.app import routes
+from nextim_twisted.web.ops import OPENAPI_PATH
+from nextim_twisted.web.webim import POLL_METHODS, POLL_PATH, WEBIM
 from tests.conftest import API_KEY
+from tests import memweb
 
+daemon = memweb.daemon  # these HTTP tests run in memory, their timers on a Clock (tests/memweb.py)
 inline = pytest_twisted.ensureDeferred
 
 with open(OPENAPI_PATH, encoding="utf-8") as _f:
     DOC = json.load(_f)
 
 DOC_URI = "urn:nextim:openapi"
-REGISTRY = Registry().with_resource(DOC_URI, Resource(contents=DOC, specification=DRAFT202012))
+REGISTRY = Registry().with_resource(DOC_URI, Resource(contents=DOC, specification=DRAFT202012))  # type: ignore[call-arg]
 METHODS = ("get", "post", "put", "delete", "patch")
-#: webim names served besides the WEBIM table (web/app.WebApp.webim).
-EXTRA_WEBIM = {"login", "logout"}
 JSONP = re.compile(r"^/\*\*/[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*\((.*)\);$", re.S)
 
 
-def klein_routes():
-    """``{openapi path: set of methods}`` derived from the Klein url map."""
-    routes = {}
-    for rule in WebApp.app.url_map.iter_rules():
+def served_routes():
+    """``{openapi path: set of methods}``: the ``webim/*`` table and the long poll
+    (answered by ``web/webim.HotPathRoot``), then the Klein url map of the rest."""
+    routes_ = {f"/webim/{name}": {"get", "post"} for name in WEBIM}  # each takes GET and POST
+    routes_[POLL_PATH] = {m.decode().lower() for m in POLL_METHODS}
+    for rule in routes(None, None).url_map.iter_rules():
         methods = {m.lower() for m in rule.methods} - {"head", "options"}
-        if rule.rule == "/webim/<string:name>":
-            # One rule, many endpoints: each is documented with GET and POST (D1);
-            # other methods get the 405 envelope.
-            for name in set(WEBIM) | EXTRA_WEBIM:
-                routes[f"/webim/{name}"] = {"get", "post"}
-            continue
+        assert not rule.rule.startswith(("/webim/", POLL_PATH)), f"{rule.rule} declared twice"
         if rule.rule.startswith("/static/"):
-            routes.setdefault("/static/{path}", set()).update(methods)
+            routes_.setdefault("/static/{path}", set()).update(methods)
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        routes.setdefault(path, set()).update(methods)
-    return routes
+        routes_.setdefault(path, set()).update(methods)
+    return routes_
 
 
 def documented():
@@ -62,16 +62,10 @@ def test_document_is_valid_openapi_3_1():
 
 
 def test_every_route_is_documented_and_every_documented_path_is_served():
-    routes, doc = klein_routes(), documented()
-    assert set(routes) - set(doc) == set(), "routes missing from openapi.json"
-    assert set(doc) - set(routes) == set(), "openapi.json documents paths the code does not serve"
-    for path, methods in routes.items():
-        if path in ("/webim/login", "/webim/logout"):
-            assert "post" in doc[path]
-            continue
-        if path == "/packets":
-            assert doc[path] == {"get", "post"}
-            continue
+    routes_, doc = served_routes(), documented()
+    assert set(routes_) - set(doc) == set(), "routes missing from openapi.json"
+    assert set(doc) - set(routes_) == set(), "openapi.json documents paths the code does not serve"
+    for path, methods in routes_.items():
         assert methods == doc[path], path
 
 
@@ -81,7 +75,7 @@ def test_every_webim_endpoint_is_documented_with_get_and_post():
         assert set(item) >= {"get", "post"}, name
         for method in ("get", "post"):
             params = {p.get("name") or p["$ref"].rsplit("/", 1)[-1] for p in item[method].get("parameters", [])}
-            assert "callback" in params, (name, method)  # JSONP everywhere (D1)
+            assert "callback" in params, (name, method)  # JSONP everywhere
             assert "200" in item[method]["responses"]
             assert "application/javascript" in item[method]["responses"]["200"]["content"]
 

@@ -1,4 +1,4 @@
-"""Operator surface (issue 5): Prometheus metrics, /health, the access log and the
+"""Operator surface: Prometheus metrics, /health, the access log and the
 [log] observer — against the in-process daemon on SQLite and PostgreSQL."""
 import io
 import json
@@ -9,13 +9,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.web.client import ResponseNeverReceived
 
 from nextim_twisted import config as config_module
 from nextim_twisted import logs
 from nextim_twisted.core.timers import TICKS_PER_S
-from nextim_twisted.web.metrics import HEALTH_TIMEOUT_S, endpoint_name
+from nextim_twisted.web.metrics import endpoint_name
+from nextim_twisted.web.ops import HEALTH_TIMEOUT_S
 from tests.conftest import API_KEY, TOKEN_SECRET
+from tests import memweb
 
+daemon = memweb.daemon  # these HTTP tests run in memory, their timers on a Clock (tests/memweb.py)
 METRICS_TOKEN = "metrics-token-" + "z" * 16
 
 
@@ -37,11 +41,7 @@ def value(samples, name, **labels):
 
 async def until(daemon, condition, what):
     """Let the reactor run (HTTP and database threads) until ``condition()`` holds."""
-    for _ in range(200):
-        if condition():
-            return
-        await daemon.settle()
-    raise AssertionError(f"timed out waiting for {what}")
+    await daemon.until(condition, what)
 
 
 @pytest_twisted.ensureDeferred
@@ -256,22 +256,19 @@ async def test_one_access_event_per_request_without_secrets(daemon, access_event
 
 @pytest_twisted.ensureDeferred
 async def test_abandoned_poll_is_logged_once(daemon, access_events):
-    from twisted.internet import reactor
-    from twisted.internet.protocol import ClientCreator, Protocol
-
     a = await daemon.online("alice")
-    conn = await ClientCreator(reactor, Protocol).connectTCP("127.0.0.1", daemon.port.getHost().port)
-    conn.transport.write(f"GET /packets?ticket={a['connection']['ticket']} HTTP/1.1\r\n"
-                         f"Host: 127.0.0.1\r\n\r\n".encode())
+    poll = daemon.poll(a["connection"]["ticket"])
     await until(daemon, lambda: daemon.router.stats()["parked_polls"] == 1, "the poll to park")
-    conn.transport.loseConnection()
+    poll.cancel()  # the client drops the connection
+    with pytest.raises(ResponseNeverReceived):
+        await poll
     await until(daemon, lambda: any(e["path"] == "/packets" for e in access_events), "the poll's event")
     await daemon.settle()  # a second event would show up now
     polls = [e for e in access_events if e["path"] == "/packets"]
     assert [(e["status"], e["user_id"]) for e in polls] == [(499, "alice")]
     samples = await scrape(daemon)
     assert value(samples, "nextim_requests_total", endpoint="packets", status="aborted") == 1
-    # The poll ended with its connection; the session lives on until its idle timeout (D5).
+    # The poll ended with its connection; the session lives on until its idle timeout (docs/design.md#d5-timers).
     assert daemon.router.stats()["parked_polls"] == 0
     assert daemon.router.stats()["sessions"] == 1
 
@@ -334,7 +331,7 @@ def test_config_errors_name_the_key(data, key):
 
 def test_stall_monitor_records_reactor_lag_and_gc_pauses():
     """A reactor stall shows in nextim_reactor_lag_seconds by how late the 100 ms timer
-    fired; every cyclic collection shows in nextim_gc_pause_seconds (issue 6)."""
+    fired; every cyclic collection shows in nextim_gc_pause_seconds."""
     import gc
 
     from twisted.internet.task import Clock

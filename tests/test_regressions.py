@@ -87,7 +87,7 @@ def request_head(method, path, *headers):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-# -- request bodies over [server] max_body_bytes (D15) ---------------------------------
+# -- request bodies over [server] max_body_bytes (docs/design.md#d15-limits) -----------
 
 @pytest.mark.config(server={"max_body_bytes": 2000})
 @inline
@@ -141,7 +141,7 @@ async def test_body_within_the_limit_still_works_with_expect_continue(daemon):
 @inline
 async def test_malformed_framing_is_a_400_envelope(daemon, head):
     """Requests twisted.web refuses while parsing (bad request line, bad or conflicting
-    length headers) get the D2 envelope too.
+    length headers) get the error envelope too.
     # was: a bare ``HTTP/1.1 400 Bad Request`` with no headers and no body."""
     raw, _ = await exchange(daemon, head)
     assert_envelope(*parse(raw), 400, "bad_request")

@@ -1,4 +1,4 @@
-"""History retention (issue 5): ``[storage] retention_days`` purges old messages at
+"""History retention (docs/operations.md#history-retention): ``[storage] retention_days`` purges old messages at
 start and every 24 h; the timer runs on a Clock, the deletes on the real store."""
 import pytest
 import pytest_twisted
@@ -134,3 +134,28 @@ def test_config_rejects_negative_retention():
         config_module.from_dict({"storage": {"retention_days": -1}, "auth": {"token_secret": "s" * 16},
                                  "admin": {"api_key": "k" * 16}})
     assert "[storage] retention_days" in str(err.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_tree_starts_in_dependency_order_and_stops_in_reverse(tmp_path):
+    # docs/design.md#d16-shutdown: the listener (which answers parked polls) stops
+    # first, storage last; retention runs only while storage is open.
+    svc = NextimService(_config(tmp_path, retention_days=7), reactor)
+    assert [child.name for child in svc] == ["storage", "retention", "web", "stall-monitor"]
+    events = []
+    for child in svc:
+        for method in ("startService", "stopService"):
+            real = getattr(child, method)
+
+            def record(real=real, name=child.name, method=method):
+                events.append((method[:-7], name))
+                return real()
+            setattr(child, method, record)
+    svc.startService()
+    yield svc.ready
+    assert svc.port is not None and all(child.running for child in svc)
+    yield svc.stopService()
+    assert not any(child.running for child in svc)
+    assert events == [
+        ("start", "storage"), ("start", "retention"), ("start", "web"), ("start", "stall-monitor"),
+        ("stop", "stall-monitor"), ("stop", "web"), ("stop", "retention"), ("stop", "storage")]

@@ -1,8 +1,8 @@
 """Schemathesis against a real ``twistd nextim`` process, from the OpenAPI description
-(issue 4): for every documented operation it generates valid and invalid requests
+(docs/guarantees.md): for every documented operation it generates valid and invalid requests
 (parameters, form bodies, admin JSON bodies, path ids) and checks that the answer is
 never a 5xx and conforms to the document — documented status, content type, headers
-and response schema (D2 envelope for every refusal).
+and response schema (error envelope for every refusal).
 
 Plain synchronous pytest (no reactor in this process); the daemon is a child process
 (:mod:`tests.daemon`). Generated calls carry a valid site token for ``webim/*`` and the

@@ -1,4 +1,4 @@
-"""SQLStore behaviour on SQLite and PostgreSQL (store/base.py, DESIGN.md D7, D10-D12, D14)."""
+"""SQLStore behaviour on SQLite and PostgreSQL (store/base.py; docs/design.md#d7-messages to #d14-directory)."""
 
 import json
 

@@ -1,5 +1,5 @@
 """core/timers.py: the bucketed timers behind every session's hold and idle timeout
-(issue 6), driven by a Clock."""
+(docs/benchmarks.md), driven by a Clock."""
 from twisted.internet import task
 
 from nextim_twisted.core.router import Router
@@ -86,7 +86,7 @@ def test_a_callback_cancelling_another_in_the_same_bucket():
 
 def test_ten_thousand_parked_sessions_arm_one_reactor_timer():
     """What the wheel is for: the router's sessions no longer put one DelayedCall
-    each into the reactor, and their holds still end on time (D5)."""
+    each into the reactor, and their holds still end on time (docs/design.md#d5-timers)."""
     clock = task.Clock()
     router = Router(clock, poll_hold=25, session_idle=10, user_grace=10)
     answers = []

@@ -1,4 +1,4 @@
-"""Schema versions across releases (issue 5): a database written by the first released
+"""Schema versions across releases (docs/operations.md): a database written by the first released
 schema (version 1) opens with the current code with its data intact, by the daemon's
 store and by ``nextimctl migrate``; a database newer than the code stops a real
 ``twistd nextim`` with one log line naming both versions."""

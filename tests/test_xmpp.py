@@ -11,7 +11,6 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
-from nextim_twisted.xmpp.bridge import Bridge
 from tests import prosody
 from tests.conftest import Harness, make_config
 from tests.storefixtures import make_store
@@ -81,7 +80,6 @@ async def bridged(server, tmp_path):
     config = xmpp_config(server)
     store, drop = await make_store("sqlite", tmp_path)
     h = Harness(store, config)
-    h.bridge = h.ctx.xmpp = Bridge(h.ctx, config.xmpp, reactor)
     await h.start()
     for uid in ("alice", "bob", "carol"):
         await store.put_user(uid, uid.title())
@@ -134,7 +132,7 @@ async def test_presence_chat_typing_and_offline_delivery(bridged):
     for show, expected in (("away", ("away", "away")), ("dnd", ("dnd", "dnd")), ("invisible", ("unavailable", "")),
                            ("available", ("available", ""))):
         await h.call("presence", ticket=answer["connection"]["ticket"], show=show, status="")
-        await until(lambda: (p := romeo.last_presence(alice_jid)) and (p["type"], p["show"]) == expected, 10,
+        await until(lambda expected=expected: (p := romeo.last_presence(alice_jid)) and (p["type"], p["show"]) == expected, 10,
                     f"romeo to see alice {show}")
 
     # XMPP show → web presence packets.
@@ -245,7 +243,7 @@ async def test_bridged_room(bridged):
     await until(lambda: [m for m in bob_inbox.messages if m["body"] == "from alice"], 10, "bob to get it")
     tybalt.send_message(room_jid, "from tybalt", mtype="groupchat")
     for inbox in (alice_inbox, bob_inbox):
-        await until(lambda: [m for m in inbox.messages if m["body"] == "from tybalt"], 10, "the web to get it")
+        await until(lambda inbox=inbox: [m for m in inbox.messages if m["body"] == "from tybalt"], 10, "the web to get it")
     await task.deferLater(reactor, 0.3, lambda: None)
     for inbox in (alice_inbox, bob_inbox):
         got = [m for m in inbox.messages if m["body"] == "from tybalt"]
@@ -317,7 +315,7 @@ async def test_wrong_secret_is_one_clear_log_line_and_no_loop(server, tmp_path):
     config = xmpp_config(server, secret="not-the-secret", min_backoff=0.1, max_backoff=0.2)
     store, drop = await make_store("sqlite", tmp_path)
     h = Harness(store, config)
-    bridge = h.ctx.xmpp = Bridge(h.ctx, config.xmpp, reactor)
+    bridge = h.bridge
     events = []
     globalLogPublisher.addObserver(events.append)
     try:

@@ -140,7 +140,7 @@ def invalidate(cfg, users=(), rooms=()):
 
 
 def mint_token(secret, user_id, ttl):
-    """The JWT the daemon checks (D13): HS256, sub = user id, nick, exp."""
+    """The JWT the daemon checks (docs/design.md#d13-identity): HS256, sub = user id, nick, exp."""
     now = int(time.time())
     claims = {"sub": user_id, "nick": USERS[user_id], "iat": now, "exp": now + ttl}
     return jwt.encode(claims, secret, algorithm="HS256")

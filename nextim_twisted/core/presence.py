@@ -1,14 +1,14 @@
-"""Presence values and the per-user live state (D8, protocol-reference §4.1)."""
+"""Presence values and the per-user live state (docs/design.md#d8-presence, docs/protocol.md#presence-model)."""
 
-#: Shows a client may set (D8); ``unavailable`` is handled as "go offline".
+#: Shows a client may set (docs/design.md#d8-presence); ``unavailable`` is handled as "go offline".
 SHOWS = ("available", "away", "chat", "dnd", "invisible")
-#: Legacy spellings seen in the wild (protocol-reference §7 A14).
+#: Legacy spellings seen in the wild (docs/protocol.md#a14-show-values).
 SHOW_ALIASES = {"busy": "dnd", "buzy": "dnd"}
 OFFLINE_SHOW = "unavailable"
 
 
 def normalize_show(value):
-    """Map a client's ``show`` to a D8 value.
+    """Map a client's ``show`` to a show value.
 
     :returns: one of :data:`SHOWS`, or ``"unavailable"``; ``None`` if ``value`` is unknown.
     """
@@ -22,21 +22,21 @@ def normalize_show(value):
 
 
 #: Shared empty ``contacts`` of users who never talked to a stranger: an empty set of
-#: each user's own would cost 216 bytes per online user (issue 6).
-NO_CONTACTS = frozenset()
+#: each user's own would cost 216 bytes per online user (RSS per idle user, docs/benchmarks.md).
+NO_CONTACTS: frozenset[str] = frozenset()
 
 
 class OnlineUser:
-    """A user with at least one session, or inside the grace after the last one (D5).
+    """A user with at least one session, or inside the grace after the last one (docs/design.md#d5-timers).
 
     :ivar profile: ``{"id", "nick", "pic_url", "default_pic_url", "url"}`` from the directory.
     :ivar show: current show (one of :data:`SHOWS`).
     :ivar status: free status text.
     :ivar status_time: ms timestamp of the last show/status change.
     :ivar sessions: ``{ticket: Session}``.
-    :ivar buddies: ids of directory buddies (symmetric relation, D8).
-    :ivar contacts: ids of users this user exchanged messages with while online (D8).
-    :ivar rooms: ids of rooms this user is live-joined to (D9).
+    :ivar buddies: ids of directory buddies (symmetric relation, docs/design.md#d8-presence).
+    :ivar contacts: ids of users this user exchanged messages with while online (docs/design.md#d8-presence).
+    :ivar rooms: ids of rooms this user is live-joined to (docs/design.md#d9-rooms).
     """
 
     __slots__ = ("id", "profile", "show", "status", "status_time", "sessions", "buddies",
@@ -60,11 +60,11 @@ class OnlineUser:
 
     @property
     def visible(self):
-        """False when invisible: others see the user offline (D8)."""
+        """False when invisible: others see the user offline (docs/design.md#d8-presence)."""
         return self.show != "invisible"
 
     def add_contact(self, user_id):
-        """``user_id`` exchanged a message with this user while both were online (D8)."""
+        """``user_id`` exchanged a message with this user while both were online (docs/design.md#d8-presence)."""
         if self.contacts is NO_CONTACTS:
             self.contacts = set()
         self.contacts.add(user_id)
@@ -75,5 +75,5 @@ class OnlineUser:
             self.contacts.discard(user_id)
 
     def related(self):
-        """Ids that receive this user's presence: buddies and contacts (D8)."""
+        """Ids that receive this user's presence: buddies and contacts (docs/design.md#d8-presence)."""
         return self.buddies | self.contacts

@@ -1,4 +1,4 @@
-"""Per-user token buckets for messages and presence changes (D15). No I/O."""
+"""Per-user token buckets for messages and presence changes (docs/design.md#d15-limits). No I/O."""
 from ..errors import RateLimited
 
 

@@ -1,24 +1,46 @@
 """Live state of one daemon: online users, sessions by ticket, live room membership,
 and the routing of messages, presences and typing statuses to session queues.
 
-Rules: D5 (timers, grace), D6 (queues), D7 (fan-out and sender copies), D8
-(presence recipients, invisible), D9 (live room membership), protocol-reference
-§3.3–§4.2. No I/O here: handlers load from storage and call in.
+Rules: docs/design.md#d5-timers (timers, grace), #d6-comet-envelope (queues), #d7-messages
+(fan-out and sender copies), #d8-presence (presence recipients, invisible), #d9-rooms (live
+room membership), and docs/protocol.md#the-comet-long-poll. No I/O here: handlers load from storage and call in.
 """
+from __future__ import annotations
+
 import secrets
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
 from ..errors import NotFound
+from ..hub.base import IHub, LocalSessions, Packet
+from ..hub.local import LocalHub
+from .observers import ILiveStateObserver, PresenceChange
 from .presence import OnlineUser
 from .session import Session
 from .timers import TimerWheel
 
+if TYPE_CHECKING:
+    from ..store.rows import Message
+
 log = Logger()
 
 
-def new_ticket():
-    """An opaque random ticket of 192 bits (D4)."""
+class Clock(Protocol):
+    """The part of ``IReactorTime`` the router uses (a reactor, or a ``Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
+
+
+#: Builds the router's hub from the router (who is live here): :class:`LocalHub` by default.
+HubFactory = Callable[[LocalSessions], IHub]
+
+
+def new_ticket() -> str:
+    """An opaque random ticket of 192 bits (docs/design.md#d4-tickets)."""
     return secrets.token_urlsafe(24)
 
 
@@ -27,15 +49,21 @@ class Router:
 
     :param clock: ``IReactorTime``; all timers go through it (sessions' hold and idle
         timers through one :class:`~.timers.TimerWheel`, at most 100 ms late).
-    :param poll_hold: seconds a poll is held (D5).
-    :param session_idle: seconds a session may go without a parked poll (D5).
-    :param user_grace: seconds a user without sessions stays online (D5).
-    :param max_queue: per-session queue bound in packets (D6).
-    :param room_presences: send v5-style room ``join``/``leave`` presences (D9).
+    :param poll_hold: seconds a poll is held (docs/design.md#d5-timers).
+    :param session_idle: seconds a session may go without a parked poll (docs/design.md#d5-timers).
+    :param user_grace: seconds a user without sessions stays online (docs/design.md#d5-timers).
+    :param max_queue: per-session queue bound in packets (docs/design.md#d6-comet-envelope).
+    :param room_presences: send v5-style room ``join``/``leave`` presences (docs/design.md#d9-rooms).
+    :param hub: builds the :class:`~nextim_twisted.hub.base.IHub` every packet leaves
+        through, given this router (docs/design.md#d20-cluster).
+
+    Outside ``core/`` the live state is read through methods (:meth:`user`,
+    :meth:`has_sessions`, :meth:`session`, :meth:`live_members` …), never the dicts.
     """
 
-    def __init__(self, clock, poll_hold=25, session_idle=10, user_grace=10, max_queue=1000,
-                 room_presences=False):
+    def __init__(self, clock: Clock, poll_hold: float = 25, session_idle: float = 10,
+                 user_grace: float = 10, max_queue: int = 1000, room_presences: bool = False,
+                 hub: HubFactory = LocalHub) -> None:
         self.clock = clock
         self.timers = TimerWheel(clock)
         self.poll_hold = poll_hold
@@ -43,23 +71,58 @@ class Router:
         self.user_grace = user_grace
         self.max_queue = max_queue
         self.room_presences = room_presences
-        self.users = {}      # user id -> OnlineUser
-        self.sessions = {}   # ticket -> Session
-        self.rooms = {}      # room id -> set of live member ids
+        self.users: dict[str, OnlineUser] = {}
+        self.sessions: dict[str, Session] = {}  # by ticket
+        self.rooms: dict[str, set[str]] = {}    # room id -> live member ids
         self.overflows = 0
-        # Observers of live state (the XMPP bridge, issue 7): objects with any of
-        # user_presence(user, type_), room_joined(user, room_id), room_left(user, room_id).
-        self.observers = []
+        self.observers: list[ILiveStateObserver] = []
         # messages routed by type, read by the metrics collector (web/metrics.py)
         self.messages_routed = {"unicast": 0, "multicast": 0, "broadcast": 0}
+        #: Where every packet goes out (docs/design.md#d20-cluster).
+        self.hub: IHub = hub(self)
 
-    def now_ms(self):
+    def add_observer(self, observer: ILiveStateObserver) -> None:
+        """Tell ``observer`` about presence and room changes from now on (:mod:`.observers`)."""
+        if observer not in self.observers:
+            self.observers.append(observer)
+
+    def remove_observer(self, observer: ILiveStateObserver) -> None:
+        """Stop telling ``observer`` (idempotent)."""
+        if observer in self.observers:
+            self.observers.remove(observer)
+
+    # -- queries (for handlers, the hub and the bridge) ------------------------
+    def user(self, user_id: str) -> OnlineUser | None:
+        """The live state of a user (sessions or inside the grace), or None."""
+        return self.users.get(user_id)
+
+    def sessions_of(self, user_id: str) -> list[Session]:
+        """The user's open sessions, a copy (pushing may end one); ``[]`` when not live."""
+        user = self.users.get(user_id)
+        return list(user.sessions.values()) if user is not None else []
+
+    def live_members(self, room_id: str) -> list[str]:
+        """Ids of the room's live members, sorted (invisible ones included)."""
+        return sorted(self.rooms.get(room_id, ()))
+
+    def live_user_ids(self) -> list[str]:
+        """Ids of every live user (sessions or grace), invisible ones included."""
+        return list(self.users)
+
+    def update_profile(self, user_id: str, profile: dict[str, Any]) -> None:
+        """A live user's directory entry changed (admin API): later packets carry it."""
+        user = self.users.get(user_id)
+        if user is not None:
+            user.profile = profile
+
+    def now_ms(self) -> int:
         """Current time in integer milliseconds from the injected clock."""
         return int(self.clock.seconds() * 1000)
 
     # -- sessions ----------------------------------------------------------
-    def open_session(self, profile, show, status, buddy_ids, room_ids):
-        """Create a session for a user (D4: each ``online`` makes a new one).
+    def open_session(self, profile: dict[str, Any], show: str | None, status: str | None,
+                     buddy_ids: Iterable[str], room_ids: Iterable[str]) -> tuple[Session, OnlineUser]:
+        """Create a session for a user (docs/design.md#d4-tickets: each ``online`` makes a new one).
 
         On the user's first session the user goes online: ``online`` presence to
         related online users (unless invisible) and live-join of ``room_ids``.
@@ -98,19 +161,19 @@ class Router:
         self.sessions[ticket] = session
         return session, user
 
-    def session(self, ticket):
+    def session(self, ticket: str | None) -> Session:
         """The live session of ``ticket``.
 
-        :raises NotFound: unknown or ended ticket (a poll answers it with 404, D2).
+        :raises NotFound: unknown or ended ticket (a poll answers it with 404, docs/design.md#d2-errors).
         """
         session = self.sessions.get(ticket) if ticket else None
         if session is None:
             raise NotFound("unknown or expired ticket", code="invalid_ticket")
         return session
 
-    def end_session(self, ticket):
+    def end_session(self, ticket: str) -> None:
         """End a tab's session (``offline``/``refresh``): a parked poll gets
-        ``stopped``; the user stays online through the grace (D5, §7 A12)."""
+        ``stopped``; the user stays online through the grace (docs/protocol.md#a12-refresh-and-offline)."""
         session = self.session(ticket)
         session.stop()
         self._forget_session(session)
@@ -153,10 +216,10 @@ class Router:
                 other.drop_contact(user.id)
         log.debug("user {user_id} offline", user_id=user.id)
 
-    def user_offline(self, user_id):
+    def user_offline(self, user_id: str) -> None:
         """End every session of a user and take them offline now (admin removal,
         ``DELETE /admin/users/{id}``). The id also leaves every live buddy set, online
-        or not: a user later created with the same id is nobody's buddy (D8)."""
+        or not: a user later created with the same id is nobody's buddy (docs/design.md#d8-presence)."""
         for other in self.users.values():
             other.buddies.discard(user_id)
         user = self.users.get(user_id)
@@ -170,21 +233,27 @@ class Router:
         self._go_offline(user)
 
     # -- presence ----------------------------------------------------------
-    def is_online(self, user_id):
+    def is_online(self, user_id: str) -> bool:
         """True if the user is live (sessions or grace), visible or not."""
         return user_id in self.users
 
-    def presence_of(self, user_id, viewer_id=None):
+    def has_sessions(self, user_id: str) -> bool:
+        """True if the user has an open session now (not merely inside the grace): a
+        message to them is delivered live, not kept for ``new_messages``."""
+        user = self.users.get(user_id)
+        return user is not None and bool(user.sessions)
+
+    def presence_of(self, user_id: str, viewer_id: str | None = None) -> tuple[str, str, str]:
         """What ``viewer_id`` may see of a user: ``(presence, show, status)``
         with presence ``online``/``offline``; invisible users look offline to
-        everyone but themselves (D8)."""
+        everyone but themselves (docs/design.md#d8-presence)."""
         user = self.users.get(user_id)
         if user is None or (not user.visible and viewer_id != user_id):
             return "offline", "unavailable", ""
         return "online", user.show, user.status
 
-    def set_presence(self, user_id, show, status):
-        """Apply a show/status change and tell related online users (D8):
+    def set_presence(self, user_id: str, show: str, status: str | None) -> None:
+        """Apply a show/status change and tell related online users (docs/design.md#d8-presence):
         ``show`` normally, ``offline`` on going invisible, ``online`` on coming back."""
         user = self.users[user_id]
         was_visible = user.visible
@@ -207,49 +276,33 @@ class Router:
         return {"type": type_, "from": user.id, "nick": user.nick, "to": to, "show": show,
                 "status": status}
 
-    def _notify(self, event, *args):
-        """Tell the :attr:`observers` about ``event``; an observer's error is logged, never
-        propagated into routing."""
+    def _notify(self, event: str, *args: Any) -> None:
+        """Tell the :attr:`observers` about ``event`` (an :class:`ILiveStateObserver`
+        method name); an observer's error is logged, never propagated into routing."""
         for observer in self.observers:
-            method = getattr(observer, event, None)
-            if method is not None:
-                try:
-                    method(*args)
-                except Exception:
-                    log.failure("router observer {event} failed", event=event)
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                log.failure("router observer {event} failed", event=event)
 
-    def deliver(self, user_id, kind, packet):
-        """Push a ready-made packet (``kind`` ∈ messages, presences, statuses) to every
-        session of a live user; for sources that are not live users (the XMPP bridge).
-        :returns: True if a session took it."""
-        user = self.users.get(user_id)
-        return user is not None and self._push_user(user, kind, packet)
-
-    def _announce(self, user, type_):
-        # online/show/offline as others see it (invisible is already offline here, D8)
+    def _announce(self, user: OnlineUser, type_: PresenceChange) -> None:
+        # online/show/offline as others see it (invisible is already offline here, docs/design.md#d8-presence)
         self._notify("user_presence", user, type_)
-        for other_id in user.related():
-            other = self.users.get(other_id)
-            if other is not None and other_id != user.id:
-                self._push_user(other, "presences", self._presence_packet(user, type_, other_id))
+        others = [i for i in user.related() if i != user.id and i in self.users]
+        if others:
+            self.hub.to_users(others, "presences", self._presence_packet(user, type_, None))
 
-    def buddies_changed(self, user_id, buddy_id, added):
+    def buddies_changed(self, user_id: str, buddy_id: str, added: bool) -> None:
         """Keep the live buddy sets in step with the directory (admin API)."""
         a, b = self.users.get(user_id), self.users.get(buddy_id)
         for one, other_id in ((a, buddy_id), (b, user_id)):
             if one is not None:
                 (one.buddies.add if added else one.buddies.discard)(other_id)
 
-    # -- routing -----------------------------------------------------------
-    def _push_user(self, user, kind, packet, except_ticket=None):
-        delivered = False
-        for ticket, session in list(user.sessions.items()):
-            if ticket != except_ticket and session.push(kind, packet):
-                delivered = True
-        return delivered
-
-    def route_unicast(self, message, sender_ticket=None, to_recipient=True):
-        """Deliver a committed unicast (or broadcast-shaped) message (D7): to every
+    # -- routing (through the hub) ----------------------------------------------
+    def route_unicast(self, message: Message, sender_ticket: str | None = None,
+                      to_recipient: bool = True) -> bool:
+        """Deliver a committed unicast (or broadcast-shaped) message (docs/design.md#d7-messages): to every
         session of the recipient and to the sender's other sessions.
 
         :param to_recipient: False to send only the sender's copies (the recipient
@@ -258,53 +311,44 @@ class Router:
         """
         self.messages_routed["unicast"] += 1
         packet = _packet(message)
+        hub = self.hub
         recipient = self.users.get(message["to"])
         sender = self.users.get(message["from"])
         delivered = False
         if recipient is not None and recipient is sender:
-            # A note to oneself: each *other* session once, never the sending one (D7).
-            return self._push_user(recipient, "messages", packet, except_ticket=sender_ticket)
+            # A note to oneself: each *other* session once, never the sending one (docs/design.md#d7-messages).
+            return hub.to_user(recipient.id, "messages", packet, except_ticket=sender_ticket)
         if recipient is not None and to_recipient:
-            delivered = self._push_user(recipient, "messages", packet)
+            delivered = hub.to_user(recipient.id, "messages", packet)
         if sender is not None and sender is not recipient:
-            self._push_user(sender, "messages", packet, except_ticket=sender_ticket)
+            hub.to_user(sender.id, "messages", packet, except_ticket=sender_ticket)
             if recipient is not None:
-                # Strangers who talk see each other's presence from now on (D8).
+                # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence).
                 sender.add_contact(recipient.id)
                 recipient.add_contact(sender.id)
         return delivered
 
-    def route_multicast(self, message, sender_ticket=None):
-        """Deliver a committed room message to the live members (D7, §4.2): the sender
-        gets copies on its other sessions only."""
+    def route_multicast(self, message: Message, sender_ticket: str | None = None) -> int:
+        """Deliver a committed room message to the live members (docs/design.md#d7-messages,
+        docs/protocol.md#rooms): the sender gets copies on its other sessions only.
+        :returns: members reached."""
         self.messages_routed["multicast"] += 1
-        packet = _packet(message)
-        for member_id in self.rooms.get(message["to"], ()):
-            member = self.users.get(member_id)
-            if member is None:
-                continue
-            except_ticket = sender_ticket if member_id == message["from"] else None
-            self._push_user(member, "messages", packet, except_ticket=except_ticket)
+        return self.hub.to_room(message["to"], "messages", _packet(message), except_ticket=sender_ticket)
 
-    def route_broadcast(self, message):
+    def route_broadcast(self, message: Message) -> int:
         """Deliver an admin broadcast to every online user, unicast-shaped with ``to``
-        rewritten to the recipient (protocol-reference §4.2). Returns the count."""
+        rewritten to the recipient (docs/protocol.md#broadcast). Returns the count."""
         self.messages_routed["broadcast"] += 1
-        count = 0
-        for user in list(self.users.values()):
-            packet = dict(_packet(message), type="unicast", to=user.id)
-            if self._push_user(user, "messages", packet):
-                count += 1
-        return count
+        return self.hub.to_everyone("messages", dict(_packet(message), type="unicast"))
 
-    def route_status(self, from_id, to_id, show):
-        """Relay a typing status to the recipient's sessions if online; never stored (§3.5)."""
+    def route_status(self, from_id: str, to_id: str, show: str) -> bool:
+        """Relay a typing status to the recipient's sessions if online; never stored (docs/protocol.md#webimstatus)."""
         sender = self.users.get(from_id)
         recipient = self.users.get(to_id)
         if recipient is None or sender is None:
             return False
         packet = {"from": from_id, "nick": sender.nick, "to": to_id, "show": show}
-        return self._push_user(recipient, "statuses", packet)
+        return self.hub.to_user(to_id, "statuses", packet)
 
     # -- rooms -------------------------------------------------------------
     def _join(self, user, room_id, announce=True):
@@ -330,28 +374,25 @@ class Router:
         if announce and self.room_presences and user.visible:
             self._room_presence(user, room_id, "leave")
 
-    def _room_presence(self, user, room_id, type_):
-        for member_id in self.rooms.get(room_id, ()):
-            member = self.users.get(member_id)
-            if member is not None and member_id != user.id:
-                packet = {"type": type_, "from": user.id, "nick": user.nick, "to": room_id,
-                          "show": user.show, "status": room_id}
-                self._push_user(member, "presences", packet)
+    def _room_presence(self, user: OnlineUser, room_id: str, type_: str) -> None:
+        packet = {"type": type_, "from": user.id, "nick": user.nick, "to": room_id,
+                  "show": user.show, "status": room_id}
+        self.hub.to_room(room_id, "presences", packet, except_user=user.id)
 
-    def join_room(self, user_id, room_id):
-        """Live-join a room (D9: ``join`` un-blocks)."""
+    def join_room(self, user_id: str, room_id: str) -> None:
+        """Live-join a room (docs/design.md#d9-rooms: ``join`` un-blocks)."""
         self._join(self.users[user_id], room_id)
 
-    def leave_room(self, user_id, room_id):
-        """Live-leave a room (D9: ``leave`` blocks; site membership stays)."""
+    def leave_room(self, user_id: str, room_id: str) -> None:
+        """Live-leave a room (docs/design.md#d9-rooms: ``leave`` blocks; site membership stays)."""
         self._leave(self.users[user_id], room_id)
 
-    def in_room(self, user_id, room_id):
+    def in_room(self, user_id: str, room_id: str) -> bool:
         """True if the user is live-joined to the room."""
         return user_id in self.rooms.get(room_id, ())
 
-    def room_members(self, room_id, viewer_id=None):
-        """Live members ``viewer_id`` may see (invisible ones hidden, D8), sorted by id:
+    def room_members(self, room_id: str, viewer_id: str | None = None) -> list[dict[str, str]]:
+        """Live members ``viewer_id`` may see (invisible ones hidden, docs/design.md#d8-presence), sorted by id:
         list of ``{"id", "nick", "presence", "show"}``."""
         result = []
         for member_id in sorted(self.rooms.get(room_id, ())):
@@ -361,12 +402,12 @@ class Router:
             result.append({"id": user.id, "nick": user.nick, "presence": "online", "show": user.show})
         return result
 
-    def room_count(self, room_id, viewer_id=None):
+    def room_count(self, room_id: str, viewer_id: str | None = None) -> int:
         """Number of live members ``viewer_id`` can see."""
         return len(self.room_members(room_id, viewer_id))
 
     # -- whole daemon ------------------------------------------------------
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """``{"online_users", "sessions", "parked_polls", "queue_overflows"}``."""
         return {
             "online_users": len(self.users),
@@ -375,8 +416,8 @@ class Router:
             "queue_overflows": self.overflows,
         }
 
-    def shutdown(self):
-        """Answer every parked poll with an empty batch and cancel all timers (D16)."""
+    def shutdown(self) -> None:
+        """Answer every parked poll with an empty batch and cancel all timers (docs/design.md#d16-shutdown)."""
         for session in list(self.sessions.values()):
             session.stop({"status": "ok", "messages": [], "presences": [], "statuses": [],
                           "seq": session.last_seq})
@@ -388,6 +429,6 @@ class Router:
         self.rooms.clear()
 
 
-def _packet(message):
+def _packet(message: Message) -> Packet:
     """A logItem for the comet channel: the stored message without its row id."""
     return {k: v for k, v in message.items() if k != "id"}

@@ -1,4 +1,4 @@
-"""One browser tab's IM session: its ticket, packet queue and long-poll (D4–D6).
+"""One browser tab's IM session: its ticket, packet queue and long-poll (docs/design.md#d6-comet-envelope).
 
 A session owns a bounded queue of packets, each numbered with a per-session
 ``seq`` (1, 2, 3 …). A poll either takes what is queued at once or parks until a
@@ -12,23 +12,23 @@ from twisted.logger import Logger
 
 log = Logger()
 
-#: Envelope answered to a poll superseded by a newer one, or whose ticket was ended (D5).
+#: Envelope answered to a poll superseded by a newer one, or whose ticket was ended (docs/design.md#d5-timers).
 STOPPED = {"status": "stopped"}
 
 KINDS = ("messages", "presences", "statuses")
 
 
 class Session:
-    """A ticket-bound session (D4) with its packet queue (D6).
+    """A ticket-bound session (docs/design.md#d4-tickets) with its packet queue (docs/design.md#d6-comet-envelope).
 
     :param ticket: the opaque ticket string.
     :param user_id: owner of the session.
     :param clock: what runs the hold and idle timers: anything with
         ``callLater(delay_s, func)`` returning a handle with ``active()`` and
         ``cancel()``: the router's :class:`~.timers.TimerWheel`, or a ``Clock`` in tests.
-    :param hold_s: how long a poll is held, seconds (D5, default 25).
+    :param hold_s: how long a poll is held, seconds (docs/design.md#d5-timers, default 25).
     :param idle_s: how long the session may go without a parked poll, seconds.
-    :param max_queue: queue bound in packets; overflow ends the session (D6).
+    :param max_queue: queue bound in packets; overflow ends the session (docs/design.md#d6-comet-envelope).
     :param on_end: ``callable(session, reason)`` called once when the session ends
         by itself (``"idle"`` or ``"overflow"``); not called for :meth:`stop`.
     """
@@ -42,7 +42,7 @@ class Session:
         self.max_queue = max_queue
         self.on_end = on_end
         # (seq, kind, packet with "seq"); a list, not a deque: an empty deque costs
-        # ~600 bytes, one per session (issue 6: RSS per idle user)
+        # ~600 bytes, one per session (RSS per idle user, docs/benchmarks.md)
         self.queue = []
         self.last_seq = 0
         self.ended = False
@@ -73,7 +73,7 @@ class Session:
     def poll(self, ack=None):
         """Start a poll. ``ack`` (int or None) drops every packet with ``seq <= ack``
         and keeps the rest for re-sending; without ``ack`` whatever is answered
-        counts as delivered (legacy clients, D6).
+        counts as delivered (legacy clients, docs/design.md#d6-comet-envelope).
 
         :returns: Deferred → envelope dict ``{"status": "ok", "messages": [...],
             "presences": [...], "statuses": [...], "seq": N}``, or :data:`STOPPED`

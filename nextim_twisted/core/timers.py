@@ -1,6 +1,6 @@
-"""Coarse timers for many sessions on one reactor timer (issue 6).
+"""Coarse timers for many sessions on one reactor timer (CPU and memory per user, docs/benchmarks.md).
 
-Every session always has one timer running: the hold of its parked poll (D5,
+Every session always has one timer running: the hold of its parked poll (docs/design.md#d5-timers,
 ``poll_hold``) or, between polls, its idle timeout (``session_idle``). With one
 ``DelayedCall`` each, 10 000 sessions kept 10 000 of them (about 0.5 KB apiece) in
 the reactor's heap, re-armed on every poll. :class:`TimerWheel` keeps them in

@@ -1,7 +1,8 @@
-"""Directory admin API (D14, issue 2): users, buddies, rooms, members,
+"""Directory admin API (docs/design.md#d14-directory): users, buddies, rooms, members,
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
 from .. import auth
 from ..errors import BadRequest, NotFound, TooLarge
+from .delivery import deliver
 from .params import check_id
 
 _TEXT_LIMITS = {"nick": 100, "pic_url": 2000, "default_pic_url": 2000, "url": 2000, "group": 100,
@@ -36,9 +37,8 @@ async def put_user(ctx, user_id, body):
                              _text(body, "url"))
     if password is not None:
         await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
-    user = ctx.router.users.get(user_id)
-    if user is not None:
-        user.profile = await ctx.store.get_user(user_id)
+    if ctx.router.is_online(user_id):
+        ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
     return {"success": True}
 
 
@@ -49,7 +49,7 @@ async def delete_user(ctx, user_id):
         raise NotFound("unknown user", code="unknown_user")
     ctx.router.user_offline(user_id)
     if ctx.xmpp is not None:
-        await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (issue 7)
+        await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (docs/xmpp.md)
     return {"success": True}
 
 
@@ -66,7 +66,7 @@ async def _both_users(ctx, user_id, buddy_id):
 
 async def _xmpp_buddy(ctx, user_id, buddy_id):
     """True if ``buddy_id`` names an XMPP contact (a JID, not a web user) and the XMPP
-    bridge is on (issue 7, docs/xmpp.md). :raises NotFound: unknown web user."""
+    bridge is on (docs/xmpp.md). :raises NotFound: unknown web user."""
     if ctx.xmpp is None or "@" not in buddy_id:
         return False
     check_id(user_id)
@@ -82,7 +82,7 @@ async def put_buddy(ctx, user_id, buddy_id, body):
     """``PUT /admin/users/{id}/buddies/{buddy_id}`` ``{"group"?}`` (symmetric).
 
     With the XMPP bridge on, ``buddy_id`` may be a bare JID (``{"group"?, "nick"?}``):
-    the bridge pairs them and runs the RFC 3921 subscription handshake (issue 7)."""
+    the bridge pairs them and runs the RFC 3921 subscription handshake (docs/xmpp.md)."""
     if await _xmpp_buddy(ctx, user_id, buddy_id):
         jid = await ctx.xmpp.add_buddy(user_id, buddy_id, _text(body, "nick"), _text(body, "group"))
         return {"success": True, "jid": jid}
@@ -97,7 +97,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
     check_id(user_id)
     check_id(buddy_id, "buddy_id")
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(user_id, buddy_id):
-        await ctx.xmpp.remove_buddy(user_id, buddy_id)  # an XMPP buddy (issue 7)
+        await ctx.xmpp.remove_buddy(user_id, buddy_id)  # an XMPP buddy (docs/xmpp.md)
         return {"success": True}
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
@@ -107,11 +107,11 @@ async def delete_buddy(ctx, user_id, buddy_id):
 
 async def put_room(ctx, room_id, body):
     """``PUT /admin/rooms/{id}`` ``{"nick", "pic_url"?, "url"?}``. Room ids may not
-    equal user ids (protocol-reference §1.3)."""
+    equal user ids (docs/protocol.md#identifiers-and-times)."""
     check_id(room_id)
     nick = _text(body, "nick", required=True)
     # "muc": bridge to a XEP-0045 room ("room@service", or "room" on [xmpp] muc_domain;
-    # null unbridges), issue 7.
+    # null unbridges), docs/xmpp.md.
     muc = _text(body, "muc", limit=300)
     if "muc" in body:
         if ctx.xmpp is None:
@@ -131,8 +131,8 @@ async def delete_room(ctx, room_id):
     if not await ctx.store.delete_room(room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
-        await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (issue 7)
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
+        await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (docs/xmpp.md)
+    for member_id in ctx.router.live_members(room_id):
         ctx.router.leave_room(member_id, room_id)
     return {"success": True}
 
@@ -163,7 +163,7 @@ async def delete_member(ctx, room_id, user_id):
 
 
 async def add_notification(ctx, user_id, body):
-    """``POST /admin/users/{id}/notifications`` ``{"text", "link"?}`` (D12)."""
+    """``POST /admin/users/{id}/notifications`` ``{"text", "link"?}`` (docs/design.md#d12-notifications)."""
     check_id(user_id)
     text = _text(body, "text", required=True, limit=10000)
     if await ctx.store.get_user(user_id) is None:
@@ -174,15 +174,14 @@ async def add_notification(ctx, user_id, body):
 
 async def broadcast(ctx, body):
     """``POST /admin/broadcast`` ``{"body", "nick"?}``: stored once (type broadcast),
-    delivered to each online user unicast-shaped (D7, §4.2)."""
+    delivered to each online user unicast-shaped (docs/design.md#d7-messages, docs/protocol.md#broadcast)."""
     text = _text(body, "body", required=True, limit=ctx.config.limits.message_chars + 1)
     if len(text) > ctx.config.limits.message_chars:
         raise TooLarge("body too long", code="body_too_long")
     nick = _text(body, "nick") or "System"
     sender = ctx.config.admin.broadcast_from
-    msg = await ctx.store.add_message("broadcast", sender, ctx.config.server.domain, nick, text, "",
-                                      ctx.now_ms(), True)
-    return {"success": True, "delivered": ctx.router.route_broadcast(msg)}
+    _, delivered = await deliver(ctx, "broadcast", sender, ctx.config.server.domain, nick, text)
+    return {"success": True, "delivered": delivered}
 
 
 async def stats(ctx):

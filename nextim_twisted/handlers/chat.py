@@ -1,5 +1,5 @@
 """``message``, ``status`` (typing), ``presence``, ``history`` and ``clear_history``
-(D7, D8, D10, D15; protocol-reference §2.3, §3.5)."""
+(docs/design.md#d7-messages, #d8-presence, #d10-history, #d15-limits; docs/protocol.md#endpoints)."""
 import re
 
 from .. import model
@@ -7,15 +7,16 @@ from ..errors import BadRequest, Forbidden, NotFound, TooLarge
 from . import OK
 from . import xmpp as xmpp_handlers
 from .context import parse_show, require_live, session_of
+from .delivery import deliver
 
-#: Type names a client may send, with v5 aliases (D7).
+#: Type names a client may send, with v5 aliases (docs/design.md#d7-messages).
 MESSAGE_TYPES = {"unicast": "unicast", "chat": "unicast", "multicast": "multicast", "grpchat": "multicast"}
 _STATUS_TOKEN = re.compile(r"^[A-Za-z_]{1,20}$")
 
 
 def message_type(value, default=None):
     """Normalize a message ``type``. :raises BadRequest: unknown; :raises Forbidden:
-    ``broadcast`` (admins only, through the admin API, D7)."""
+    ``broadcast`` (admins only, through the admin API, docs/design.md#d7-messages)."""
     value = value or default
     if value == "broadcast":
         raise Forbidden("broadcast is for admins only", code="admin_only")
@@ -35,7 +36,7 @@ async def check_room_member(ctx, room_id, user_id):
 
 
 async def message(ctx, identity, params):
-    """``webim/message`` (D7): commit, then route; ``ok`` only after the commit.
+    """``webim/message`` (docs/design.md#d7-messages): commit, then route; ``ok`` only after the commit.
 
     Params: ``ticket``, ``type``, ``to``, ``body``, optional ``style``. ``from``,
     ``nick``, ``timestamp`` and ``offline`` are ignored: the server decides them.
@@ -51,43 +52,30 @@ async def message(ctx, identity, params):
     ctx.limiter.check("messages", identity.user_id)
     router, store = ctx.router, ctx.store
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
-        # XMPP bridge (issue 7): to a JID buddy — stored, then sent as an XMPP chat message.
+        # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
         await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
-        # offline recipient costs a lookup (issue 6: one SQL round trip per message).
-        if to not in router.users and await store.get_user(to) is None:
+        # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
+        if not router.is_online(to) and await store.get_user(to) is None:
             raise NotFound("unknown user", code="unknown_user")
-        # Offline-ness is decided here from live sessions, not by the client (§7 A6).
-        recipient = router.users.get(to)
-        delivered = recipient is not None and bool(recipient.sessions)
-        msg = await store.add_message("unicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), delivered)
-        to_recipient = True
-        recipient = router.users.get(to)
-        if not delivered and recipient is not None and recipient.sessions and to != identity.user_id:
-            # The recipient came online while the message was being stored. A concurrent
-            # ``online`` may have taken it as a new message already: whoever marks it
-            # delivered first hands it over, so it reaches the recipient once (D6, D10).
-            to_recipient = bool(await store.mark_delivered([msg["id"]]))
-        router.route_unicast(msg, session.ticket, to_recipient=to_recipient)
+        # Offline-ness is decided from live sessions by the delivery rule, never by the client.
+        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket)
     else:
         # Live membership implies directory membership (admin removals leave the live
-        # room too), so the two lookups are only needed to explain a refusal (issue 6).
+        # room too), so the two lookups are only needed to explain a refusal (docs/benchmarks.md).
         if not router.in_room(identity.user_id, to):
             await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
-        msg = await store.add_message("multicast", identity.user_id, to, user.nick, body, style,
-                                      ctx.now_ms(), True)
-        router.route_multicast(msg, session.ticket)
+        await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket)
         if ctx.xmpp is not None:
-            ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (issue 7)
+            ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (docs/xmpp.md)
     return OK
 
 
 async def status(ctx, identity, params):
     """``webim/status``: relay a typing status (``typing``/``clear`` or another short
-    token, §7 A15) to the online recipient; never stored."""
+    token, docs/protocol.md#a15-typing-values) to the online recipient; never stored."""
     session_of(identity)
     _, show = params.required("to", "show")
     to = params.ident("to")
@@ -96,14 +84,14 @@ async def status(ctx, identity, params):
     require_live(ctx, identity)
     ctx.limiter.check("presences", identity.user_id)
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
-        ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 (issue 7)
+        ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 chat state
         return OK
     ctx.router.route_status(identity.user_id, to, show)
     return OK
 
 
 async def presence(ctx, identity, params):
-    """``webim/presence`` (D8): change show and status; ``unavailable`` ends this
+    """``webim/presence`` (docs/design.md#d8-presence): change show and status; ``unavailable`` ends this
     tab's session like ``offline``."""
     session = session_of(identity)
     show = parse_show(params.required("show"))
@@ -120,7 +108,7 @@ async def presence(ctx, identity, params):
 
 
 async def history(ctx, identity, params):
-    """``webim/history`` (D10, §7 A7): ``id`` (or the first of ``ids``) and ``type``;
+    """``webim/history`` (docs/protocol.md#a7-history-parameters): ``id`` (or the first of ``ids``) and ``type``;
     newest ``limits.history`` items oldest first. Room history needs membership."""
     other = params.ident("id", required=False) or (params.ids("ids") or [None])[0]
     if other is None:
@@ -136,7 +124,7 @@ async def history(ctx, identity, params):
 
 
 async def clear_history(ctx, identity, params):
-    """``webim/clear_history`` (§7 A8): unicast only, this user's side only."""
+    """``webim/clear_history`` (docs/protocol.md#a8-clearing-history): unicast only, this user's side only."""
     other = params.ident("id")
     type_ = message_type(params.get("type"), default="unicast")
     if type_ == "unicast":

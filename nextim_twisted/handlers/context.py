@@ -1,9 +1,21 @@
 """What every handler works with: config, storage, live state, auth, clock, limits."""
+from __future__ import annotations
+
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
+
+if TYPE_CHECKING:
+    from ..auth import Authenticator
+    from ..config import Config
+    from ..core.router import Clock, Router
+    from ..hub.base import IHub
+    from ..store.base import Store
+    from ..xmpp.bridge import Bridge
 
 
 class Context:
@@ -14,9 +26,12 @@ class Context:
     :param router: the :class:`~nextim_twisted.core.router.Router`.
     :param auth: the :class:`~nextim_twisted.auth.Authenticator`.
     :param clock: ``IReactorTime``.
+    :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
+        when the bridge is off; :mod:`nextim_twisted.compose` passes it.
     """
 
-    def __init__(self, config, store, router, auth, clock):
+    def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
+                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -28,21 +43,27 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
-        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``
-        #: (issue 7), else None; set by the service.
-        self.xmpp = None
+        #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
+        #: else None.
+        self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None
 
-    def now_ms(self):
-        """Integer milliseconds from the injected clock (D7 timestamps)."""
+    @property
+    def hub(self) -> IHub:
+        """The :class:`~nextim_twisted.hub.base.IHub` packets leave through: for packets
+        that are not routed messages (XMPP presences, statuses, failure notices)."""
+        return self.router.hub
+
+    def now_ms(self) -> int:
+        """Integer milliseconds from the injected clock (docs/design.md#d7-messages timestamps)."""
         return int(self.clock.seconds() * 1000)
 
     @property
     def poll_url(self):
-        """``connection.server``: the full long-poll URL (D3)."""
+        """``connection.server``: the full long-poll URL (docs/design.md#d3-online)."""
         return self.config.public_url + "/packets"
 
     async def settings_of(self, user_id):
-        """The user's stored settings object (D11), ``{}`` when none or unreadable."""
+        """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""
         text = await self.store.get_setting(user_id)
         if not text:
             return {}
@@ -52,12 +73,12 @@ class Context:
             return {}  # stored before the rules of parse_setting: never fail ``online`` for it
 
 
-#: Deepest nesting of arrays/objects accepted in a settings object (D11).
+#: Deepest nesting of arrays/objects accepted in a settings object (docs/design.md#d11-settings).
 MAX_SETTING_DEPTH = 32
 
 
 def parse_setting(text):
-    """Parse a settings text (D11) into a dict that can always be answered again.
+    """Parse a settings text (docs/design.md#d11-settings) into a dict that can always be answered again.
 
     Refused, so that one stored value can never break later answers: anything but a
     JSON object; ``NaN``/``Infinity`` and numbers out of float range such as ``1e400``
@@ -94,7 +115,7 @@ def parse_setting(text):
 def session_of(identity):
     """The session a ticket-bearing call refers to.
 
-    :raises BadRequest: when the call carried no ticket (§2 table: ``ticket`` required).
+    :raises BadRequest: when the call carried no ticket (docs/protocol.md#endpoints: ``ticket`` required).
     """
     if identity.session is None:
         raise BadRequest("missing parameter: ticket", code="missing_parameter")
@@ -102,7 +123,7 @@ def session_of(identity):
 
 
 def parse_show(value, allow_offline=True):
-    """A D8 show from a parameter.
+    """A show value from a parameter.
 
     :raises BadRequest: unknown value.
     """
@@ -114,7 +135,7 @@ def parse_show(value, allow_offline=True):
 
 
 def blocked_rooms(settings):
-    """Room ids from the ``blocked_rooms`` setting (D9); ignores non-string entries."""
+    """Room ids from the ``blocked_rooms`` setting (docs/design.md#d9-rooms); ignores non-string entries."""
     value = settings.get("blocked_rooms")
     if not isinstance(value, list):
         return set()
@@ -123,7 +144,7 @@ def blocked_rooms(settings):
 
 def require_live(ctx, identity):
     """The caller's live user state. :raises Forbidden: the user has no live session."""
-    user = ctx.router.users.get(identity.user_id)
+    user = ctx.router.user(identity.user_id)
     if user is None:
         raise Forbidden("go online first", code="not_online")
     return user

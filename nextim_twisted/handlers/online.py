@@ -1,5 +1,5 @@
-"""``online``, ``offline``, ``refresh``, ``buddies`` and the accounts login (D3, D4, D13;
-protocol-reference §2.1, §2.3)."""
+"""``online``, ``offline``, ``refresh``, ``buddies`` and the accounts login (docs/design.md#d3-online, #d13-identity;
+docs/protocol.md#webimonline)."""
 from twisted.logger import Logger
 
 from .. import model
@@ -13,7 +13,7 @@ log = Logger()
 
 async def profile_for(ctx, identity):
     """The caller's directory entry; a token for an unknown user creates it from the
-    claims, and a token's profile claims update it (D13, issue 2).
+    claims, and a token's profile claims update it (docs/design.md#d13-identity).
 
     :raises NotFound: the user is not in the directory (accounts/ticket identities).
     """
@@ -33,7 +33,7 @@ async def profile_for(ctx, identity):
 
 
 async def online(ctx, identity, params):
-    """``webim/online`` (D3): open a new session and answer everything the client
+    """``webim/online`` (docs/design.md#d3-online): open a new session and answer everything the client
     needs to start: user, connection, buddies with presence, rooms, new messages,
     settings, presences.
 
@@ -44,7 +44,7 @@ async def online(ctx, identity, params):
     show = params.get("show")
     show = parse_show(show) if show is not None else None
     if show == "unavailable":
-        show = None  # choosing a show while offline goes online (§2.3)
+        show = None  # choosing a show while offline goes online (docs/protocol.md#webimonline)
     status = params.get("status")
     if status is not None:
         status = status[: ctx.config.limits.status_chars]
@@ -52,7 +52,7 @@ async def online(ctx, identity, params):
     room_ids = params.ids("room_ids")
     stranger_ids = params.ids("stranger_ids")
 
-    # Each online opens a session that lives until idle: a flood of them is refused (D15).
+    # Each online opens a session that lives until idle: a flood of them is refused (docs/design.md#d15-limits).
     ctx.limiter.check("onlines", identity.user_id)
     profile = await profile_for(ctx, identity)
     uid = profile["id"]
@@ -66,12 +66,12 @@ async def online(ctx, identity, params):
                                         [r["id"] for r in rooms if r["id"] not in blocked])
     new_messages = await store.undelivered(uid, ctx.config.limits.new_messages)
 
-    # Buddy list: directory buddies, open tabs, offline-message senders, strangers (§7 A5).
+    # Buddy list: directory buddies, open tabs, offline-message senders, strangers (docs/protocol.md#webimonline).
     active = list(dict.fromkeys(buddy_ids + [m["from"] for m in new_messages]))
     wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
     wanted = [i for i in wanted if i != uid]
     profiles = await store.get_users(wanted)
-    # XMPP bridge (issue 7): the user's JID buddies, with the presence XMPP gave them.
+    # XMPP bridge (docs/xmpp.md): the user's JID buddies, with the presence XMPP gave them.
     remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
     wanted += [jid for jid in remote if jid not in wanted]
     buddy_list = []
@@ -79,7 +79,7 @@ async def online(ctx, identity, params):
         buddy = profiles.get(buddy_id)
         if buddy is None and buddy_id not in remote:
             continue
-        # Not a directory buddy: the UI sorts the "stranger" group last (§2.2).
+        # Not a directory buddy: the UI sorts the "stranger" group last (docs/protocol.md#buddyinfo).
         info = remote.get(buddy_id) or model.buddy_info(buddy, groups.get(buddy_id, "stranger"),
                                                         router.presence_of(buddy_id, uid))
         if buddy_id in active:
@@ -95,15 +95,15 @@ async def online(ctx, identity, params):
                                await store.room_history(room["id"], ctx.config.limits.history)]
         room_list.append(info)
 
-    # Marked delivered only after the histories, so a message is never in both (D10).
+    # Marked delivered only after the histories, so a message is never in both (docs/design.md#d10-history).
     # Of concurrent ``online`` calls of one user each message goes to the one call
-    # that marks it (the others read it too): handed over exactly once (D6).
+    # that marks it (the others read it too): handed over exactly once (docs/design.md#d6-comet-envelope).
     if new_messages:
         taken = set(await store.mark_delivered([m["id"] for m in new_messages]))
         new_messages = [m for m in new_messages if m["id"] in taken]
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
-    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(user.sessions))
+    log.info("online {user_id} (sessions: {n})", user_id=uid, n=len(router.sessions_of(uid)))
     return {
         "success": True,
         "server_time": ctx.now_ms(),
@@ -119,7 +119,7 @@ async def online(ctx, identity, params):
 
 async def offline(ctx, identity, params):
     """``webim/offline`` and ``webim/refresh``: end this tab's session; the user goes
-    offline for others only after the grace (D5, §2.3)."""
+    offline for others only after the grace (docs/design.md#d5-timers)."""
     session = session_of(identity)
     ctx.router.end_session(session.ticket)
     return OK
@@ -129,20 +129,20 @@ refresh = offline
 
 
 async def buddies(ctx, identity, params):
-    """``webim/buddies``: buddyInfo (with presence and show, §2.2) of the given ``ids``;
+    """``webim/buddies``: buddyInfo (with presence and show, docs/protocol.md#buddyinfo) of the given ``ids``;
     unknown ids are left out."""
     params.required("ids")
     ids = params.ids("ids")
     profiles = await ctx.store.get_users(ids)
     groups = dict(await ctx.store.get_buddies(identity.user_id))
-    remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (issue 7)
+    remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (docs/xmpp.md)
     return [remote[i] if i in remote else
             model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
             for i in ids if i in profiles or i in remote]
 
 
 async def login(ctx, params):
-    """``POST webim/login`` (accounts, issue 3): check ``username``/``password``.
+    """``POST webim/login`` (accounts, docs/protocol.md#webimlogin-and-webimlogout): check ``username``/``password``.
 
     :returns: ``(user_id, answer)``; the web layer sets the login cookie.
     """

@@ -27,7 +27,7 @@ class Params:
         """Values of required parameters (a str for one name, a tuple for several).
 
         :raises BadRequest: names every missing one, like the reference's
-            ``Empty get <names>`` (protocol-reference §1.2).
+            ``Empty get <names>`` (docs/protocol.md#answers-and-content-types).
         """
         missing = [n for n in names if self.get(n) is None]
         if missing:
@@ -43,7 +43,7 @@ class Params:
         return value
 
     def ids(self, name):
-        """A comma-separated id list (arrays arrive as ``1,2,3``, §1.1), de-duplicated
+        """A comma-separated id list (arrays arrive as ``1,2,3``, docs/protocol.md#conventions), de-duplicated
         in order; empty items dropped; at most 500 ids."""
         raw = self.get(name, "")
         result = {}  # a dict keeps the order and makes the de-duplication O(1)
@@ -51,7 +51,7 @@ class Params:
             item = item.strip()
             if item and item not in result:
                 if len(result) == MAX_IDS:
-                    # Fail at the first id too many: a 40 KB list is not walked (D15).
+                    # Fail at the first id too many: a 40 KB list is not walked (docs/design.md#d15-limits).
                     raise BadRequest(f"{name}: too many ids (at most {MAX_IDS})", code="bad_parameter")
                 check_id(item, name)
                 result[item] = None

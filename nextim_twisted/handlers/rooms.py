@@ -1,4 +1,4 @@
-"""``join``, ``leave``, ``members`` and ``rooms`` (D9; protocol-reference §2.3, §4.2)."""
+"""``join``, ``leave``, ``members`` and ``rooms`` (docs/design.md#d9-rooms; docs/protocol.md#rooms)."""
 from .. import model
 from . import OK
 from .chat import check_room_member
@@ -17,7 +17,7 @@ async def join(ctx, identity, params):
 
 
 async def leave(ctx, identity, params):
-    """``webim/leave``: live-leave (block); the site membership stays (§7 A10)."""
+    """``webim/leave``: live-leave (block); the site membership stays (docs/protocol.md#a10-join-and-leave)."""
     session_of(identity)
     room_id = params.ident("id")
     require_live(ctx, identity)
@@ -26,17 +26,17 @@ async def leave(ctx, identity, params):
 
 
 async def members(ctx, identity, params):
-    """``webim/members``: online members ``[{id, nick, presence, show}]`` (§7 A9)."""
+    """``webim/members``: online members ``[{id, nick, presence, show}]`` (docs/protocol.md#a9-the-members-answer)."""
     room_id = params.ident("id")
     await check_room_member(ctx, room_id, identity.user_id)
     members = ctx.router.room_members(room_id, identity.user_id)
     if ctx.xmpp is not None:
-        members += ctx.xmpp.room_occupants(room_id)  # XMPP occupants of a bridged room (issue 7)
+        members += ctx.xmpp.room_occupants(room_id)  # XMPP occupants of a bridged room (docs/xmpp.md)
     return members
 
 
 async def rooms(ctx, identity, params):
-    """``webim/rooms``: roomInfo of the given ``ids`` among the caller's rooms (§7 A19)."""
+    """``webim/rooms``: roomInfo of the given ``ids`` among the caller's rooms (docs/protocol.md#webimrooms)."""
     params.required("ids")
     ids = set(params.ids("ids"))
     blocked = blocked_rooms(await ctx.settings_of(identity.user_id))

@@ -1,4 +1,4 @@
-"""``setting`` (D11) and ``notification(s)`` (D12)."""
+"""``setting`` (docs/design.md#d11-settings) and ``notification(s)`` (docs/design.md#d12-notifications)."""
 from ..errors import TooLarge
 from . import OK
 from .context import parse_setting
@@ -20,6 +20,6 @@ async def setting(ctx, identity, params):
 
 async def notifications(ctx, identity, params):
     """``webim/notification(s)``: unread notifications newest first, then marked read
-    (D12): ``[{text, link, time}]``."""
+    (docs/design.md#d12-notifications): ``[{text, link, time}]``."""
     rows = await ctx.store.take_unread_notifications(identity.user_id)
     return [{"text": n["text"], "link": n.get("link") or "", "time": n["time"]} for n in rows]

@@ -1,10 +1,10 @@
-"""Handler-level entry points of the XMPP bridge (issue 7, docs/xmpp.md).
+"""Handler-level entry points of the XMPP bridge (docs/xmpp.md).
 
 Incoming: the bridge (``nextim_twisted/xmpp/bridge.py``) parses stanzas and calls
-these, so XMPP traffic is stored and routed exactly like web traffic (D7, D10).
+these, so XMPP traffic is stored and routed exactly like web traffic (docs/design.md#d7-messages, #d10-history).
 Outgoing: :func:`send_chat` is what ``webim/message`` does for a JID buddy.
 
-The *failure packet* (issue 7: "errors from XMPP come back to the web sender"): when
+The *failure packet* (errors from XMPP come back to the web sender): when
 the XMPP side refuses a message (``service-unavailable``, an unknown user, a room that
 refuses us …) every session of the web sender gets, in ``messages``::
 
@@ -14,17 +14,18 @@ refuses us …) every session of the web sender gets, in ``messages``::
      "error_msg": <reason>}
 
 It is unicast-shaped so that every client shows it in the right conversation (a
-v3-era client stops polling on an unknown message type, protocol-reference §3.2);
+v3-era client stops polling on an unknown message type, docs/protocol.md#envelope-and-packets);
 newer clients recognise it by its ``error`` key. It is not stored in history.
 """
 from .. import model
+from .delivery import deliver
 
-#: Style of the failure packet's body (D15-safe).
+#: Style of the failure packet's body (safe under docs/design.md#d15-limits).
 FAILURE_STYLE = "color:#b00"
 
 
 async def send_chat(ctx, user, ticket, jid, body, style):
-    """``webim/message`` to an XMPP buddy: commit (D7), copy to the sender's other
+    """``webim/message`` to an XMPP buddy: commit (docs/design.md#d7-messages), copy to the sender's other
     sessions, then hand to the bridge as a ``chat`` message.
 
     :raises ProtocolError: 503 ``xmpp_unavailable`` before anything is stored when the
@@ -38,30 +39,28 @@ async def send_chat(ctx, user, ticket, jid, body, style):
 
 
 async def incoming_chat(ctx, user_id, jid, nick, body):
-    """A ``chat`` message from an XMPP buddy: stored like any unicast (D7), delivered
-    live, or kept for ``new_messages`` at the user's next ``online`` (D10).
+    """A ``chat`` message from an XMPP buddy: stored like any unicast (docs/design.md#d7-messages), delivered
+    live, or kept for ``new_messages`` at the user's next ``online``, once either way
+    (the delivery rule, :mod:`.delivery`).
     Bodies beyond ``[limits] message_chars`` are cut. Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    recipient = ctx.router.users.get(user_id)
-    delivered = recipient is not None and bool(recipient.sessions)
-    msg = await ctx.store.add_message("unicast", jid, user_id, nick, body, "", ctx.now_ms(), delivered)
-    ctx.router.route_unicast(msg)
+    msg, _ = await deliver(ctx, "unicast", jid, user_id, nick, body)
     return msg
 
 
 def incoming_status(ctx, user_id, jid, nick, show):
-    """A XEP-0085 chat state as a typing status (``typing``/``clear``, §3.5): live
+    """A XEP-0085 chat state as a typing status (``typing``/``clear``, docs/protocol.md#webimstatus): live
     only, never stored."""
-    return ctx.router.deliver(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
+    return ctx.hub.to_user(user_id, "statuses", {"from": jid, "nick": nick, "to": user_id, "show": show})
 
 
 def buddy_presence(ctx, user_id, jid, nick, type_, show, status):
-    """An XMPP buddy's presence as a web presence packet (D8): ``type_`` is
+    """An XMPP buddy's presence as a web presence packet (docs/design.md#d8-presence): ``type_`` is
     ``online``, ``show`` or ``offline``."""
     if type_ == "offline":
         show, status = "unavailable", ""
-    return ctx.router.deliver(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
-                                                     "show": show, "status": status or ""})
+    return ctx.hub.to_user(user_id, "presences", {"type": type_, "from": jid, "nick": nick, "to": user_id,
+                                                  "show": show, "status": status or ""})
 
 
 def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
@@ -70,7 +69,7 @@ def delivery_failed(ctx, user_id, peer, nick, condition, text=None):
     reason = text or _REASONS.get(condition) or condition.replace("-", " ")
     packet = {"type": "unicast", "from": peer, "to": user_id, "nick": nick, "body": f"Not delivered: {reason}",
               "style": FAILURE_STYLE, "timestamp": ctx.now_ms(), "error": condition, "error_msg": reason}
-    return ctx.router.deliver(user_id, "messages", packet)
+    return ctx.hub.to_user(user_id, "messages", packet)
 
 
 _REASONS = {
@@ -88,25 +87,23 @@ _REASONS = {
 async def incoming_groupchat(ctx, room_id, occupant_id, nick, body):
     """A groupchat message from an XMPP occupant of a bridged room: stored as a
     ``multicast`` from the occupant (``<room jid>/<nick>``) and routed to the live
-    web members (D7). Returns the stored message."""
+    web members (docs/design.md#d7-messages). Returns the stored message."""
     body = body[: ctx.config.limits.message_chars]
-    msg = await ctx.store.add_message("multicast", occupant_id, room_id, nick, body, "", ctx.now_ms(), True)
-    ctx.router.route_multicast(msg)
+    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body)
     return msg
 
 
 def room_occupant(ctx, room_id, occupant_id, nick, joined, show):
     """An XMPP occupant came or went: v5-style ``join``/``leave`` presences to the live
-    members when ``[server] room_presences`` is on (D9); ``members`` lists occupants
+    members when ``[server] room_presences`` is on (docs/design.md#d9-rooms); ``members`` lists occupants
     either way."""
     if not ctx.router.room_presences:
         return
     packet = {"type": "join" if joined else "leave", "from": occupant_id, "nick": nick, "to": room_id,
               "show": show if joined else "unavailable", "status": room_id}
-    for member_id in list(ctx.router.rooms.get(room_id, ())):
-        ctx.router.deliver(member_id, "presences", packet)
+    ctx.hub.to_room(room_id, "presences", packet)
 
 
 def remote_buddy_info(jid, nick, group, presence):
-    """buddyInfo (§2.2) of an XMPP buddy: ``presence`` is ``(presence, show, status)``."""
+    """buddyInfo (docs/protocol.md#buddyinfo) of an XMPP buddy: ``presence`` is ``(presence, show, status)``."""
     return model.buddy_info({"id": jid, "nick": nick}, group, presence)

@@ -1,4 +1,4 @@
-"""Versioned database schema shared by SQLite and PostgreSQL (DESIGN.md "store/").
+"""Versioned database schema shared by SQLite and PostgreSQL (docs/architecture.md#store).
 
 The DDL is written once with ``{autoid}`` standing for the auto-increment primary key,
 which :func:`ddl` substitutes per dialect. Every step of :data:`MIGRATIONS` is keyed by
@@ -68,7 +68,7 @@ _V1 = (
         from_cleared INTEGER NOT NULL DEFAULT 0,
         to_cleared INTEGER NOT NULL DEFAULT 0
     )""",
-    # new_messages at online: WHERE to_id = ? AND delivered = 0 ORDER BY id (D10).
+    # new_messages at online: WHERE to_id = ? AND delivered = 0 ORDER BY id (docs/design.md#d10-history).
     "CREATE INDEX messages_undelivered ON messages (to_id, delivered, id)",
     # unicast history: one range scan per direction of the pair, newest first.
     "CREATE INDEX messages_pair ON messages (from_id, to_id, id)",
@@ -93,7 +93,7 @@ _V1 = (
     )""",
 )
 
-# Version 2: the XMPP bridge's tables (issue 7, nextim_twisted/xmpp/store.py).
+# Version 2: the XMPP bridge's tables (docs/xmpp.md, nextim_twisted/xmpp/store.py).
 _V2 = (
     # A web user paired with an XMPP contact (bare JID) by the directory, with the
     # RFC 3921 subscription state from the web user's side: none/to/from/both, and

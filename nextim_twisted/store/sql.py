@@ -3,7 +3,7 @@
 One set of SQL text serves both dialects: queries are written with ``?`` placeholders
 and :func:`translate` turns them into ``%s`` for psycopg. Every public method runs in
 exactly one ``runInteraction`` (one transaction), so a write is either fully stored or
-not at all, and a message is committed before its Deferred fires (D7).
+not at all, and a message is committed before its Deferred fires (docs/design.md#d7-messages).
 
 Shapes of the returned rows are those of :mod:`nextim_twisted.store.base`.
 """
@@ -138,7 +138,7 @@ class SQLStore(Store):
         One connection on one thread (``cp_min = cp_max = 1``, never reconnected, so an
         in-memory database lives as long as the store), ``check_same_thread=False``,
         WAL journal, ``PRAGMA synchronous = <synchronous>`` (OFF, NORMAL, FULL or EXTRA;
-        FULL by default so a committed message survives a power cut, D7/D16), and a
+        FULL by default so a committed message survives a power cut, docs/design.md#d7-messages), and a
         busy timeout so ``nextimctl`` may write the same file concurrently.
         Raises ValueError for an unknown ``synchronous`` value.
         """
@@ -205,7 +205,7 @@ class SQLStore(Store):
     # plumbing ------------------------------------------------------------
     #: ``callable(operation, seconds)`` told how long each transaction took (pool wait
     #: included), ``operation`` being the store method's name (``get_user`` …); set by
-    #: the metrics (issue 5, web/metrics.py). None: no timing.
+    #: the metrics (docs/deployment.md#5-metrics, web/metrics.py). None: no timing.
     observe_query = None
 
     def _run(self, fn, *args, write=True):
@@ -224,7 +224,7 @@ class SQLStore(Store):
 
     def transaction(self, fn, *args, write=True):
         """Public form of :meth:`_run` for add-on tables kept outside this module (the
-        XMPP bridge's, issue 7: ``nextim_twisted/xmpp/store.py``): ``fn(cursor, *args)``
+        XMPP bridge's: ``nextim_twisted/xmpp/store.py``): ``fn(cursor, *args)``
         in one transaction; ``cursor.execute(sql, params)`` takes ``?`` placeholders and
         returns the cursor (``.one()``, ``.all()``, ``.rowcount``). Deferred → ``fn``'s result."""
         return self._run(fn, *args, write=write)
@@ -469,7 +469,7 @@ class SQLStore(Store):
 
     # messages ------------------------------------------------------------
     def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered, also=None):
-        """Insert and commit one message (D7); ``timestamp`` in ms, ``style`` None
+        """Insert and commit one message (docs/design.md#d7-messages); ``timestamp`` in ms, ``style`` None
         stored as "". ``also(cursor, message)``, when given, runs in the same
         transaction after the insert (the webhook outbox's rows,
         docs/design.md#d22-the-site-as-source-of-truth). Deferred (fires after COMMIT)
@@ -492,7 +492,7 @@ class SQLStore(Store):
 
     def undelivered(self, user_id, limit=50):
         """The oldest ``limit`` undelivered unicast messages to ``user_id``, oldest
-        first (D10). Deferred → list of message dicts."""
+        first (docs/design.md#d10-history). Deferred → list of message dicts."""
         def q(c):
             return [_message(r) for r in c.execute(
                 "SELECT %s FROM messages WHERE to_id = ? AND delivered = 0 "
@@ -504,7 +504,7 @@ class SQLStore(Store):
         """Mark the messages delivered (one transaction). Deferred → sorted list of the
         ids this call changed from undelivered to delivered: of two concurrent callers
         with the same ids, each id is returned to one only (exactly-once hand-over of
-        ``new_messages``, D6/D10)."""
+        ``new_messages``, docs/design.md#d6-comet-envelope/docs/design.md#d10-history)."""
         ids = sorted({int(i) for i in message_ids})
 
         def q(c):
@@ -521,7 +521,7 @@ class SQLStore(Store):
     def unicast_history(self, user_id, other_id, limit=30):
         """Newest ``limit`` unicast messages between the two, oldest first, as seen
         by ``user_id``: without rows ``user_id`` cleared and without undelivered
-        incoming ones (those are ``new_messages``, D10); undelivered outgoing ones are
+        incoming ones (those are ``new_messages``, docs/design.md#d10-history); undelivered outgoing ones are
         included. Deferred → list of message dicts."""
         limit = int(limit)
 
@@ -544,7 +544,7 @@ class SQLStore(Store):
 
     def room_history(self, room_id, limit=30):
         """Newest ``limit`` multicast messages of the room, oldest first (membership
-        is checked by the caller, D10). Deferred → list of message dicts."""
+        is checked by the caller, docs/design.md#d10-history). Deferred → list of message dicts."""
         def q(c):
             rows = c.execute(
                 "SELECT %s FROM messages WHERE type = 'multicast' AND to_id = ? "
@@ -555,7 +555,7 @@ class SQLStore(Store):
     def clear_history(self, user_id, other_id):
         """Hide the pair's unicast history from ``user_id``'s side: everything sent
         by ``user_id`` and everything *delivered* to them (undelivered incoming
-        messages are not yet history, D10, and stay). Rows hidden from both sides are
+        messages are not yet history, docs/design.md#d10-history, and stay). Rows hidden from both sides are
         deleted, in the same transaction. Deferred → None."""
         def q(c):
             c.execute("UPDATE messages SET from_cleared = 1 WHERE from_id = ? "
@@ -577,7 +577,7 @@ class SQLStore(Store):
 
     def purge_messages(self, older_than_ms):
         """Delete every message (any type, delivered or not) whose ``timestamp`` is
-        before ``older_than_ms`` (epoch ms), in one transaction (retention, issue 5).
+        before ``older_than_ms`` (epoch ms), in one transaction (docs/operations.md#history-retention).
         Deferred → number of rows deleted (int)."""
         cutoff = int(older_than_ms)
 
@@ -610,7 +610,7 @@ class SQLStore(Store):
     def stats_counts(self):
         """Row counts in one (read) transaction: ``{"users", "rooms", "messages",
         "undelivered"}`` (ints; ``undelivered`` = unicast messages not yet delivered,
-        the ones a user gets as ``new_messages``, D10). Deferred → dict."""
+        the ones a user gets as ``new_messages``, docs/design.md#d10-history). Deferred → dict."""
         def q(c):
             def count(sql):
                 return int(c.execute(sql).one()[0])
@@ -633,7 +633,7 @@ class SQLStore(Store):
         return self._run(q, write=False)
 
     def put_setting(self, user_id, json_text):
-        """Store the text verbatim, replacing the old one (D11; the 8 KB limit is the
+        """Store the text verbatim, replacing the old one (docs/design.md#d11-settings; the 8 KB limit is the
         handler's). Deferred → None."""
         def q(c):
             c.execute("INSERT INTO settings (user_id, data) VALUES (?, ?) "
@@ -666,7 +666,7 @@ class SQLStore(Store):
 
     def take_unread_notifications(self, user_id, limit=50):
         """Up to ``limit`` unread notifications, newest first (by time, then id), marked
-        read in the same transaction (D12). Deferred → list of notification dicts."""
+        read in the same transaction (docs/design.md#d12-notifications). Deferred → list of notification dicts."""
         def q(c):
             rows = c.execute("SELECT id, text, link, time FROM notifications "
                              "WHERE user_id = ? AND read = 0 "

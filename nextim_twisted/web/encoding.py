@@ -1,17 +1,19 @@
-"""Plain and JSONP answers (D1) and the D2 error envelope, on twisted.web requests."""
+"""Plain and JSONP answers (docs/design.md#d1-plain-and-jsonp) and the error envelope
+(docs/design.md#d2-errors), on twisted.web requests."""
 import json
 import re
 
 from ..errors import BadRequest
 from ..handlers import OK
 
-#: D1: a JSONP callback name, dotted paths allowed (``parent.jsonp123``).
+#: A JSONP callback name, dotted paths allowed (``parent.jsonp123``; docs/protocol.md#jsonp).
 CALLBACK = re.compile(r"^[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*$", re.ASCII)
 MAX_CALLBACK = 128
 
 
 def check_callback(value):
-    """The callback name, or None. :raises BadRequest: not a safe JavaScript name (D1)."""
+    """The callback name, or None. :raises BadRequest: not a safe JavaScript name
+    (docs/protocol.md#jsonp)."""
     if value is None or value == "":
         return None
     if len(value) > MAX_CALLBACK or not CALLBACK.match(value):
@@ -38,7 +40,7 @@ def _common_headers(request):
 
 def render(request, value, callback=None, status=200):
     """Write ``value`` as the answer: JSON (or ``ok``) in plain mode, ``/**/cb(json);``
-    under JSONP (D1). Returns the body bytes (Klein writes them)."""
+    under JSONP (docs/design.md#d1-plain-and-jsonp). Returns the body bytes."""
     _common_headers(request)
     if callback is not None:
         request.setResponseCode(200)
@@ -54,7 +56,7 @@ def render(request, value, callback=None, status=200):
 
 
 def render_error(request, error, callback=None):
-    """The D2 envelope for a :class:`ProtocolError`: its status in plain mode, 200 under
+    """The error envelope for a :class:`ProtocolError`: its status in plain mode, 200 under
     JSONP (a browser does not run a script answered with an error status).
     The code is also left on ``request.nextim_error`` for the access log and
     ``nextim_errors_total`` (web/metrics.py)."""

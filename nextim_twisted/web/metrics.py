@@ -1,5 +1,6 @@
-"""Operator surface of the web layer (issue 5): Prometheus metrics at ``GET /metrics``,
-the health check at ``GET /health``, and one access-log event per request.
+"""What the web layer measures: the Prometheus metrics served at ``GET /metrics``
+(the route is in :mod:`.ops`), the reactor-stall monitor, and one access-log event per
+request (:class:`ObservedSite`).
 
 Metrics live in a per-daemon ``CollectorRegistry`` (never the global one), so several
 daemons may run in one process (tests). Names, all prefixed ``nextim_``:
@@ -11,12 +12,12 @@ name                                type      labels / meaning
 ``sessions``                        gauge     live sessions (tickets), at scrape
 ``parked_polls``                    gauge     long polls waiting right now, at scrape
 ``messages_total``                  counter   ``type`` = unicast, multicast, broadcast
-                                              (committed and routed, D7)
+                                              (committed and routed)
 ``packets_delivered_total``         counter   ``kind`` = messages, presences, statuses:
                                               packets sent in poll answers (a re-send
-                                              after a lost answer counts again, D6)
-``queue_overflows_total``           counter   sessions ended by a full queue (D6)
-``errors_total``                    counter   ``code``: the D2 envelope's ``error``
+                                              after a lost answer counts again)
+``queue_overflows_total``           counter   sessions ended by a full queue
+``errors_total``                    counter   ``code``: the envelope's ``error``
 ``logins_total``                    counter   ``method`` = token, password, session,
                                               ticket: successful ``webim/online`` calls
 ``requests_total``                  counter   ``endpoint``, ``status`` = 2xx, 3xx, 4xx,
@@ -37,24 +38,16 @@ The gauges and the router's counters are read from the router when Prometheus
 scrapes (:class:`LiveCollector`): nothing polls.
 """
 import gc
-import hmac
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 from twisted.web import server
 
-from ..errors import NotFound, ProtocolError, Unauthorized
-from .encoding import render, render_error
-
-log = Logger()
 #: The access log: one event per request (namespace ``nextim_twisted.access``).
 access_log = Logger(namespace="nextim_twisted.access")
-
-#: Seconds ``/health`` waits for ``store.ping()`` before it answers 503.
-HEALTH_TIMEOUT_S = 5
 
 #: Endpoints whose access events are logged at debug level (scrapes and probes
 #: would otherwise flood the log).
@@ -73,7 +66,8 @@ def endpoint_name(path, args, webim_names):
     """The bounded ``endpoint`` label of a request.
 
     :param path: ``request.path`` (bytes, no query string).
-    :param args: ``request.args`` (the bare ``/`` with a ``ticket`` is a poll, §7 A3).
+    :param args: ``request.args`` (the bare ``/`` with a ``ticket`` is a poll: configs
+        whose poll URL is the server URL itself).
     :param webim_names: the known ``webim/<name>`` endpoints.
     :returns: ``packets``, ``index``, ``webim_<name>``, ``webim_unknown``, ``admin``,
         ``static``, ``metrics``, ``health`` or ``other``.
@@ -118,14 +112,14 @@ class LiveCollector:
         routed = getattr(router, "messages_routed", {}) if router is not None else {}
         gauges = (
             ("nextim_online_users", "Users online (with sessions or inside the grace).", "online_users"),
-            ("nextim_sessions", "Live sessions (one per ticket, D4).", "sessions"),
+            ("nextim_sessions", "Live sessions (one per ticket).", "sessions"),
             ("nextim_parked_polls", "Long polls waiting for packets right now.", "parked_polls"),
         )
         families = [GaugeMetricFamily(name, doc, value=stats.get(key, 0)) for name, doc, key in gauges]
         families.append(CounterMetricFamily(
-            "nextim_queue_overflows", "Sessions ended because their packet queue was full (D6).",
+            "nextim_queue_overflows", "Sessions ended because their packet queue was full.",
             value=stats.get("queue_overflows", 0)))
-        messages = CounterMetricFamily("nextim_messages", "Messages committed and routed, by type (D7).",
+        messages = CounterMetricFamily("nextim_messages", "Messages committed and routed, by type.",
                                        labels=["type"])
         for type_ in MESSAGE_TYPES:
             messages.add_metric([type_], routed.get(type_, 0))
@@ -146,12 +140,12 @@ class Metrics:
         self.registry.register(LiveCollector(router))
         ProcessCollector(registry=self.registry)
         r = self.registry
-        self.packets = Counter("nextim_packets_delivered", "Packets sent in long-poll answers, by kind (D6).",
+        self.packets = Counter("nextim_packets_delivered", "Packets sent in long-poll answers, by kind.",
                                ["kind"], registry=r)
-        self.errors = Counter("nextim_errors", "Refusals answered with the D2 envelope, by error code.",
+        self.errors = Counter("nextim_errors", "Refusals answered with the error envelope, by error code.",
                               ["code"], registry=r)
         self.logins = Counter("nextim_logins", "Successful webim/online calls, by how the caller was "
-                              "identified (D13).", ["method"], registry=r)
+                              "identified.", ["method"], registry=r)
         self.requests = Counter("nextim_requests", "HTTP requests by endpoint and status class.",
                                 ["endpoint", "status"], registry=r)
         self.request_seconds = Histogram("nextim_request_duration_seconds",
@@ -178,7 +172,8 @@ class Metrics:
         self.db_seconds.labels(operation).observe(seconds)
 
     def polled(self, envelope):
-        """Count the packets of a poll answer (D6 envelope); returns it unchanged."""
+        """Count the packets of a poll answer (docs/design.md#d6-comet-envelope); returns it
+        unchanged."""
         if isinstance(envelope, dict):
             for kind in PACKET_KINDS:
                 n = len(envelope.get(kind) or ())
@@ -211,7 +206,7 @@ class StallMonitor:
 
     A timer re-armed every :attr:`INTERVAL_S` seconds records how late it fired; a
     ``gc.callbacks`` hook times each collection (the collector stops the reactor). Both
-    tell an operator whether a latency tail is this process stalling (issue 6).
+    tell an operator whether a latency tail is this process stalling (docs/benchmarks.md).
 
     :param metrics: the :class:`Metrics` whose histograms are fed.
     :param reactor: an ``IReactorTime`` (a ``Clock`` in tests).
@@ -256,67 +251,19 @@ class StallMonitor:
             self._gc_started = None
 
 
-class Ops:
-    """``GET /metrics`` and ``GET /health`` for a :class:`~nextim_twisted.web.app.WebApp`.
-
-    :param ctx: the handler context (``config``, ``store``, ``clock``, ``shutting_down``).
-    :param metrics: :class:`Metrics`.
-    """
-
-    def __init__(self, ctx, metrics):
-        self.ctx = ctx
-        self.metrics = metrics
-
-    def render_metrics(self, request):
-        """The exposition, or the D2 envelope: 404 ``unknown_path`` when ``[metrics]
-        enabled = false``; 401 ``bad_metrics_token`` without the right
-        ``Authorization: Bearer <[metrics] token>`` when a token is set."""
-        try:
-            cfg = self.ctx.config.metrics
-            if not cfg.enabled:
-                raise NotFound("no such path", code="unknown_path")
-            if cfg.token:
-                auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
-                given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-                if not hmac.compare_digest(given.encode("utf-8"), cfg.token.encode("utf-8")):
-                    raise Unauthorized("metrics token required: Authorization: Bearer <token>",
-                                       code="bad_metrics_token")
-        except ProtocolError as error:
-            return render_error(request, error)
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        return self.metrics.exposition()
-
-    async def render_health(self, request):
-        """200 ``{"status": "ok", "storage": "ok"}`` once ``store.ping()`` answers;
-        503 ``{"status": "error", "storage": "error"}`` when it fails or takes over
-        :data:`HEALTH_TIMEOUT_S` seconds (on the context clock); 503
-        ``{"status": "shutting_down", ...}`` while the daemon stops (D16)."""
-        if self.ctx.shutting_down:
-            return render(request, {"status": "shutting_down", "storage": "unknown"}, status=503)
-        try:
-            d = self.ctx.store.ping()
-            d.addTimeout(HEALTH_TIMEOUT_S, self.ctx.clock)
-            await d
-        except Exception as e:  # any storage failure is "not healthy", never a 500
-            log.warn("health check failed: storage {error}", error=type(e).__name__)
-            return render(request, {"status": "error", "storage": "error"}, status=503)
-        return render(request, {"status": "ok", "storage": "ok"})
-
-
 class ObservedRequest(server.Request):
     """A ``twisted.web`` request that remembers when it arrived and reports a client
     that went away before the answer (a closed long poll) to its site."""
 
     # This project's attributes live in slots, not in the instance dict: twisted.web's
     # Request already puts 22 keys there, and a 25th turns CPython's compact shared-key
-    # dict (~0.3 KB) into a full one (~1.6 KB), once per parked poll (issue 6).
+    # dict (~0.3 KB) into a full one (~1.6 KB), once per parked poll (docs/benchmarks.md).
     __slots__ = ("started", "on_connection_lost", "nextim_user_id", "nextim_error")
 
     def __init__(self, *args, **kwargs):
         self.started = None
         #: Set by the web layer: called with no argument when the connection is lost
-        #: before the answer (a parked poll cancels its Deferred, D5).
+        #: before the answer (a parked poll cancels its Deferred, docs/design.md#d5-timers).
         self.on_connection_lost = None
         super().__init__(*args, **kwargs)
 
@@ -342,7 +289,7 @@ class ObservedSite(server.Site):
     :data:`QUIET_ENDPOINTS`) has the fields ``method``, ``path`` (never the query
     string: it carries tickets and tokens), ``status`` (int; 499 when the client went
     away first), ``duration_ms`` (float), ``endpoint``, ``user_id`` (None when not
-    known) and ``error`` (the D2 code or None). Request and answer bodies are never
+    known) and ``error`` (the envelope's code or None). Request and answer bodies are never
     logged. The web layer tells it the user and error through the request attributes
     ``nextim_user_id`` and ``nextim_error``.
 

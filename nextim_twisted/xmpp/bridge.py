@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
+from ..core.observers import ILiveStateObserver
 from ..errors import BadRequest, NotFound, ProtocolError
 from ..handlers import xmpp as entry
 from . import mapping, subscriptions
@@ -99,7 +100,7 @@ def _child(element, name, uri=None):
     return None
 
 
-class Bridge:
+class Bridge(ILiveStateObserver):
     """The XMPP bridge of one daemon.
 
     :param ctx: the handlers' :class:`~nextim_twisted.handlers.context.Context`.
@@ -134,14 +135,13 @@ class Bridge:
             self._cache_pair(row["user_id"], Pair(row["jid"], row["nick"] or mapping.nick_of(row["jid"]),
                                                   row["group"] or "", row["subscription"]))
         self.rooms = await self.store.rooms()
-        self.ctx.router.observers.append(self)
+        self.ctx.router.add_observer(self)
         self.conn.start()
 
     async def stop(self):
         """Tell XMPP every web user is gone (unavailable to subscribers, leave rooms),
         then close the stream."""
-        if self in self.ctx.router.observers:
-            self.ctx.router.observers.remove(self)
+        self.ctx.router.remove_observer(self)
         if self.conn.connected:
             for user_id, pairs in self.pairs.items():
                 for pair in pairs.values():
@@ -257,8 +257,8 @@ class Bridge:
             self._leave_all(room_id)
         await self.store.put_room(room_id, muc)
         self.rooms[room_id] = muc
-        for member_id in list(self.ctx.router.rooms.get(room_id, ())):
-            user = self.ctx.router.users.get(member_id)
+        for member_id in self.ctx.router.live_members(room_id):
+            user = self.ctx.router.user(member_id)
             if user is not None and user.visible:
                 self._join_muc(user, room_id)
 
@@ -375,8 +375,8 @@ class Bridge:
         self.joined.clear()
         self._configured.clear()
         for room_id in self.rooms:
-            for member_id in sorted(self.ctx.router.rooms.get(room_id, ())):
-                user = self.ctx.router.users.get(member_id)
+            for member_id in self.ctx.router.live_members(room_id):
+                user = self.ctx.router.user(member_id)
                 if user is not None and user.visible:
                     self._join_muc(user, room_id)
 
@@ -592,7 +592,7 @@ class Bridge:
             if occ is None or occ.nick != nick:
                 return
             condition, text = _error_condition(el)
-            user = self.ctx.router.users.get(user_id)
+            user = self.ctx.router.user(user_id)
             if condition == "conflict" and not occ.retried and user is not None:
                 # Nick taken in the room: once more as "<nick> (<id>)".
                 self._join_muc(user, room_id, nick=f"{user.nick} ({user_id})", retried=True)
@@ -685,7 +685,7 @@ class Bridge:
         (they are rebuilt after reconnecting)."""
         el = self._presence_el(user_id, to, type_, show, status)
         if type_ == "subscribe":
-            user = self.ctx.router.users.get(user_id)
+            user = self.ctx.router.user(user_id)
             if user is not None:
                 el.addElement((NS_NICK, "nick"), content=user.nick)  # XEP-0172
         if queue is None:

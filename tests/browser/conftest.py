@@ -23,8 +23,8 @@ import pytest
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # pragma: no cover - reported as a skip below
-    sync_playwright = None
-    expect = None
+    sync_playwright = None  # type: ignore[assignment]
+    expect = None  # type: ignore[assignment]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATIC_DIR = REPO_ROOT / "nextim_twisted" / "web" / "static"
@@ -138,7 +138,7 @@ def start_daemon(workdir, config_text=SHORT_TIMERS, demo=True, set_public_url=Fa
     return DaemonProcess(argv, workdir, port).start()
 
 
-_daemons = []  # running daemons, whose logs go into failure reports
+_daemons: list = []  # running daemons, whose logs go into failure reports
 
 
 # Package scope: the daemon and the browser end with the last browser test,

@@ -415,5 +415,5 @@ def test_times_use_local_clock_corrected_by_skew(bare):
 def test_backoff_grows_with_jitter_and_is_capped(bare):
     delays = bare.evaluate("() => [1, 2, 3, 4, 10, 50].map(n => NextIM._backoff(n))")
     caps = [1000, 2000, 4000, 8000, 30000, 30000]
-    for d, cap in zip(delays, caps):
+    for d, cap in zip(delays, caps, strict=True):
         assert cap / 2 <= d <= cap

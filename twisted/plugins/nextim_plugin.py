@@ -1,4 +1,4 @@
-"""Registers ``twistd nextim`` (DESIGN.md layout: ServiceMaker only)."""
+"""Registers ``twistd nextim`` (docs/architecture.md: a ServiceMaker only)."""
 from twisted.application.service import ServiceMaker
 
 nextim = ServiceMaker(

@@ -8,45 +8,53 @@
  *     <script src="http://daemon:8000/static/app.js"></script>
  *     NextIM.start({server: "http://daemon:8000", jsonp: true, token: "<jwt>"})
  *
+ * The file has two parts:
+ *
+ *  1. NextimClient: the protocol client. Transport (plain fetch or JSONP
+ *     calls to webim/*), the comet loop (seq/ack, backoff, a lost session),
+ *     the model (buddies, rooms, presences, conversations, unread counts)
+ *     and events. It never touches `document` or `window`: the browser's
+ *     primitives (fetch, <script> insertion, timers, storage) are injected,
+ *     so Node can load it (module.exports at the end) and test it with
+ *     fakes. See docs/client.md#how-the-client-is-built.
+ *  2. The view (NextIM.start): DOM rendering of the client's state, and the
+ *     browser glue that builds the transport, timers and storage.
+ *
  * Rules kept throughout:
  *  - everything that comes from the server is put into the page as text
  *    (textContent / createTextNode), never as HTML. The one exception is
  *    the admin-written notification text, which goes through sanitizeHtml();
- *  - the comet poll acknowledges what it has processed (`ack`, DESIGN D6), so
- *    a lost answer is sent again instead of being lost;
+ *  - the comet poll acknowledges what it has processed (`ack`,
+ *    docs/design.md#d6-comet-envelope), so a lost answer is sent again
+ *    instead of being lost;
  *  - errors never stop the client: polls retry with backoff and jitter, and a
  *    vanished ticket (404) leads to a fresh `online`.
  */
-(function (global) {
+
+// =============================================================================
+// Part 1: the protocol client (no DOM)
+// =============================================================================
+
+var NextimClient = (function () {
   "use strict";
 
-  var document = global.document;
-
   // ---------------------------------------------------------------------------
-  // Constants (protocol-reference §8 and the issue)
+  // Timing (ms). The server's own timers are in docs/design.md#d5-timers.
 
-  var CALL_TIMEOUT_MS = 15000;      // plain XHR calls
-  var JSONP_TIMEOUT_MS = 10000;     // JSONP calls (reference used 5 s; be lenient)
-  var POLL_TIMEOUT_MS = 40000;      // server holds a poll up to 25 s
-  var POLL_GAP_MS = 50;             // pause between two successful polls
-  var POLL_HELD_MS = 1500;          // a poll held this long means the server is there
-  var TYPING_IDLE_MS = 6000;        // send "clear" after this long without keys
-  var TYPING_SHOW_MS = 10000;       // show "X is typing" at most this long
-  var BACKOFF_BASE_MS = 1000;
-  var BACKOFF_MAX_MS = 30000;
-  var ROOM_REFRESH_MS = 60000;      // room counts have no push; refresh now and then
-
-  var SHOW_LABELS = {
-    available: "Available",
-    chat: "Free to chat",
-    away: "Away",
-    dnd: "Do not disturb",
-    invisible: "Invisible",
-    offline: "Offline",
-    unavailable: "Offline"
+  var TIMING = {
+    CALL_TIMEOUT_MS: 15000,     // plain fetch calls
+    JSONP_TIMEOUT_MS: 10000,    // JSONP calls: a slow network must not fail them
+    POLL_TIMEOUT_MS: 40000,     // the server holds a poll up to 25 s
+    POLL_GAP_MS: 50,            // pause between two successful polls
+    STOPPED_GAP_MS: 200,        // after "stopped" or an odd answer: never a tight loop
+    POLL_HELD_MS: 1500,         // a poll held this long means the server is there
+    TYPING_IDLE_MS: 6000,       // send "clear" after this long without keys
+    TYPING_SHOW_MS: 10000,      // show "X is typing" at most this long
+    BACKOFF_BASE_MS: 1000,
+    BACKOFF_MAX_MS: 30000,
+    ROOM_COUNTS_DELAY_MS: 800,  // coalesce presence changes into one members call
+    ROOM_REFRESH_MS: 60000      // room counts have no push; refresh now and then
   };
-  // What the presence menu offers, in order. "offline" ends the session.
-  var MENU_SHOWS = ["available", "away", "dnd", "invisible", "offline"];
 
   var DEFAULT_SETTING = {
     play_sound: true,
@@ -59,6 +67,1365 @@
   function defaultSetting() {
     return Object.assign({}, DEFAULT_SETTING, { blocked_rooms: [] });
   }
+
+  var NOTIFICATIONS_KEPT = 20;
+  var PACKET_LOG_SIZE = 100;
+
+  // ---------------------------------------------------------------------------
+  // Pure helpers
+
+  /** Exponential backoff with jitter (ms) for the n-th failure in a row
+   *  (n >= 1): a random value between half and all of min(30 s, 1 s * 2^(n-1)).
+   *  A fleet of clients that lost the server at the same moment must not come
+   *  back at the same moment. random: () -> [0, 1), default Math.random. */
+  function backoffDelay(failures, random) {
+    var r = (random || Math.random)();
+    var cap = Math.min(TIMING.BACKOFF_MAX_MS, TIMING.BACKOFF_BASE_MS * Math.pow(2, Math.max(0, failures - 1)));
+    return Math.round(cap / 2 + r * cap / 2);
+  }
+
+  function csv(list) { return list.filter(Boolean).join(","); }
+
+  function chatKey(type, id) { return type + ":" + id; }
+
+  /** Later protocol versions call the two kinds of conversation chat and
+   *  grpchat (docs/protocol.md#later-protocol-versions). */
+  function normalizeType(t) {
+    if (t === "chat") return "unicast";
+    if (t === "grpchat") return "multicast";
+    return t || "unicast";
+  }
+
+  /** What makes two messages the same one (history and live copies). */
+  function msgKey(m) {
+    return [normalizeType(m.type), m.from, m.to, m.timestamp, m.body].join("\u0001");
+  }
+
+  /** A notification's time in ms: a number (s or ms), an ISO date, or a
+   *  numeric string; 0 when unknown. */
+  function notifTime(v) {
+    if (typeof v === "number") return v < 1e12 ? v * 1000 : v;
+    var p = Date.parse(v);
+    if (isFinite(p)) return p;
+    var f = parseFloat(v);
+    return isFinite(f) ? (f < 1e12 ? f * 1000 : f) : 0;
+  }
+
+  /** Newest first, without duplicates (same time and text), at most 20.
+   *  fresh: from webim/notifications; kept: the ones cached from before. */
+  function mergeNotifications(fresh, kept) {
+    var seen = {};
+    var merged = [];
+    (Array.isArray(fresh) ? fresh : []).filter(function (n) { return n && n.text; }).concat(kept || []).forEach(function (n) {
+      var k = String(n.time) + "\u0001" + n.text;
+      if (!seen[k]) { seen[k] = true; merged.push({ text: String(n.text), link: n.link || "", time: n.time }); }
+    });
+    merged.sort(function (a, b) { return notifTime(b.time) - notifTime(a.time); });
+    return merged.slice(0, NOTIFICATIONS_KEPT);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Errors
+
+  /** The error every transport rejects with. status: the HTTP status, 0 when
+   *  unknown (network down, JSONP); code: the envelope's `error`
+   *  (docs/design.md#d2-errors) or a local one: network, timeout, aborted,
+   *  jsonp_error, bad_answer, http_<status>. */
+  function ApiError(status, code, message) {
+    var e = new Error(message || code || ("HTTP " + status));
+    e.name = "ApiError";
+    e.status = status;
+    e.code = code || "";
+    return e;
+  }
+
+  /** 401 in plain mode; under JSONP the status is 200 and only the code says it. */
+  function isAuthError(err) {
+    return err.status === 401 || /^(not_authenticated|invalid_token|token_expired|unauthorized)$/.test(err.code || "");
+  }
+
+  /** An answer that is the error envelope becomes an ApiError. */
+  function checkEnvelope(data) {
+    if (data && typeof data === "object" && !Array.isArray(data) && data.success === false) {
+      throw ApiError(200, data.error || "error", data.error_msg || data.error || "Request failed");
+    }
+    return data;
+  }
+
+  function parseBody(text) {
+    if (text === "ok") return "ok";
+    try { return JSON.parse(text); } catch (e) { return text; }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Events
+
+  /** A minimal event emitter: on(name, fn) -> off function; emit(name, ...). */
+  function Emitter() { this._handlers = {}; }
+  Emitter.prototype.on = function (name, fn) {
+    var list = this._handlers[name] || (this._handlers[name] = []);
+    list.push(fn);
+    return function () { var i = list.indexOf(fn); if (i >= 0) list.splice(i, 1); };
+  };
+  Emitter.prototype.emit = function (name) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    (this._handlers[name] || []).slice().forEach(function (fn) { fn.apply(null, args); });
+  };
+
+  // ---------------------------------------------------------------------------
+  // Injected environment: timers and storage
+
+  /** The standard timer functions (present in browsers and Node). A test
+   *  passes its own object with the same four functions and now(). */
+  function systemTimers() {
+    return {
+      setTimeout: function (fn, ms) { return setTimeout(fn, ms); },
+      clearTimeout: function (id) { clearTimeout(id); },
+      setInterval: function (fn, ms) { return setInterval(fn, ms); },
+      clearInterval: function (id) { clearInterval(id); },
+      now: function () { return Date.now(); }
+    };
+  }
+
+  /** Storage seam: get(key, fallback, kind) / set(key, value, kind), values
+   *  JSON-able, value undefined removes; kind "session" is per tab, anything
+   *  else per browser. This one keeps everything in memory. */
+  function memoryStorage() {
+    var data = { local: {}, session: {} };
+    function area(kind) { return kind === "session" ? data.session : data.local; }
+    return {
+      data: data,
+      get: function (key, fallback, kind) {
+        var a = area(kind);
+        return Object.prototype.hasOwnProperty.call(a, key) ? JSON.parse(a[key]) : fallback;
+      },
+      set: function (key, value, kind) {
+        var a = area(kind);
+        if (value === undefined) delete a[key]; else a[key] = JSON.stringify(value);
+      }
+    };
+  }
+
+  // ---------------------------------------------------------------------------
+  // Transport: the seam between the client and the wire.
+  //
+  // Any transport is an object with
+  //   call(name, params) -> Promise   webim/<name>; resolves with the parsed
+  //                                   answer ("ok" or JSON), rejects ApiError
+  //   poll(server, params, signal) -> Promise
+  //                                   the comet source: one poll with
+  //                                   {ticket, ack}; resolves with the comet
+  //                                   envelope (docs/design.md#d6-comet-envelope)
+  //   beacon(name, params)            fire and forget, survives page unload
+  //   setToken(token)                 a fresh site token (token auth)
+  //   base                            URL prefix of webim/ and packets
+  //
+  // HttpTransport speaks plain HTTP (fetch, POST form) or JSONP
+  // (docs/design.md#d1-plain-and-jsonp). The browser's pieces come in `env`:
+  //   fetch(url, init)                      window.fetch
+  //   insertScript(src, onload, onerror)    add a <script>; returns remove()
+  //   sendBeacon(url, URLSearchParams)      navigator.sendBeacon -> bool
+  //   origin                                this page's origin (or null)
+  //   resolve(url) -> absolute URL string   against the page's address
+  //   callbacks, callbackPrefix             where JSONP answers call in
+  //                                         (NextIM._cb, "NextIM._cb.")
+  //   timers                                as systemTimers()
+
+  var jsonpSeq = Date.now() % 1000000;
+
+  function HttpTransport(opts, env) {
+    this.jsonp = !!opts.jsonp;
+    this.token = opts.token || null;
+    this.env = env;
+    this.timers = env.timers || systemTimers();
+    // Base for webim/<name>: the daemon's root. Relative in page mode so the
+    // client also works behind a reverse proxy under a path prefix.
+    var server = opts.server ? String(opts.server) : "";
+    if (server && !/\/$/.test(server)) server += "/";
+    this.base = server;
+  }
+
+  HttpTransport.prototype.url = function (name) { return this.base + "webim/" + name; };
+
+  HttpTransport.prototype.setToken = function (token) { this.token = token; };
+
+  /** The token proves who we are when there is no ticket yet (online,
+   *  buddies before login...). Calls with a ticket do not send it: the ticket
+   *  identifies the user (docs/design.md#d13-identity), and a site token that
+   *  expired during a long visit must not break a live session. */
+  HttpTransport.prototype.withToken = function (params) {
+    var p = Object.assign({}, params);
+    if (this.token && !p.ticket) p.token = this.token;
+    Object.keys(p).forEach(function (k) { if (p[k] === undefined || p[k] === null) delete p[k]; });
+    return p;
+  };
+
+  HttpTransport.prototype.call = function (name, params) {
+    var p = this.withToken(params);
+    if (this.jsonp) return this.jsonpRequest(this.url(name), p, TIMING.JSONP_TIMEOUT_MS).then(checkEnvelope);
+    return this.fetchForm(this.url(name), p, TIMING.CALL_TIMEOUT_MS);
+  };
+
+  /** One comet poll. Same-origin servers get fetch (so a 404 is visible);
+   *  another origin gets JSONP, like the 2010 client. */
+  HttpTransport.prototype.poll = function (server, params, signal) {
+    var sameOrigin = false;
+    try { sameOrigin = !!this.env.origin && new URL(this.env.resolve(server)).origin === this.env.origin; } catch (e) { /* keep false */ }
+    if (this.jsonp || !sameOrigin) {
+      return this.jsonpRequest(server, params, TIMING.POLL_TIMEOUT_MS, signal);
+    }
+    var url = server + (server.indexOf("?") >= 0 ? "&" : "?") + new URLSearchParams(params).toString();
+    return this.fetchJson(url, TIMING.POLL_TIMEOUT_MS, signal);
+  };
+
+  HttpTransport.prototype.beacon = function (name, params) {
+    var p = new URLSearchParams(this.withToken(params));
+    var url = this.url(name);
+    try {
+      if (this.env.sendBeacon && this.env.sendBeacon(url, p)) return;
+    } catch (e) { /* fall through to fetch */ }
+    try {
+      this.env.fetch(url, { method: "POST", body: p, keepalive: true, credentials: this.jsonp ? "omit" : "same-origin", mode: this.jsonp ? "no-cors" : "same-origin" });
+    } catch (e) { /* page is going away; nothing more to do */ }
+  };
+
+  HttpTransport.prototype.withTimeout = function (ms, signal) {
+    var timers = this.timers;
+    var ctl = new AbortController();
+    var timer = timers.setTimeout(function () { ctl.abort(); }, ms);
+    if (signal) {
+      if (signal.aborted) ctl.abort();
+      else signal.addEventListener("abort", function () { ctl.abort(); });
+    }
+    return { signal: ctl.signal, done: function () { timers.clearTimeout(timer); } };
+  };
+
+  HttpTransport.prototype.fetchForm = function (url, params, timeoutMs) {
+    var t = this.withTimeout(timeoutMs, null);
+    return this.env.fetch(url, {
+      method: "POST",
+      body: new URLSearchParams(params),
+      credentials: "same-origin",
+      headers: { "X-Requested-With": "XMLHttpRequest" },
+      signal: t.signal
+    }).then(readResponse, networkError).finally(t.done);
+  };
+
+  HttpTransport.prototype.fetchJson = function (url, timeoutMs, signal) {
+    var t = this.withTimeout(timeoutMs, signal);
+    return this.env.fetch(url, { credentials: "same-origin", cache: "no-store", signal: t.signal })
+      .then(readResponse, networkError).finally(t.done);
+  };
+
+  function readResponse(res) {
+    return res.text().then(function (text) {
+      var data = parseBody(text);
+      if (!res.ok) {
+        var env = data && typeof data === "object" ? data : {};
+        throw ApiError(res.status, env.error || "http_" + res.status, env.error_msg || ("HTTP " + res.status));
+      }
+      return checkEnvelope(data);
+    });
+  }
+
+  function networkError(err) {
+    var e = ApiError(0, err && err.name === "AbortError" ? "timeout" : "network", "Cannot reach the server");
+    e.cause = err;
+    throw e;
+  }
+
+  /** JSONP: a <script> whose answer calls <callbackPrefix>j<N>(data). A
+   *  script that fails to load (any HTTP error, network down) is an error
+   *  whose status we cannot see; the comet loop treats it accordingly. */
+  HttpTransport.prototype.jsonpRequest = function (url, params, timeoutMs, signal) {
+    var env = this.env;
+    var timers = this.timers;
+    return new Promise(function (resolve, reject) {
+      var name = "j" + (++jsonpSeq);
+      var registry = env.callbacks;
+      var q = new URLSearchParams(params);
+      q.set("callback", env.callbackPrefix + name);
+      var settled = false;
+      var timer = null;
+      var remove = null;
+
+      function finish(err, data) {
+        if (settled) return;
+        settled = true;
+        timers.clearTimeout(timer);
+        // A late answer may still arrive: leave a no-op so it does not throw.
+        registry[name] = function () { delete registry[name]; };
+        timers.setTimeout(function () { delete registry[name]; }, TIMING.POLL_TIMEOUT_MS);
+        if (remove) remove();
+        if (err) reject(err); else resolve(data);
+      }
+
+      registry[name] = function (data) { finish(null, data); };
+      timer = timers.setTimeout(function () { finish(ApiError(0, "timeout", "The server did not answer")); }, timeoutMs);
+      if (signal) signal.addEventListener("abort", function () { finish(ApiError(0, "aborted", "aborted")); });
+      remove = env.insertScript(url + (url.indexOf("?") >= 0 ? "&" : "?") + q.toString(),
+        // Loaded but the callback never ran: not a valid answer.
+        function () { timers.setTimeout(function () { finish(ApiError(0, "jsonp_error", "Bad answer from the server")); }, 0); },
+        function () { finish(ApiError(0, "jsonp_error", "Cannot reach the server")); });
+      if (settled && remove) remove();
+    });
+  };
+
+  // ---------------------------------------------------------------------------
+  // The comet loop: the one place that knows seq and ack
+  // (docs/design.md#d6-comet-envelope, docs/protocol.md#seq-and-ack).
+  //
+  // Each answer carries `seq`, each packet its own `seq`. The next poll sends
+  // ack=<seq> *after* the batch was processed, so an answer lost on the way
+  // is sent again. A packet whose seq is not above the last ack was
+  // processed already and is dropped, so nothing is applied twice.
+  //
+  // opts:
+  //   source(server, {ticket, ack}, signal) -> Promise   transport.poll
+  //   timers, random                                     injected
+  //   onBatch(envelope, fresh)   fresh: {messages, presences, statuses} not seen before
+  //   onState(state, detail)     "online" | "reconnecting"
+  //   onGone(err)                the session is gone (404): go online again
+
+  function CometLoop(opts) {
+    this.source = opts.source;
+    this.timers = opts.timers || systemTimers();
+    this.random = opts.random || Math.random;
+    this.onBatch = opts.onBatch || function () {};
+    this.onState = opts.onState || function () {};
+    this.onGone = opts.onGone || function () {};
+    this.gen = 0;          // generation; bumped to stop a running loop
+    this.ticket = null;
+    this.server = null;
+    this.ack = 0;
+    this.failures = 0;     // failed polls in a row
+    this.state = "stopped";
+    this.ctl = null;
+    this.wait = null;      // timer before the next poll
+  }
+
+  /** Start polling for a fresh ticket: ack starts at 0. The caller has just
+   *  had the answer of `online`, so the state starts "online". */
+  CometLoop.prototype.start = function (ticket, server) {
+    this.stop();
+    var gen = this.gen;
+    this.ticket = ticket;
+    this.server = server;
+    this.ack = 0;
+    this.failures = 0;
+    this.state = "online";
+    this.next(gen, 0);
+  };
+
+  /** Stop for good (until the next start): no poll runs, none is scheduled. */
+  CometLoop.prototype.stop = function () {
+    this.gen++;
+    this.state = "stopped";
+    this.timers.clearTimeout(this.wait);
+    this.wait = null;
+    this.abort();
+  };
+
+  /** Abort the poll in flight; the loop counts it as a failure and retries. */
+  CometLoop.prototype.abort = function () {
+    if (this.ctl) { this.ctl.abort(); this.ctl = null; }
+  };
+
+  CometLoop.prototype.running = function () { return this.state !== "stopped"; };
+
+  CometLoop.prototype.next = function (gen, ms) {
+    var self = this;
+    this.wait = this.timers.setTimeout(function () { self.wait = null; self.pollOnce(gen); }, ms);
+  };
+
+  CometLoop.prototype.setState = function (state, detail) {
+    this.state = state;
+    this.onState(state, detail);
+  };
+
+  CometLoop.prototype.pollOnce = function (gen) {
+    if (gen !== this.gen) return;
+    var self = this;
+    var timers = this.timers;
+    var ctl = new AbortController();
+    this.ctl = ctl;
+    // A poll the server is holding means we are connected, even though its
+    // answer may take up to the hold time: after an error, report "online"
+    // again once a poll has been held for a moment.
+    var held = this.state === "online" ? null : timers.setTimeout(function () {
+      if (gen === self.gen) self.setState("online");
+    }, TIMING.POLL_HELD_MS);
+    var p;
+    try { p = Promise.resolve(this.source(this.server, { ticket: this.ticket, ack: this.ack }, ctl.signal)); }
+    catch (e) { p = Promise.reject(e); }
+    p.then(function (data) {
+      timers.clearTimeout(held);
+      if (self.ctl === ctl) self.ctl = null;
+      if (gen !== self.gen) return;
+      self.failures = 0;
+      self.setState("online");
+      if (data && data.status === "ok") {
+        self.take(data);
+        self.next(gen, TIMING.POLL_GAP_MS);
+      } else {
+        // "stopped" (a newer poll took over) or an odd answer: poll again.
+        self.next(gen, TIMING.STOPPED_GAP_MS);
+      }
+    }, function (err) {
+      timers.clearTimeout(held);
+      if (self.ctl === ctl) self.ctl = null;
+      if (gen !== self.gen) return;
+      err = err || ApiError(0, "network", "Cannot reach the server");
+      if (self.sessionGone(err)) {
+        self.stop();
+        self.onGone(err);
+        return;
+      }
+      self.failures++;
+      self.setState("reconnecting", err.message);
+      self.next(gen, backoffDelay(self.failures, self.random));
+    });
+  };
+
+  /** A 404 on the poll means the session is gone (docs/protocol.md#stopped-and-404).
+   *  JSONP cannot see the status, so there a second failure in a row is
+   *  taken as the same. */
+  CometLoop.prototype.sessionGone = function (err) {
+    if (err.status === 404) return true;
+    if (err.code === "jsonp_error" && this.failures >= 1) return true;
+    return false;
+  };
+
+  /** Process a batch, then move ack: if we crash halfway the server sends
+   *  it again. */
+  CometLoop.prototype.take = function (data) {
+    var ack = this.ack;
+    var fresh = {};
+    ["messages", "presences", "statuses"].forEach(function (kind) {
+      fresh[kind] = (Array.isArray(data[kind]) ? data[kind] : []).filter(function (p) {
+        return !(p && typeof p.seq === "number" && p.seq <= ack);
+      });
+    });
+    try { this.onBatch(data, fresh); } catch (e) { /* a bad batch must not stop the channel */ }
+    if (typeof data.seq === "number" && isFinite(data.seq) && data.seq > this.ack) this.ack = data.seq;
+  };
+
+  // ---------------------------------------------------------------------------
+  // The model: what the user sees, as data. No I/O, no timers; each method
+  // says what it changed through changed(part, ...) with the parts
+  // "buddies", "rooms", "tabs", "chat", "header", "notifications", "title".
+  //
+  //   buddy: {id, nick, group, presence: "online"|"offline", show, status, pic_url...}
+  //   room:  {id, nick, count, all_count, blocked, members: [member] | null}
+  //   chat:  {key: "unicast:bob", type, id, messages: [msg] (oldest first),
+  //           loaded, pending (live messages before the history came),
+  //           unread, typingUntil (ms), typingNick, draft, rev (bumped when
+  //           messages change other than by appending)}
+  //   msg:   a logItem (docs/design.md#d7-messages); local sends add
+  //          local: true, state: "sending" | "sent" | "failed", error
+
+  function Model(changed) {
+    this.changed = changed || function () {};
+    this.user = null;
+    this.show = "available";
+    this.status = "";
+    this.setting = defaultSetting();
+    this.buddies = new Map();  // id -> buddy
+    this.rooms = new Map();    // id -> room
+    this.chats = new Map();    // "type:id" -> chat
+    this.tabs = [];            // open chat keys, in tab order
+    this.active = null;        // key of the chat shown
+    this.viewing = false;      // the view shows the active chat to the user
+    this.notifications = [];
+  }
+
+  Model.prototype.reset = function () {
+    this.user = null;
+    this.buddies.clear();
+    this.rooms.clear();
+    this.chats.clear();
+    this.tabs = [];
+    this.active = null;
+    this.notifications = [];
+    this.setting = defaultSetting();
+    this.changed("all");
+  };
+
+  Model.prototype.setSetting = function (s) {
+    if (s && typeof s === "object" && !Array.isArray(s)) this.setting = Object.assign(defaultSetting(), s);
+    if (!Array.isArray(this.setting.blocked_rooms)) this.setting.blocked_rooms = [];
+  };
+
+  /** Add or update a buddy. authoritative: info comes from a full list, so
+   *  a missing presence means offline. */
+  Model.prototype.upsertBuddy = function (info, authoritative) {
+    var b = this.buddies.get(String(info.id));
+    if (!b) {
+      b = { id: String(info.id), nick: info.id, group: "", presence: "offline", show: "unavailable", status: "" };
+      this.buddies.set(b.id, b);
+    }
+    ["nick", "group", "pic_url", "default_pic_url", "url", "status", "history"].forEach(function (k) {
+      if (info[k] !== undefined && info[k] !== null) b[k] = info[k];
+    });
+    if (info.presence !== undefined || authoritative) {
+      b.presence = info.presence === "online" ? "online" : "offline";
+      b.show = b.presence === "online" ? (info.show && info.show !== "unavailable" ? info.show : "available") : "unavailable";
+    }
+    this.changed("buddies");
+    return b;
+  };
+
+  Model.prototype.upsertRoom = function (info) {
+    var r = this.rooms.get(String(info.id));
+    if (!r) {
+      r = { id: String(info.id), nick: info.id, count: 0, all_count: 0, blocked: false, members: null };
+      this.rooms.set(r.id, r);
+    }
+    ["nick", "pic_url", "url", "all_count", "count", "history"].forEach(function (k) {
+      if (info[k] !== undefined && info[k] !== null) r[k] = info[k];
+    });
+    r.blocked = !!info.blocked || this.setting.blocked_rooms.indexOf(r.id) >= 0;
+    this.changed("rooms");
+    return r;
+  };
+
+  Model.prototype.ensureChat = function (type, id) {
+    var key = chatKey(type, id);
+    var chat = this.chats.get(key);
+    if (!chat) {
+      chat = {
+        key: key, type: type, id: id,
+        messages: [], keys: {}, rev: 0,
+        loaded: false, loading: null, pending: [], error: null,
+        unread: 0, typingUntil: 0, typingNick: "",
+        draft: "", sentTyping: "clear", typingTimer: null
+      };
+      this.chats.set(key, chat);
+    }
+    return chat;
+  };
+
+  Model.prototype.chatByKey = function (key) {
+    var i = key.indexOf(":");
+    return i > 0 ? this.ensureChat(key.slice(0, i), key.slice(i + 1)) : null;
+  };
+
+  /** ids of the open tabs of one type, for `online`'s buddy_ids / room_ids. */
+  Model.prototype.openIds = function (type) {
+    var out = [];
+    var self = this;
+    this.tabs.forEach(function (k) { var c = self.chats.get(k); if (c && c.type === type) out.push(c.id); });
+    return out;
+  };
+
+  /** Is a chat on screen right now (so a new message is read at once)? */
+  Model.prototype.isSeen = function (chat) {
+    return !!chat && chat.key === this.active && this.viewing;
+  };
+
+  Model.prototype.totalUnread = function () {
+    var n = 0;
+    this.chats.forEach(function (c) { n += c.unread; });
+    return n;
+  };
+
+  /** The view tells whether the active chat is in front of the user
+   *  (page visible, main screen, not minimized). Becoming seen reads it. */
+  Model.prototype.setViewing = function (viewing) {
+    this.viewing = !!viewing;
+    this.markSeen();
+  };
+
+  Model.prototype.markSeen = function () {
+    var chat = this.active && this.chats.get(this.active);
+    if (chat && chat.unread && this.isSeen(chat)) {
+      chat.unread = 0;
+      this.changed("tabs", "buddies", "rooms", "title");
+    }
+  };
+
+  /** Open a chat's tab. focus: the user picked it (it becomes active and
+   *  read); else it opens in the background, active only if none was. */
+  Model.prototype.openTab = function (key, focus) {
+    var chat = this.chatByKey(key);
+    if (!chat) return null;
+    if (this.tabs.indexOf(key) < 0) this.tabs.push(key);
+    if (focus) {
+      this.active = key;
+      chat.unread = 0;
+    } else if (!this.active) {
+      this.active = key;
+      if (this.isSeen(chat)) chat.unread = 0;
+    }
+    this.changed("tabs", "chat", "buddies", "rooms", "title");
+    return chat;
+  };
+
+  /** Close a tab; the neighbour becomes active. Returns the closed chat. */
+  Model.prototype.closeTab = function (key) {
+    var i = this.tabs.indexOf(key);
+    if (i < 0) return null;
+    this.tabs.splice(i, 1);
+    var chat = this.chats.get(key);
+    if (chat) chat.unread = 0;
+    if (this.active === key) this.active = this.tabs[Math.min(i, this.tabs.length - 1)] || null;
+    var next = this.active && this.chats.get(this.active);
+    if (next) next.unread = 0;
+    this.changed("tabs", "chat", "buddies", "rooms", "title");
+    return chat;
+  };
+
+  /** Replace a chat's messages with the server's history (oldest first),
+   *  keeping live packets that raced the request and local sends the
+   *  server had not confirmed before the request (requestedAt, local ms). */
+  Model.prototype.setHistory = function (chat, list, requestedAt) {
+    var msgs = (Array.isArray(list) ? list : []).slice();
+    var keys = {};
+    msgs.forEach(function (m) { keys[msgKey(m)] = true; });
+    chat.pending.forEach(function (m) { var k = msgKey(m); if (!keys[k]) { keys[k] = true; msgs.push(m); } });
+    chat.messages.forEach(function (m) {
+      if (m.local && (m.state !== "sent" || m.confirmedAt > requestedAt)) msgs.push(m);
+    });
+    msgs.sort(function (a, b) { return parseFloat(a.timestamp) - parseFloat(b.timestamp); });
+    chat.messages = msgs;
+    chat.keys = keys;
+    chat.pending = [];
+    chat.loaded = true;
+    chat.error = null;
+    chat.rev++;
+    this.changed("chat");
+  };
+
+  /** Add one message unless it is there already; false for a duplicate. */
+  Model.prototype.addMessage = function (chat, m) {
+    var k = msgKey(m);
+    if (!chat.loaded) {
+      if (chat.pending.some(function (p) { return msgKey(p) === k; })) return false;
+      chat.pending.push(m);
+      return true;
+    }
+    if (chat.keys[k]) return false;
+    chat.keys[k] = true;
+    chat.messages.push(m);
+    this.changed("chat");
+    return true;
+  };
+
+  /** A logItem from the comet or new_messages. flags.offline: stored while
+   *  we were away, which says nothing about the sender's presence now.
+   *  Returns null when nothing changed, else {chat, incoming, seen,
+   *  stranger: id of someone not in the buddy list, or null}. */
+  Model.prototype.applyMessage = function (m, flags) {
+    if (!m || !this.user) return null;
+    flags = flags || {};
+    var type = normalizeType(m.type);
+    var me = this.user.id;
+    var mine = m.from === me;
+    var peer;
+    var stranger = null;
+    if (type === "multicast") {
+      peer = m.to;
+      var room = this.rooms.get(peer);
+      if (room && room.blocked) return null; // blocked: we do not want it, even if it slips through
+    } else {
+      // unicast (and admin broadcast delivered unicast-shaped): my own
+      // message from my other tab belongs to the conversation `to`
+      // (docs/protocol.md#sessions-tabs-and-presence).
+      type = "unicast";
+      peer = mine ? m.to : m.from;
+      var b = this.buddies.get(peer);
+      if (!b) {
+        // Someone not in the buddy list wrote to us.
+        b = this.upsertBuddy({ id: peer, nick: (mine ? peer : m.nick) || peer, group: "Strangers" });
+        stranger = peer;
+      }
+      if (!mine && m.nick) b.nick = m.nick;
+      if (!mine && !flags.offline && b.presence !== "online") {
+        b.presence = "online";
+        if (b.show === "unavailable") b.show = "available";
+      }
+    }
+    var chat = this.ensureChat(type, peer);
+    if (!mine && type === "unicast") chat.typingUntil = 0;
+    var stored = Object.assign({}, m, { type: type });
+    if (!this.addMessage(chat, stored)) return stranger ? { chat: chat, incoming: false, seen: true, stranger: stranger } : null;
+    var seen = true;
+    if (!mine) {
+      seen = this.isSeen(chat);
+      if (!seen) chat.unread++;
+    }
+    this.changed("chat", "tabs", "buddies", "rooms", "title");
+    return { chat: chat, incoming: !mine, seen: seen, stranger: stranger };
+  };
+
+  /** A presence packet (docs/design.md#d8-presence). Returns null, or
+   *  {roomCounts: true} when room member counts may have changed, and
+   *  {stranger: id} for a sender not in the buddy list. */
+  Model.prototype.applyPresence = function (p) {
+    if (!p || !p.from || !this.user) return null;
+    var type = p.type;
+    if (p.from === this.user.id) {
+      // My own presence from my other tab: follow its show.
+      if (type === "show" && p.show && p.show !== "unavailable") {
+        this.show = p.show;
+        this.status = p.status || "";
+        this.changed("header");
+      }
+      return null;
+    }
+    if (type === "join" || type === "leave" || type === "grponline" || type === "grpoffline") {
+      return { roomCounts: true, stranger: null };
+    }
+    var stranger = null;
+    var b = this.buddies.get(p.from);
+    if (!b) { b = this.upsertBuddy({ id: p.from, nick: p.nick || p.from, group: "Strangers" }); stranger = p.from; }
+    if (p.nick) b.nick = p.nick;
+    var gone = type === "offline" || p.show === "unavailable" || p.show === "invisible";
+    b.presence = gone ? "offline" : "online";
+    b.show = gone ? "unavailable" : (p.show || "available");
+    if (p.status !== undefined && p.status !== null) b.status = p.status;
+    if (gone) { var c = this.chats.get(chatKey("unicast", b.id)); if (c) c.typingUntil = 0; }
+    this.changed("buddies", "chat", "tabs");
+    return { roomCounts: true, stranger: stranger };
+  };
+
+  /** A status packet: "typing" shows the indicator until now + 10 s, any
+   *  other show ("clear") hides it. Returns the chat, or null. */
+  Model.prototype.applyStatus = function (s, now) {
+    if (!s || !this.user || s.from === this.user.id) return null;
+    if (s.to && s.to !== this.user.id) return null;
+    var chat = this.ensureChat("unicast", s.from);
+    if (s.show === "typing") {
+      chat.typingUntil = now + TIMING.TYPING_SHOW_MS;
+      chat.typingNick = s.nick || (this.buddies.get(s.from) || {}).nick || s.from;
+    } else {
+      chat.typingUntil = 0;
+    }
+    this.changed("chat");
+    return chat;
+  };
+
+  /** Take in the answer of webim/online, except its new_messages (the
+   *  client applies those as messages). now: local ms when it arrived. */
+  Model.prototype.applyOnline = function (d, now) {
+    var self = this;
+    if (this.user && this.user.id !== d.user.id) this.reset(); // someone else signed in
+    this.user = d.user;
+    if (d.user.show && d.user.show !== "unavailable") this.show = d.user.show;
+    if (this.show === "offline") this.show = "available";
+    this.status = d.user.status || "";
+    this.setSetting(d.setting);
+
+    // Buddies: the answer is the truth now; anyone not in it is offline.
+    var seen = {};
+    (d.buddies || []).forEach(function (b) { seen[b.id] = true; self.upsertBuddy(b, true); });
+    this.buddies.forEach(function (b) { if (!seen[b.id]) { b.presence = "offline"; b.show = "unavailable"; } });
+    var presences = d.presences || {};
+    Object.keys(presences).forEach(function (id) {
+      var b = self.buddies.get(id);
+      if (b) { b.presence = "online"; b.show = presences[id] || "available"; }
+    });
+
+    (d.rooms || []).forEach(function (r) { self.upsertRoom(r); });
+
+    // Histories embedded for the chats we asked about; the others are stale.
+    var stale = [];
+    this.chats.forEach(function (chat) {
+      var src = chat.type === "unicast" ? self.buddies.get(chat.id) : self.rooms.get(chat.id);
+      if (src && Array.isArray(src.history)) self.setHistory(chat, src.history, now);
+      else { chat.loaded = false; stale.push(chat); }
+    });
+    this.buddies.forEach(function (b) { delete b.history; });
+    this.rooms.forEach(function (r) { delete r.history; });
+    this.changed("all");
+    return stale;
+  };
+
+  /** Everyone looks offline (this tab went offline). */
+  Model.prototype.allOffline = function () {
+    this.buddies.forEach(function (b) { b.presence = "offline"; b.show = "unavailable"; });
+    this.changed("all");
+  };
+
+  /** The answer of webim/members for a room: online count from the list. */
+  Model.prototype.applyMembers = function (room, list) {
+    if (!Array.isArray(list)) return;
+    room.members = list;
+    room.count = list.filter(function (m) { return m.presence !== "offline"; }).length;
+    this.changed("rooms", "chat");
+  };
+
+  /** Block or unblock a room in the setting (blocked_rooms). */
+  Model.prototype.setRoomBlocked = function (room, blocked) {
+    var list = this.setting.blocked_rooms.filter(function (id) { return id !== room.id; });
+    if (blocked) list.push(room.id);
+    this.setting.blocked_rooms = list;
+    room.blocked = blocked;
+    this.changed("rooms", "chat");
+  };
+
+  // ---------------------------------------------------------------------------
+  // The client: one signed-in session over a transport.
+  //
+  //   new Client({transport, timers, storage, random, getToken, tokenMode})
+  //
+  // State: client.model (above), client.conn ("connecting" | "online" |
+  // "reconnecting" | "offline"), client.ticket, client.skew (server clock -
+  // local clock, ms), client.packetLog (the last 100 comet answers).
+  //
+  // Events (client.on(name, fn)):
+  //   "change"  (parts)           model parts changed (see Model)
+  //   "conn"    (state, detail)   connection state
+  //   "screen"  (name, detail)    what to show: "loading", "login",
+  //                               "autherror" (detail: reason or ""),
+  //                               "offline", "main"
+  //   "beep"    ()                a message arrived in a chat not on screen
+  //   "notice"  (text)            a call failed; tell the user
+  //   "batch"   (envelope)        a comet answer arrived
+
+  function Client(opts) {
+    var self = this;
+    Emitter.call(this);
+    this.transport = opts.transport;
+    this.timers = opts.timers || systemTimers();
+    this.storage = opts.storage || memoryStorage();
+    this.random = opts.random || Math.random;
+    this.getToken = opts.getToken || null;
+    this.tokenMode = !!opts.tokenMode;
+    this.model = new Model(function () { self.emit("change", Array.prototype.slice.call(arguments)); });
+    this.comet = new CometLoop({
+      source: function (server, params, signal) { return self.transport.poll(server, params, signal); },
+      timers: this.timers,
+      random: this.random,
+      onBatch: function (d, fresh) { self.handleBatch(d, fresh); },
+      onState: function (state, detail) { if (self.ticket) self.setConn(state, detail); },
+      onGone: function () { self.reonline(); }
+    });
+    this.conn = "offline";
+    this.connDetail = "";
+    this.ticket = null;
+    this.server = null;
+    this.skew = 0;
+    this.gen = 0;              // generation of online attempts; bump to cancel
+    this.onlineFailures = 0;
+    this.tokenRetried = false;
+    this.packetLog = [];
+    this.roomTimer = null;
+    this.roomRefreshTimer = null;
+    this.model.show = this.storage.get("show", "available");
+  }
+  Client.prototype = Object.create(Emitter.prototype);
+  Client.prototype.constructor = Client;
+
+  Client.prototype.now = function () { return this.timers.now ? this.timers.now() : Date.now(); };
+
+  Client.prototype.setConn = function (state, detail) {
+    if (this.conn === state && !detail) return;
+    this.conn = state;
+    this.connDetail = detail || "";
+    this.emit("conn", state, this.connDetail);
+    this.emit("change", ["header"]);
+  };
+
+  Client.prototype.screen = function (name, detail) { this.emit("screen", name, detail || ""); };
+
+  // ---- lifecycle -------------------------------------------------------------
+
+  /** Entry point: restore the tabs of this browser tab, then go online
+   *  (cookie or token) unless the user chose offline last time. */
+  Client.prototype.begin = function () {
+    var m = this.model;
+    var saved = this.storage.get("tabs", null, "session");
+    if (saved && Array.isArray(saved.tabs)) {
+      saved.tabs.forEach(function (k) { m.chatByKey(String(k)); });
+      m.tabs = saved.tabs.filter(function (k) { return m.chats.has(k); });
+      m.active = m.tabs.indexOf(saved.active) >= 0 ? saved.active : null;
+    }
+    if (this.storage.get("offline", false)) {
+      this.screen("offline");
+      this.setConn("offline");
+      return Promise.resolve();
+    }
+    return this.goOnline(m.show === "offline" ? "available" : m.show, true);
+  };
+
+  /** Call webim/online and start the comet. firstLoad: a 401 shows login. */
+  Client.prototype.goOnline = function (show, firstLoad) {
+    var self = this;
+    var m = this.model;
+    var gen = ++this.gen;
+    this.comet.stop();
+    this.setConn(m.user ? "reconnecting" : "connecting");
+    if (!m.user) this.screen("loading");
+    var params = {
+      show: show || "available",
+      buddy_ids: csv(m.openIds("unicast")),
+      room_ids: csv(m.openIds("multicast"))
+    };
+    var sentAt = this.now();
+    return this.transport.call("online", params).then(function (d) {
+      if (gen !== self.gen) return;
+      if (!d || !d.connection || !d.user) throw ApiError(0, "bad_answer", "Unexpected answer from the server");
+      self.onlineFailures = 0;
+      self.storage.set("offline", undefined);
+      self.applyOnline(d, sentAt);
+      self.comet.start(self.ticket, self.server);
+    }).catch(function (err) {
+      if (gen !== self.gen) return;
+      self.onOnlineError(err, show, firstLoad);
+    });
+  };
+
+  Client.prototype.onOnlineError = function (err, show, firstLoad) {
+    var self = this;
+    if (isAuthError(err)) {
+      if (this.getToken && !this.tokenRetried) {
+        // Token mode: the host may hand us a fresh token once.
+        this.tokenRetried = true;
+        Promise.resolve().then(this.getToken).then(function (tok) {
+          self.transport.setToken(tok);
+          return self.goOnline(show, firstLoad);
+        }).catch(function () { self.authFailed(); });
+        return;
+      }
+      this.authFailed();
+      return;
+    }
+    if (err.status === 403) {
+      // Refused, not broken (e.g. this page's origin is not one the daemon
+      // accepts cookies from): retrying would not help; say why.
+      this.authFailed(err.message);
+      return;
+    }
+    // Server unreachable or busy: keep trying, with backoff.
+    this.onlineFailures++;
+    var gen = this.gen;
+    this.setConn("reconnecting", err.message);
+    if (!this.model.user) this.screen("loading", err.message);
+    this.timers.setTimeout(function () { if (gen === self.gen) self.goOnline(show, firstLoad); },
+      backoffDelay(this.onlineFailures, this.random));
+  };
+
+  Client.prototype.authFailed = function (reason) {
+    this.resetSession();
+    this.setConn("offline");
+    if (this.tokenMode || reason) this.screen("autherror", reason || "");
+    else this.screen("login");
+  };
+
+  /** Take in the answer of webim/online. sentAt: local ms of the request. */
+  Client.prototype.applyOnline = function (d, sentAt) {
+    var self = this;
+    var m = this.model;
+    this.tokenRetried = false;
+    // Skew = server clock - local clock, measured at the middle of the call.
+    var now = this.now();
+    if (isFinite(parseFloat(d.server_time))) this.skew = parseFloat(d.server_time) - (sentAt + now) / 2;
+    if (m.user && m.user.id !== d.user.id) this.packetLog = [];
+    this.ticket = d.connection.ticket;
+    this.server = d.connection.server || ((this.transport.base || "") + "packets");
+    var stale = m.applyOnline(d, now);
+    this.storage.set("show", m.show);
+    stale.forEach(function (chat) { if (m.tabs.indexOf(chat.key) >= 0) self.loadHistory(chat); });
+    (d.new_messages || []).forEach(function (msg) { self.onMessage(msg, { offline: true }); });
+    this.screen("main");
+    this.setConn("online");
+    this.loadNotifications();
+    this.scheduleRoomRefresh();
+  };
+
+  /** Forget the ticket and stop polling (nothing is sent to the server). */
+  Client.prototype.resetSession = function () {
+    this.gen++;
+    this.comet.stop();
+    this.ticket = null;
+    this.timers.clearInterval(this.roomRefreshTimer);
+    this.roomRefreshTimer = null;
+  };
+
+  /** Session lost: a fresh `online` gives a new ticket (ack starts at 0) and
+   *  reloads the open chats' history, so nothing missed stays missing. */
+  Client.prototype.reonline = function () {
+    this.setConn("reconnecting");
+    return this.goOnline(this.model.show, false);
+  };
+
+  /** The user chose "offline": end this tab's session; stay offline on reload. */
+  Client.prototype.goOffline = function () {
+    var ticket = this.ticket;
+    this.resetSession();
+    this.setConn("offline");
+    this.storage.set("offline", true);
+    this.model.allOffline();
+    if (!ticket) return Promise.resolve();
+    return this.transport.call("offline", { ticket: ticket }).catch(function () { /* session times out anyway */ });
+  };
+
+  /** Sign in with the daemon's accounts, then go online. Rejects ApiError
+   *  (status 401: wrong user name or password). */
+  Client.prototype.login = function (username, password) {
+    var self = this;
+    return this.transport.call("login", { username: username, password: password }).then(function () {
+      self.storage.set("offline", undefined);
+      var show = self.model.show;
+      return self.goOnline(show === "offline" ? "available" : show, true);
+    });
+  };
+
+  Client.prototype.logout = function () {
+    var self = this;
+    var m = this.model;
+    // A shared computer: the next person must not find our notifications.
+    if (m.user) this.storage.set("notifications:" + m.user.id, undefined);
+    return this.goOffline().then(function () {
+      self.storage.set("offline", undefined);
+      self.storage.set("tabs", undefined, "session");
+      return self.transport.call("logout", {}).catch(function () {});
+    }).then(function () {
+      self.packetLog = [];
+      m.reset();
+      self.screen("login");
+    });
+  };
+
+  /** Stop without going through the UI (tests, host pages, page unload). */
+  Client.prototype.stop = function () {
+    var ticket = this.ticket;
+    this.resetSession();
+    this.setConn("offline");
+    if (!ticket) return Promise.resolve();
+    return this.transport.call("offline", { ticket: ticket }).catch(function () {});
+  };
+
+  /** The page goes away (reload, close): end the session by a beacon so its
+   *  grace timer starts at once (docs/design.md#d5-timers) and a reload
+   *  never flaps presence. True if a session was ended. */
+  Client.prototype.pageHide = function () {
+    if (!this.ticket || this.conn === "offline") return false;
+    this.transport.beacon("refresh", { ticket: this.ticket });
+    this.resetSession();
+    return true;
+  };
+
+  // ---- comet packets ------------------------------------------------------------
+
+  Client.prototype.handleBatch = function (d, fresh) {
+    var self = this;
+    this.packetLog.push(d);
+    if (this.packetLog.length > PACKET_LOG_SIZE) this.packetLog.shift();
+    this.emit("batch", d);
+    // Each handler is isolated so one bad packet cannot stop the channel.
+    fresh.messages.forEach(function (m) { self.safely(self.onMessage, m, {}); });
+    fresh.presences.forEach(function (p) { self.safely(self.onPresence, p); });
+    fresh.statuses.forEach(function (s) { self.safely(self.onStatus, s); });
+  };
+
+  Client.prototype.safely = function (fn) {
+    try { fn.apply(this, Array.prototype.slice.call(arguments, 1)); } catch (e) {
+      if (typeof console !== "undefined") console.error("nextim: packet handler failed", e);
+    }
+  };
+
+  Client.prototype.onMessage = function (msg, flags) {
+    var r = this.model.applyMessage(msg, flags);
+    if (!r) return;
+    if (r.stranger) this.lookUpBuddy(r.stranger);
+    if (!r.incoming) return;
+    var m = this.model;
+    if (m.tabs.indexOf(r.chat.key) < 0 && m.setting.msg_auto_pop !== false) this.openTab(r.chat.key, false);
+    if (!r.seen && m.setting.play_sound !== false) this.emit("beep");
+  };
+
+  Client.prototype.onPresence = function (p) {
+    var r = this.model.applyPresence(p);
+    if (!r) return;
+    if (r.stranger) this.lookUpBuddy(r.stranger);
+    if (r.roomCounts) this.scheduleRoomCounts();
+  };
+
+  Client.prototype.onStatus = function (s) {
+    var chat = this.model.applyStatus(s, this.now());
+    if (!chat || !chat.typingUntil) return;
+    // Re-render when the indicator expires without a "clear".
+    var self = this;
+    this.timers.setTimeout(function () { self.emit("change", ["chat"]); }, TIMING.TYPING_SHOW_MS + 50);
+  };
+
+  /** Someone not in the buddy list: ask the server who it is. */
+  Client.prototype.lookUpBuddy = function (id) {
+    var m = this.model;
+    if (!this.ticket) return;
+    this.transport.call("buddies", { ticket: this.ticket, ids: id }).then(function (list) {
+      (Array.isArray(list) ? list : []).forEach(function (info) { if (info && info.id === id) m.upsertBuddy(info); });
+    }).catch(function () { /* keep the placeholder */ });
+  };
+
+  // ---- conversations -------------------------------------------------------------
+
+  Client.prototype.openTab = function (key, focus) {
+    var m = this.model;
+    var chat = m.openTab(key, focus);
+    if (!chat) return null;
+    if (!chat.loaded && chat.key === m.active) this.loadHistory(chat);
+    this.saveTabs();
+    return chat;
+  };
+
+  Client.prototype.closeTab = function (key) {
+    var m = this.model;
+    var chat = m.chats.get(key);
+    if (chat) this.stopTyping(chat, true);
+    m.closeTab(key);
+    var next = m.active && m.chats.get(m.active);
+    if (next && !next.loaded) this.loadHistory(next);
+    this.saveTabs();
+  };
+
+  Client.prototype.saveTabs = function () {
+    this.storage.set("tabs", { tabs: this.model.tabs, active: this.model.active }, "session");
+  };
+
+  /** webim/history for a chat; one request at a time. Returns its promise. */
+  Client.prototype.loadHistory = function (chat) {
+    if (chat.loading || !this.ticket) return chat.loading;
+    var self = this;
+    var m = this.model;
+    var requestedAt = this.now();
+    chat.loading = this.transport.call("history", { ticket: this.ticket, id: chat.id, type: chat.type }).then(function (list) {
+      chat.loading = null;
+      m.setHistory(chat, list, requestedAt);
+    }).catch(function (err) {
+      chat.loading = null;
+      chat.error = err.message;
+      m.changed("chat");
+    });
+    m.changed("chat");
+    return chat.loading;
+  };
+
+  /** Send a message. It is in the chat at once (state "sending"): the
+   *  server does not echo it to this tab (docs/design.md#d7-messages).
+   *  Returns the promise of the call (never rejects). */
+  Client.prototype.sendMessage = function (chat, body) {
+    var m = this.model;
+    if (!body || !this.ticket) return Promise.resolve();
+    var msg = {
+      type: chat.type, from: m.user.id, to: chat.id, nick: m.user.nick,
+      body: body, style: "", timestamp: this.now() + this.skew,
+      local: true, state: "sending"
+    };
+    chat.messages.push(msg);
+    chat.rev++;
+    this.stopTyping(chat, false);
+    m.changed("chat");
+    var self = this;
+    return this.transport.call("message", { ticket: this.ticket, type: chat.type, to: chat.id, body: body, style: "" }).then(function () {
+      msg.state = "sent";
+      msg.confirmedAt = self.now();
+      chat.rev++;
+      m.changed("chat");
+    }).catch(function (err) {
+      msg.state = "failed";
+      msg.error = err.message;
+      chat.rev++;
+      m.changed("chat");
+    });
+  };
+
+  Client.prototype.retryMessage = function (chat, msg) {
+    var i = chat.messages.indexOf(msg);
+    if (i >= 0) chat.messages.splice(i, 1);
+    return this.sendMessage(chat, msg.body);
+  };
+
+  /** Typing notifications (docs/protocol.md#webimstatus): "typing" once per
+   *  burst (deduplicated), "clear" after 6 s without keys; nothing to buddies
+   *  that are offline. */
+  Client.prototype.noteTyping = function (chat) {
+    if (chat.type !== "unicast" || !this.ticket) return;
+    var b = this.model.buddies.get(chat.id);
+    if (!b || b.presence !== "online") return;
+    var self = this;
+    if (chat.sentTyping !== "typing") {
+      chat.sentTyping = "typing";
+      this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
+    }
+    this.timers.clearTimeout(chat.typingTimer);
+    chat.typingTimer = this.timers.setTimeout(function () { self.stopTyping(chat, true); }, TIMING.TYPING_IDLE_MS);
+  };
+
+  /** sendClear=false after sending a message: the message itself tells the
+   *  other side that typing ended. */
+  Client.prototype.stopTyping = function (chat, sendClear) {
+    this.timers.clearTimeout(chat.typingTimer);
+    chat.typingTimer = null;
+    if (chat.sentTyping !== "typing") return;
+    chat.sentTyping = "clear";
+    if (sendClear && this.ticket) this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
+  };
+
+  Client.prototype.clearHistory = function (chat) {
+    var self = this;
+    chat.messages = [];
+    chat.keys = {};
+    chat.rev++;
+    this.model.changed("chat");
+    return this.transport.call("clear_history", { ticket: this.ticket, id: chat.id, type: chat.type }).catch(function (err) {
+      self.emit("notice", err.message);
+    });
+  };
+
+  // ---- presence and settings ------------------------------------------------------
+
+  Client.prototype.setShow = function (show) {
+    var self = this;
+    var m = this.model;
+    if (show === "offline") return this.goOffline();
+    m.show = show;
+    this.storage.set("show", show);
+    m.changed("header");
+    if (!this.ticket) return this.goOnline(show, false);
+    return this.transport.call("presence", { ticket: this.ticket, show: show, status: m.status }).catch(function (err) {
+      self.emit("notice", err.message);
+    });
+  };
+
+  Client.prototype.setStatusText = function (text) {
+    var m = this.model;
+    if (text === m.status) return Promise.resolve();
+    m.status = text;
+    if (!this.ticket) return Promise.resolve();
+    var self = this;
+    return this.transport.call("presence", { ticket: this.ticket, show: m.show, status: text }).catch(function (err) {
+      self.emit("notice", err.message);
+    });
+  };
+
+  /** Store the whole setting object (docs/design.md#d11-settings). */
+  Client.prototype.saveSetting = function () {
+    var self = this;
+    if (!this.ticket) return Promise.resolve();
+    return this.transport.call("setting", { ticket: this.ticket, data: JSON.stringify(this.model.setting) }).catch(function (err) {
+      self.emit("notice", "Settings not saved: " + err.message);
+    });
+  };
+
+  /** Block: leave the room and remember it in blocked_rooms. Unblock: join
+   *  again and reload the history (what was sent meanwhile is there). */
+  Client.prototype.setRoomBlocked = function (room, blocked) {
+    var self = this;
+    var m = this.model;
+    m.setRoomBlocked(room, blocked);
+    var call = this.transport.call(blocked ? "leave" : "join", { ticket: this.ticket, id: room.id, nick: m.user.nick });
+    return Promise.all([this.saveSetting(), call.then(function (info) {
+      if (!blocked && info && typeof info === "object") {
+        if (info.count !== undefined) room.count = info.count;
+        if (info.all_count !== undefined) room.all_count = info.all_count;
+      }
+      if (!blocked) {
+        var chat = m.chats.get(chatKey("multicast", room.id));
+        if (chat) { chat.loaded = false; self.loadHistory(chat); }
+      }
+      self.scheduleRoomCounts();
+    }).catch(function (err) { self.emit("notice", err.message); })]);
+  };
+
+  /** The server hands each notification out once (then marks it read), so
+   *  keep the recent ones in storage: a reload must not lose a notification
+   *  the user has not looked at yet (docs/design.md#d12-notifications). */
+  Client.prototype.loadNotifications = function () {
+    var self = this;
+    var m = this.model;
+    if (!this.ticket || !m.user) return Promise.resolve();
+    var cacheKey = "notifications:" + m.user.id;
+    m.notifications = this.storage.get(cacheKey, []);
+    m.changed("notifications");
+    return this.transport.call("notifications", { ticket: this.ticket }).then(function (list) {
+      m.notifications = mergeNotifications(list, m.notifications);
+      self.storage.set(cacheKey, m.notifications);
+      m.changed("notifications");
+    }).catch(function () { /* notifications are optional */ });
+  };
+
+  /** Room counts: there is no push for them (join/leave presences are off
+   *  by default, docs/design.md#d9-rooms), so refresh from webim/members
+   *  after presence changes, coalesced. */
+  Client.prototype.scheduleRoomCounts = function () {
+    var self = this;
+    if (this.roomTimer) return;
+    this.roomTimer = this.timers.setTimeout(function () { self.roomTimer = null; self.refreshRoomCounts(); }, TIMING.ROOM_COUNTS_DELAY_MS);
+  };
+
+  Client.prototype.scheduleRoomRefresh = function () {
+    var self = this;
+    this.timers.clearInterval(this.roomRefreshTimer);
+    this.roomRefreshTimer = this.timers.setInterval(function () { if (self.ticket) self.refreshRoomCounts(); }, TIMING.ROOM_REFRESH_MS);
+  };
+
+  Client.prototype.refreshRoomCounts = function () {
+    var self = this;
+    var m = this.model;
+    if (!this.ticket) return Promise.resolve();
+    var calls = [];
+    m.rooms.forEach(function (room) {
+      if (room.blocked) return;
+      calls.push(self.transport.call("members", { ticket: self.ticket, id: room.id }).then(function (list) {
+        m.applyMembers(room, list);
+      }).catch(function () {}));
+    });
+    return Promise.all(calls);
+  };
+
+  return {
+    version: "1.1.0",
+    TIMING: TIMING,
+    ApiError: ApiError,
+    isAuthError: isAuthError,
+    checkEnvelope: checkEnvelope,
+    parseBody: parseBody,
+    backoffDelay: backoffDelay,
+    chatKey: chatKey,
+    normalizeType: normalizeType,
+    msgKey: msgKey,
+    notifTime: notifTime,
+    mergeNotifications: mergeNotifications,
+    defaultSetting: defaultSetting,
+    Emitter: Emitter,
+    systemTimers: systemTimers,
+    memoryStorage: memoryStorage,
+    HttpTransport: HttpTransport,
+    CometLoop: CometLoop,
+    Model: Model,
+    Client: Client
+  };
+})();
+
+// =============================================================================
+// Part 2: the view. Renders the client's model into the page and turns the
+// user's clicks into client calls. Only this part touches the DOM.
+// =============================================================================
+
+(function (global) {
+  "use strict";
+
+  if (!global || !global.document) return; // loaded outside a browser (Node): protocol part only
+
+  var document = global.document;
+  var C = NextimClient;
+  var chatKey = C.chatKey;
+  var notifTime = C.notifTime;
+
+  var SHOW_LABELS = {
+    available: "Available",
+    chat: "Free to chat",
+    away: "Away",
+    dnd: "Do not disturb",
+    invisible: "Invisible",
+    offline: "Offline",
+    unavailable: "Offline"
+  };
+  // What the presence menu offers, in order. "offline" ends the session.
+  var MENU_SHOWS = ["available", "away", "dnd", "invisible", "offline"];
 
   var STORE_PREFIX = "nextim:";
 
@@ -131,16 +1498,6 @@
     return svg;
   }
 
-  function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
-
-  /** Exponential backoff with jitter: a fleet of clients that lost the server
-   *  at the same moment must not come back at the same moment. */
-  function backoffDelay(failures) {
-    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.max(0, failures - 1)));
-    return Math.round(cap / 2 + Math.random() * cap / 2);
-  }
-
-  function csv(list) { return list.filter(Boolean).join(","); }
 
   function store(kind) {
     // localStorage may be unavailable (privacy modes, sandboxed iframes).
@@ -185,13 +1542,6 @@
     } catch (e) { return null; }
   }
 
-  function chatKey(type, id) { return type + ":" + id; }
-
-  function normalizeType(t) {
-    if (t === "chat") return "unicast";
-    if (t === "grpchat") return "multicast";
-    return t || "unicast";
-  }
 
   // ---------------------------------------------------------------------------
   // Time: server timestamps shown in the viewer's local time, corrected by the
@@ -270,7 +1620,7 @@
     }
   }
 
-  /** Message style (D15): the server already filters it; keep a second
+  /** Message style (docs/design.md#d15-limits): the server already filters it; keep a second
    *  allow-list here so a bad server cannot style us into trouble. */
   var STYLE_PROPS = {
     "color": 1, "background-color": 1, "font-weight": 1, "font-style": 1,
@@ -310,170 +1660,6 @@
   }
 
   // ---------------------------------------------------------------------------
-  // Transport: plain same-origin fetch (POST form) or JSONP (<script> GET).
-
-  function ApiError(status, code, message) {
-    var e = new Error(message || code || ("HTTP " + status));
-    e.name = "ApiError";
-    e.status = status;       // HTTP status; 0 when unknown (network, JSONP)
-    e.code = code || "";
-    return e;
-  }
-
-  /** 401 in plain mode; under JSONP the status is 200 and only the code says it. */
-  function isAuthError(err) {
-    return err.status === 401 || /^(not_authenticated|invalid_token|token_expired|unauthorized)$/.test(err.code || "");
-  }
-
-  var jsonpSeq = Date.now() % 1000000;
-
-  function Transport(opts) {
-    this.jsonp = !!opts.jsonp;
-    this.token = opts.token || null;
-    // Base for webim/<name>: the daemon's root. Relative in page mode so the
-    // client also works behind a reverse proxy under a path prefix.
-    var server = opts.server ? String(opts.server) : "";
-    if (server && !/\/$/.test(server)) server += "/";
-    this.base = server;
-  }
-
-  Transport.prototype.url = function (name) { return this.base + "webim/" + name; };
-
-  /** The token proves who we are when there is no ticket yet (online,
-   *  buddies before login...). Calls with a ticket do not send it: the ticket
-   *  identifies the user (D13), and a site token that expired during a long
-   *  visit must not break a live session. */
-  Transport.prototype.withToken = function (params) {
-    var p = Object.assign({}, params);
-    if (this.token && !p.ticket) p.token = this.token;
-    Object.keys(p).forEach(function (k) { if (p[k] === undefined || p[k] === null) delete p[k]; });
-    return p;
-  };
-
-  /** Call webim/<name>; resolves with parsed JSON (or "ok"); rejects ApiError. */
-  Transport.prototype.call = function (name, params) {
-    var p = this.withToken(params);
-    if (this.jsonp) return jsonpRequest(this.url(name), p, JSONP_TIMEOUT_MS).then(checkEnvelope);
-    return fetchForm(this.url(name), p, CALL_TIMEOUT_MS, null);
-  };
-
-  /** One comet poll. Same-origin servers get fetch (so a 404 is visible);
-   *  another origin gets JSONP, like the reference client. */
-  Transport.prototype.poll = function (server, params, signal) {
-    var sameOrigin = false;
-    try { sameOrigin = new URL(server, global.location.href).origin === global.location.origin; } catch (e) { /* keep false */ }
-    if (this.jsonp || !sameOrigin) {
-      return jsonpRequest(server, params, POLL_TIMEOUT_MS, signal);
-    }
-    var url = server + (server.indexOf("?") >= 0 ? "&" : "?") + new URLSearchParams(params).toString();
-    return fetchJson(url, POLL_TIMEOUT_MS, signal);
-  };
-
-  /** Fire-and-forget call that survives page unload (webim/refresh). */
-  Transport.prototype.beacon = function (name, params) {
-    var p = new URLSearchParams(this.withToken(params));
-    var url = this.url(name);
-    try {
-      if (global.navigator && global.navigator.sendBeacon && global.navigator.sendBeacon(url, p)) return;
-    } catch (e) { /* fall through to fetch */ }
-    try {
-      global.fetch(url, { method: "POST", body: p, keepalive: true, credentials: this.jsonp ? "omit" : "same-origin", mode: this.jsonp ? "no-cors" : "same-origin" });
-    } catch (e) { /* page is going away; nothing more to do */ }
-  };
-
-  function checkEnvelope(data) {
-    if (data && typeof data === "object" && !Array.isArray(data) && data.success === false) {
-      throw ApiError(200, data.error || "error", data.error_msg || data.error || "Request failed");
-    }
-    return data;
-  }
-
-  function withTimeout(ms, signal) {
-    var ctl = new AbortController();
-    var timer = setTimeout(function () { ctl.abort(); }, ms);
-    if (signal) {
-      if (signal.aborted) ctl.abort();
-      else signal.addEventListener("abort", function () { ctl.abort(); });
-    }
-    return { signal: ctl.signal, done: function () { clearTimeout(timer); } };
-  }
-
-  function parseBody(text) {
-    if (text === "ok") return "ok";
-    try { return JSON.parse(text); } catch (e) { return text; }
-  }
-
-  function fetchForm(url, params, timeoutMs, signal) {
-    var t = withTimeout(timeoutMs, signal);
-    return global.fetch(url, {
-      method: "POST",
-      body: new URLSearchParams(params),
-      credentials: "same-origin",
-      headers: { "X-Requested-With": "XMLHttpRequest" },
-      signal: t.signal
-    }).then(readResponse, networkError).finally(t.done);
-  }
-
-  function fetchJson(url, timeoutMs, signal) {
-    var t = withTimeout(timeoutMs, signal);
-    return global.fetch(url, { credentials: "same-origin", cache: "no-store", signal: t.signal })
-      .then(readResponse, networkError).finally(t.done);
-  }
-
-  function readResponse(res) {
-    return res.text().then(function (text) {
-      var data = parseBody(text);
-      if (!res.ok) {
-        var env = data && typeof data === "object" ? data : {};
-        throw ApiError(res.status, env.error || "http_" + res.status, env.error_msg || ("HTTP " + res.status));
-      }
-      return checkEnvelope(data);
-    });
-  }
-
-  function networkError(err) {
-    var e = ApiError(0, err && err.name === "AbortError" ? "timeout" : "network", "Cannot reach the server");
-    e.cause = err;
-    throw e;
-  }
-
-  /** JSONP: a <script> whose answer calls NextIM._cb.j<N>(data). A script
-   *  that fails to load (any HTTP error, network down) is an error whose
-   *  status we cannot see; callers treat it accordingly. */
-  function jsonpRequest(url, params, timeoutMs, signal) {
-    return new Promise(function (resolve, reject) {
-      var name = "j" + (++jsonpSeq);
-      var registry = global.NextIM._cb;
-      var q = new URLSearchParams(params);
-      q.set("callback", "NextIM._cb." + name);
-      var script = document.createElement("script");
-      var settled = false;
-      var timer = null;
-
-      function finish(err, data) {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        // A late answer may still arrive: leave a no-op so it does not throw.
-        registry[name] = function () { delete registry[name]; };
-        setTimeout(function () { delete registry[name]; }, POLL_TIMEOUT_MS);
-        if (script.parentNode) script.parentNode.removeChild(script);
-        if (err) reject(err); else resolve(data);
-      }
-
-      registry[name] = function (data) { finish(null, data); };
-      script.async = true;
-      script.src = url + (url.indexOf("?") >= 0 ? "&" : "?") + q.toString();
-      script.onerror = function () { finish(ApiError(0, "jsonp_error", "Cannot reach the server")); };
-      // Loaded but the callback never ran: not a valid answer.
-      script.onload = function () { setTimeout(function () { finish(ApiError(0, "jsonp_error", "Bad answer from the server")); }, 0); };
-      timer = setTimeout(function () { finish(ApiError(0, "timeout", "The server did not answer")); }, timeoutMs);
-      if (signal) signal.addEventListener("abort", function () { finish(ApiError(0, "aborted", "aborted")); });
-      (document.head || document.documentElement).appendChild(script);
-    });
-  }
-
-  // ---------------------------------------------------------------------------
   // Sound: a short WebAudio beep, created lazily (browsers only allow audio
   // after a user gesture; the context is resumed on the first click/key).
 
@@ -506,746 +1692,112 @@
     } catch (e) { /* sound is optional */ }
   };
 
+
   // ---------------------------------------------------------------------------
-  // The application
+  // Browser glue: the client's transport, storage and timers
+
+  /** What HttpTransport needs from the browser. */
+  function browserTransportEnv(timers) {
+    var nav = global.navigator;
+    return {
+      fetch: function (url, init) { return global.fetch(url, init); },
+      insertScript: function (src, onload, onerror) {
+        var script = document.createElement("script");
+        script.async = true;
+        script.src = src;
+        script.onload = onload;
+        script.onerror = onerror;
+        (document.head || document.documentElement).appendChild(script);
+        return function () { if (script.parentNode) script.parentNode.removeChild(script); };
+      },
+      sendBeacon: nav && nav.sendBeacon ? function (url, body) { return nav.sendBeacon(url, body); } : null,
+      origin: global.location.origin,
+      resolve: function (url) { return new URL(url, global.location.href).href; },
+      callbacks: global.NextIM._cb,
+      callbackPrefix: "NextIM._cb.",
+      timers: timers
+    };
+  }
+
+  /** The client's storage seam over localStorage / sessionStorage. */
+  var browserStorage = { get: loadPref, set: savePref };
+
+  // ---------------------------------------------------------------------------
+  // The application: one client and its view
 
   function App(opts) {
+    var self = this;
     this.opts = opts;
     this.embedded = !!opts.embedded;
     this.tokenMode = !!(opts.token || opts.getToken);
-    this.t = new Transport(opts);
+    var timers = C.systemTimers();
+    this.transport = new C.HttpTransport(opts, browserTransportEnv(timers));
+    this.client = new C.Client({
+      transport: this.transport,
+      timers: timers,
+      storage: browserStorage,
+      getToken: opts.getToken,
+      tokenMode: this.tokenMode
+    });
     this.beeper = new Beeper();
-
-    this.conn = "offline";     // connecting | online | reconnecting | offline
-    this.user = null;
-    this.ticket = null;
-    this.server = null;
-    this.ack = 0;
-    this.skew = 0;
-    this.gen = 0;              // generation of the poll loop; bump to stop it
-    this.pollCtl = null;
-    this.pollFailures = 0;
-    this.onlineFailures = 0;
-    this.show = loadPref("show", "available");
-    this.status = "";
-    this.setting = defaultSetting();
-    this.buddies = new Map();  // id -> buddy
-    this.rooms = new Map();    // id -> room
-    this.chats = new Map();    // "type:id" -> chat
-    this.tabs = [];            // open chat keys, in tab order
-    this.active = null;        // key of the chat shown
-    this.notifications = [];
-    this.packetLog = [];       // last comet packets, for debugging and tests
+    this.view = null;
     this.ui = {};
     this.dirty = {};
     this.renderTimer = null;
-    this.roomTimer = null;
-    this.roomRefreshTimer = null;
     this.minimized = this.embedded && loadPref("minimized", false);
+
+    var client = this.client;
+    client.on("change", function (parts) { self.invalidate.apply(self, parts); });
+    client.on("screen", function (name, detail) { self.showScreen(name, detail); });
+    client.on("beep", function () { self.beeper.beep(); });
+    client.on("notice", function (text) { self.flash(text); });
 
     this.build();
     this.bindGlobalEvents();
   }
 
-  // ---- lifecycle -------------------------------------------------------------
+  // The model and the session, as the view (and tests, and host pages) read them.
+  ["user", "show", "status", "setting", "buddies", "rooms", "chats", "tabs", "active", "notifications"].forEach(function (k) {
+    Object.defineProperty(App.prototype, k, { get: function () { return this.client.model[k]; } });
+  });
+  ["ticket", "conn", "connDetail", "skew", "packetLog"].forEach(function (k) {
+    Object.defineProperty(App.prototype, k, { get: function () { return this.client[k]; } });
+  });
 
-  /** Entry point: go online if we can (cookie or token); else show login. */
-  App.prototype.begin = function () {
-    var saved = loadPref("tabs", null, "session");
-    if (saved && Array.isArray(saved.tabs)) {
-      var self = this;
-      saved.tabs.forEach(function (k) {
-        var i = k.indexOf(":");
-        if (i > 0) self.ensureChat(k.slice(0, i), k.slice(i + 1));
-      });
-      this.tabs = saved.tabs.filter(function (k) { return self.chats.has(k); });
-      this.active = this.tabs.indexOf(saved.active) >= 0 ? saved.active : null;
-    }
-    if (loadPref("offline", false)) {
-      this.setView("offline");
-      this.setConn("offline");
-      return Promise.resolve();
-    }
-    return this.goOnline(this.show === "offline" ? "available" : this.show, true);
-  };
+  // Calls straight through to the client.
+  ["goOnline", "reonline", "setShow", "setStatusText", "saveSetting", "setRoomBlocked", "logout", "stop",
+    "loadHistory", "scheduleRoomCounts", "refreshRoomCounts", "noteTyping", "stopTyping", "sendMessage",
+    "retryMessage", "clearHistory", "closeTab"].forEach(function (k) {
+    App.prototype[k] = function () { return this.client[k].apply(this.client, arguments); };
+  });
 
-  /** Call webim/online and start the comet. firstLoad: a 401 shows login. */
-  App.prototype.goOnline = function (show, firstLoad) {
-    var self = this;
-    var gen = ++this.gen;
-    this.abortPoll();
-    this.setConn(this.user ? "reconnecting" : "connecting");
-    if (!this.user) this.setView("loading");
-    var params = {
-      show: show || "available",
-      buddy_ids: csv(this.openIds("unicast")),
-      room_ids: csv(this.openIds("multicast"))
-    };
-    var sentAt = Date.now();
-    return this.t.call("online", params).then(function (d) {
-      if (gen !== self.gen) return;
-      if (!d || !d.connection || !d.user) throw ApiError(0, "bad_answer", "Unexpected answer from the server");
-      self.onlineFailures = 0;
-      savePref("offline", undefined);
-      self.applyOnline(d, sentAt);
-      self.startPolling();
-    }).catch(function (err) {
-      if (gen !== self.gen) return;
-      self.onOnlineError(err, show, firstLoad);
-    });
-  };
+  App.prototype.begin = function () { return this.client.begin(); };
 
-  App.prototype.onOnlineError = function (err, show, firstLoad) {
-    var self = this;
-    if (isAuthError(err)) {
-      if (this.opts.getToken && !this.tokenRetried) {
-        // Token mode: the host may hand us a fresh token once.
-        this.tokenRetried = true;
-        Promise.resolve(this.opts.getToken()).then(function (tok) {
-          self.t.token = tok;
-          return self.goOnline(show, firstLoad);
-        }).catch(function () { self.showAuthError(); });
-        return;
-      }
-      this.showAuthError();
-      return;
-    }
-    if (err.status === 403) {
-      // Refused, not broken (e.g. this page's origin is not one the daemon
-      // accepts cookies from): retrying would not help; say why.
-      this.showAuthError(err.message);
-      return;
-    }
-    // Server unreachable or busy: keep trying, with backoff.
-    this.onlineFailures++;
-    var gen = this.gen;
-    this.setConn("reconnecting", err.message);
-    if (!this.user) this.setView("loading", err.message);
-    setTimeout(function () { if (gen === self.gen) self.goOnline(show, firstLoad); }, backoffDelay(this.onlineFailures));
-  };
+  /** Abort the comet poll in flight (it is retried, with backoff). */
+  App.prototype.abortPoll = function () { this.client.comet.abort(); };
 
-  App.prototype.showAuthError = function (reason) {
-    this.resetSession();
-    this.setConn("offline");
-    if (this.tokenMode || reason) {
-      this.ui.authErrorText.textContent = "Chat is not available: " +
-        (reason || "you are not signed in to the site, or your session expired.");
-      this.setView("autherror");
-    } else {
-      this.setView("login");
-    }
-  };
-
-  /** Take in the answer of webim/online. */
-  App.prototype.applyOnline = function (d, sentAt) {
-    var self = this;
-    this.tokenRetried = false;
-    // Skew = server clock - local clock, measured at the middle of the call.
-    var now = Date.now();
-    if (isFinite(parseFloat(d.server_time))) this.skew = parseFloat(d.server_time) - (sentAt + now) / 2;
-    if (this.user && this.user.id !== d.user.id) this.forgetUser(); // someone else signed in
-    this.user = d.user;
-    this.ticket = d.connection.ticket;
-    this.server = d.connection.server || (this.t.base + "packets");
-    this.ack = 0;
-    this.pollFailures = 0;
-    this.show = d.user.show && d.user.show !== "unavailable" ? d.user.show : this.show;
-    if (this.show === "offline") this.show = "available";
-    this.status = d.user.status || "";
-    savePref("show", this.show);
-    if (d.setting && typeof d.setting === "object" && !Array.isArray(d.setting)) {
-      this.setting = Object.assign(defaultSetting(), d.setting);
-    }
-    if (!Array.isArray(this.setting.blocked_rooms)) this.setting.blocked_rooms = [];
-
-    // Buddies: the answer is the truth now; anyone not in it is offline.
-    var seen = {};
-    (d.buddies || []).forEach(function (b) { seen[b.id] = true; self.upsertBuddy(b, true); });
-    this.buddies.forEach(function (b) { if (!seen[b.id]) { b.presence = "offline"; b.show = "unavailable"; } });
-    var presences = d.presences || {};
-    Object.keys(presences).forEach(function (id) {
-      var b = self.buddies.get(id);
-      if (b) { b.presence = "online"; b.show = presences[id] || "available"; }
-    });
-
-    (d.rooms || []).forEach(function (r) { self.upsertRoom(r); });
-
-    // Histories: embedded ones for the chats we asked about; fetch the others.
-    this.chats.forEach(function (chat) {
-      var src = chat.type === "unicast" ? self.buddies.get(chat.id) : self.rooms.get(chat.id);
-      if (src && Array.isArray(src.history)) self.setHistory(chat, src.history, now);
-      else { chat.loaded = false; if (self.tabs.indexOf(chat.key) >= 0) self.loadHistory(chat); }
-    });
-    this.buddies.forEach(function (b) { delete b.history; });
-    this.rooms.forEach(function (r) { delete r.history; });
-
-    (d.new_messages || []).forEach(function (m) { self.onMessage(m, { offline: true }); });
-
-    this.setView("main");
-    this.setConn("online");
-    this.invalidate("all");
-    this.loadNotifications();
-    this.scheduleRoomRefresh();
-  };
-
-  App.prototype.resetSession = function () {
-    this.gen++;
-    this.abortPoll();
-    this.ticket = null;
-    this.ack = 0;
-  };
-
-  /** The user chose "offline": end this tab's session; stay offline on reload. */
-  App.prototype.goOffline = function () {
-    var ticket = this.ticket;
-    this.resetSession();
-    this.setConn("offline");
-    savePref("offline", true);
-    this.buddies.forEach(function (b) { b.presence = "offline"; b.show = "unavailable"; });
-    this.invalidate("all");
-    if (!ticket) return Promise.resolve();
-    return this.t.call("offline", { ticket: ticket }).catch(function () { /* session times out anyway */ });
-  };
-
-  App.prototype.logout = function () {
-    var self = this;
-    // A shared computer: the next person must not find our notifications.
-    if (this.user) savePref("notifications:" + this.user.id, undefined);
-    return this.goOffline().then(function () {
-      savePref("offline", undefined);
-      savePref("tabs", undefined, "session");
-      return self.t.call("logout", {}).catch(function () {});
-    }).then(function () {
-      self.forgetUser();
-      self.setView("login");
-    });
-  };
-
-  /** Drop everything that belonged to the signed-in user. */
-  App.prototype.forgetUser = function () {
-    this.user = null;
-    this.buddies.clear();
-    this.rooms.clear();
-    this.chats.clear();
-    this.tabs = [];
-    this.active = null;
-    this.notifications = [];
-    this.packetLog = [];
-    this.setting = defaultSetting();
-    this.invalidate("all");
-  };
-
-  /** Stop without going through the UI (tests, host pages). */
-  App.prototype.stop = function () {
-    var ticket = this.ticket;
-    this.resetSession();
-    this.setConn("offline");
-    if (!ticket) return Promise.resolve();
-    return this.t.call("offline", { ticket: ticket }).catch(function () {});
-  };
-
-  // ---- comet -----------------------------------------------------------------
-
-  App.prototype.abortPoll = function () {
-    if (this.pollCtl) { this.pollCtl.abort(); this.pollCtl = null; }
-  };
-
-  App.prototype.startPolling = function () {
-    var gen = this.gen;
-    var self = this;
-    setTimeout(function () { self.pollLoop(gen); }, 0);
-  };
-
-  App.prototype.pollLoop = async function (gen) {
-    while (gen === this.gen) {
-      var data;
-      this.pollCtl = new AbortController();
-      // A poll the server is holding means we are connected, even though
-      // its answer may take up to the hold time: after an error, report
-      // "online" again once a poll has been held for a moment.
-      var self = this;
-      var heldTimer = this.conn === "online" ? null : setTimeout(function () {
-        if (gen === self.gen && self.ticket) self.setConn("online");
-      }, POLL_HELD_MS);
-      try {
-        data = await this.t.poll(this.server, { ticket: this.ticket, ack: this.ack }, this.pollCtl.signal);
-      } catch (err) {
-        clearTimeout(heldTimer);
-        if (gen !== this.gen) return;
-        if (this.sessionGone(err)) { this.reonline(); return; }
-        this.pollFailures++;
-        this.setConn("reconnecting", err.message);
-        await sleep(backoffDelay(this.pollFailures));
-        continue;
-      }
-      clearTimeout(heldTimer);
-      if (gen !== this.gen) return;
-      this.pollFailures = 0;
-      this.setConn("online");
-      if (data && data.status === "ok") {
-        this.handleBatch(data);
-        await sleep(POLL_GAP_MS);
-      } else {
-        // "stopped" (a newer poll took over) or an odd answer: poll again,
-        // but never in a tight loop.
-        await sleep(200);
-      }
-    }
-  };
-
-  /** A 404 on the poll means the session is gone (D2). JSONP cannot see the
-   *  status, so there a second failure in a row is taken as the same. */
-  App.prototype.sessionGone = function (err) {
-    if (err.status === 404) return true;
-    if (err.code === "jsonp_error" && this.pollFailures >= 1) return true;
-    return false;
-  };
-
-  /** Session lost: a fresh `online` gives a new ticket (ack starts at 0) and
-   *  reloads the open chats' history, so nothing missed stays missing. */
-  App.prototype.reonline = function () {
-    this.pollFailures = 0;
-    this.setConn("reconnecting");
-    return this.goOnline(this.show, false);
-  };
-
-  App.prototype.handleBatch = function (d) {
-    var self = this;
-    this.packetLog.push(d);
-    if (this.packetLog.length > 100) this.packetLog.shift();
-    // Process everything before acknowledging: if we crash halfway the
-    // server sends it again (D6). Each handler is isolated so one bad
-    // packet cannot stop the channel.
-    (d.messages || []).forEach(function (m) { self.safely(self.onMessage, m, {}); });
-    (d.presences || []).forEach(function (p) { self.safely(self.onPresence, p); });
-    (d.statuses || []).forEach(function (s) { self.safely(self.onStatus, s); });
-    if (typeof d.seq === "number" && isFinite(d.seq)) this.ack = d.seq;
-  };
-
-  App.prototype.safely = function (fn) {
-    try { fn.apply(this, Array.prototype.slice.call(arguments, 1)); } catch (e) {
-      if (global.console) global.console.error("nextim: packet handler failed", e);
-    }
-  };
-
-  // ---- data model -------------------------------------------------------------
-
-  App.prototype.upsertBuddy = function (info, authoritative) {
-    var b = this.buddies.get(info.id);
-    if (!b) {
-      b = { id: String(info.id), nick: info.id, group: "", presence: "offline", show: "unavailable", status: "" };
-      this.buddies.set(b.id, b);
-    }
-    ["nick", "group", "pic_url", "default_pic_url", "url", "status", "history"].forEach(function (k) {
-      if (info[k] !== undefined && info[k] !== null) b[k] = info[k];
-    });
-    if (info.presence !== undefined || authoritative) {
-      b.presence = info.presence === "online" ? "online" : "offline";
-      b.show = b.presence === "online" ? (info.show && info.show !== "unavailable" ? info.show : "available") : "unavailable";
-    }
-    this.invalidate("buddies");
-    return b;
-  };
-
-  /** Someone not in the buddy list wrote to us: add them and ask who it is. */
-  App.prototype.ensureBuddy = function (id, nick) {
-    if (this.buddies.has(id)) return this.buddies.get(id);
-    var b = this.upsertBuddy({ id: id, nick: nick || id, group: "Strangers" });
-    var self = this;
-    if (this.ticket) {
-      this.t.call("buddies", { ticket: this.ticket, ids: id }).then(function (list) {
-        (Array.isArray(list) ? list : []).forEach(function (info) { if (info && info.id === id) self.upsertBuddy(info); });
-      }).catch(function () { /* keep the placeholder */ });
-    }
-    return b;
-  };
-
-  App.prototype.upsertRoom = function (info) {
-    var r = this.rooms.get(info.id);
-    if (!r) {
-      r = { id: String(info.id), nick: info.id, count: 0, all_count: 0, blocked: false, members: null };
-      this.rooms.set(r.id, r);
-    }
-    ["nick", "pic_url", "url", "all_count", "count", "history"].forEach(function (k) {
-      if (info[k] !== undefined && info[k] !== null) r[k] = info[k];
-    });
-    r.blocked = !!info.blocked || this.setting.blocked_rooms.indexOf(r.id) >= 0;
-    this.invalidate("rooms");
-    return r;
-  };
-
-  App.prototype.ensureChat = function (type, id) {
-    var key = chatKey(type, id);
-    var chat = this.chats.get(key);
-    if (!chat) {
-      chat = {
-        key: key, type: type, id: id,
-        messages: [], keys: {}, rev: 0,
-        loaded: false, loading: null, pending: [],
-        unread: 0, typingUntil: 0, typingNick: "",
-        draft: "", sentTyping: "clear", typingTimer: null
-      };
-      this.chats.set(key, chat);
-    }
-    return chat;
-  };
-
-  App.prototype.openIds = function (type) {
-    var out = [];
-    var self = this;
-    this.tabs.forEach(function (k) { var c = self.chats.get(k); if (c && c.type === type) out.push(c.id); });
-    return out;
-  };
-
-  function msgKey(m) {
-    return [normalizeType(m.type), m.from, m.to, m.timestamp, m.body].join("\u0001");
-  }
-
-  /** Replace a chat's messages with the server's history (oldest first),
-   *  keeping live packets that raced the request and local sends the
-   *  server had not confirmed yet. */
-  App.prototype.setHistory = function (chat, list, requestedAt) {
-    var msgs = (Array.isArray(list) ? list : []).slice();
-    var keys = {};
-    msgs.forEach(function (m) { keys[msgKey(m)] = true; });
-    chat.pending.forEach(function (m) { var k = msgKey(m); if (!keys[k]) { keys[k] = true; msgs.push(m); } });
-    chat.messages.forEach(function (m) {
-      if (m.local && (m.state !== "sent" || m.confirmedAt > requestedAt)) msgs.push(m);
-    });
-    msgs.sort(function (a, b) { return parseFloat(a.timestamp) - parseFloat(b.timestamp); });
-    chat.messages = msgs;
-    chat.keys = keys;
-    chat.pending = [];
-    chat.loaded = true;
-    chat.rev++;
-    if (chat.key === this.active) this.invalidate("chat");
-  };
-
-  App.prototype.loadHistory = function (chat) {
-    if (chat.loading || !this.ticket) return chat.loading;
-    var self = this;
-    var requestedAt = Date.now();
-    chat.loading = this.t.call("history", { ticket: this.ticket, id: chat.id, type: chat.type }).then(function (list) {
-      chat.loading = null;
-      self.setHistory(chat, list, requestedAt);
-    }).catch(function (err) {
-      chat.loading = null;
-      chat.error = err.message;
-      if (chat.key === self.active) self.invalidate("chat");
-    });
-    if (chat.key === this.active) this.invalidate("chat");
-    return chat.loading;
-  };
-
-  App.prototype.addMessage = function (chat, m) {
-    if (!chat.loaded) { chat.pending.push(m); return true; }
-    var k = msgKey(m);
-    if (chat.keys[k]) return false;
-    chat.keys[k] = true;
-    chat.messages.push(m);
-    if (chat.key === this.active) this.invalidate("chat");
-    return true;
-  };
-
-  // ---- incoming packets ----------------------------------------------------------
-
-  /** logItem from the comet or new_messages. flags.offline: stored while we
-   *  were away, which says nothing about the sender's presence now. */
-  App.prototype.onMessage = function (m, flags) {
-    if (!m || !this.user) return;
-    var type = normalizeType(m.type);
-    var me = this.user.id;
-    var mine = m.from === me;
-    var peer;
-    if (type === "multicast") {
-      peer = m.to;
-      var room = this.rooms.get(peer);
-      if (room && room.blocked) return; // blocked: we do not want it, even if it slips through
-    } else {
-      // unicast (and admin broadcast delivered unicast-shaped): my own
-      // message echoed from my other tab belongs to the conversation `to`.
-      type = "unicast";
-      peer = mine ? m.to : m.from;
-      var b = this.ensureBuddy(peer, mine ? peer : m.nick);
-      if (!mine && m.nick) b.nick = m.nick;
-      if (!mine && !flags.offline && b.presence !== "online") {
-        b.presence = "online";
-        if (b.show === "unavailable") b.show = "available";
-      }
-    }
-    var chat = this.ensureChat(type, peer);
-    if (!mine && type === "unicast") chat.typingUntil = 0;
-    var stored = Object.assign({}, m, { type: type });
-    if (!this.addMessage(chat, stored)) return;
-    if (!mine) {
-      var seen = this.isSeen(chat);
-      if (!seen) chat.unread++;
-      if (this.tabs.indexOf(chat.key) < 0 && this.setting.msg_auto_pop !== false) this.openTab(chat.key, false);
-      if (!seen && this.setting.play_sound !== false) this.beeper.beep();
-    }
-    this.invalidate("chat", "tabs", "buddies", "rooms", "title");
-  };
-
-  App.prototype.onPresence = function (p) {
-    if (!p || !p.from || !this.user) return;
-    var type = p.type;
-    if (p.from === this.user.id) {
-      // My own presence from my other tab: follow its show.
-      if (type === "show" && p.show && p.show !== "unavailable") { this.show = p.show; this.status = p.status || ""; this.invalidate("header"); }
-      return;
-    }
-    if (type === "join" || type === "leave" || type === "grponline" || type === "grpoffline") {
-      this.scheduleRoomCounts();
-      return;
-    }
-    var b = this.ensureBuddy(p.from, p.nick);
-    if (p.nick) b.nick = p.nick;
-    var gone = type === "offline" || p.show === "unavailable" || p.show === "invisible";
-    b.presence = gone ? "offline" : "online";
-    b.show = gone ? "unavailable" : (p.show || "available");
-    if (p.status !== undefined && p.status !== null) b.status = p.status;
-    if (gone) { var c = this.chats.get(chatKey("unicast", b.id)); if (c) c.typingUntil = 0; }
-    this.invalidate("buddies", "chat", "tabs");
-    this.scheduleRoomCounts();
-  };
-
-  App.prototype.onStatus = function (s) {
-    if (!s || !this.user || s.from === this.user.id) return;
-    if (s.to && s.to !== this.user.id) return;
-    var chat = this.ensureChat("unicast", s.from);
-    var self = this;
-    if (s.show === "typing") {
-      chat.typingUntil = Date.now() + TYPING_SHOW_MS;
-      chat.typingNick = s.nick || (this.buddies.get(s.from) || {}).nick || s.from;
-      // Re-render when the indicator expires without a "clear".
-      setTimeout(function () { self.invalidate("chat"); }, TYPING_SHOW_MS + 50);
-    } else {
-      chat.typingUntil = 0;
-    }
-    this.invalidate("chat");
-  };
-
-  // ---- outgoing ---------------------------------------------------------------
-
-  App.prototype.sendMessage = function (chat, body) {
-    var self = this;
-    if (!body || !this.ticket) return;
-    var m = {
-      type: chat.type, from: this.user.id, to: chat.id, nick: this.user.nick,
-      body: body, style: "", timestamp: Date.now() + this.skew,
-      local: true, state: "sending"
-    };
-    chat.messages.push(m);
-    chat.rev++;
-    this.stopTyping(chat, false);
-    this.invalidate("chat");
-    this.t.call("message", { ticket: this.ticket, type: chat.type, to: chat.id, body: body, style: "" }).then(function () {
-      m.state = "sent";
-      m.confirmedAt = Date.now();
-      chat.rev++;
-      self.invalidate("chat");
-    }).catch(function (err) {
-      m.state = "failed";
-      m.error = err.message;
-      chat.rev++;
-      self.invalidate("chat");
-    });
-  };
-
-  App.prototype.retryMessage = function (chat, m) {
-    var i = chat.messages.indexOf(m);
-    if (i >= 0) chat.messages.splice(i, 1);
-    this.sendMessage(chat, m.body);
-  };
-
-  /** Typing notifications: "typing" once per burst (deduplicated), "clear"
-   *  after 6 s without keys; nothing to buddies that are offline. */
-  App.prototype.noteTyping = function (chat) {
-    if (chat.type !== "unicast" || !this.ticket) return;
-    var b = this.buddies.get(chat.id);
-    if (!b || b.presence !== "online") return;
-    var self = this;
-    if (chat.sentTyping !== "typing") {
-      chat.sentTyping = "typing";
-      this.t.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
-    }
-    clearTimeout(chat.typingTimer);
-    chat.typingTimer = setTimeout(function () { self.stopTyping(chat, true); }, TYPING_IDLE_MS);
-  };
-
-  /** sendClear=false after sending a message: the message itself tells the
-   *  other side that typing ended. */
-  App.prototype.stopTyping = function (chat, sendClear) {
-    clearTimeout(chat.typingTimer);
-    chat.typingTimer = null;
-    if (chat.sentTyping !== "typing") return;
-    chat.sentTyping = "clear";
-    if (sendClear && this.ticket) this.t.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
-  };
-
-  App.prototype.setShow = function (show) {
-    var self = this;
-    if (show === "offline") return this.goOffline();
-    this.show = show;
-    savePref("show", show);
-    this.invalidate("header");
-    if (!this.ticket) return this.goOnline(show, false);
-    return this.t.call("presence", { ticket: this.ticket, show: show, status: this.status }).catch(function (err) {
-      self.flash(err.message);
-    });
-  };
-
-  App.prototype.setStatusText = function (text) {
-    if (text === this.status) return;
-    this.status = text;
-    if (!this.ticket) return;
-    var self = this;
-    this.t.call("presence", { ticket: this.ticket, show: this.show, status: text }).catch(function (err) {
-      self.flash(err.message);
-    });
-  };
-
-  App.prototype.saveSetting = function () {
-    var self = this;
-    if (!this.ticket) return Promise.resolve();
-    return this.t.call("setting", { ticket: this.ticket, data: JSON.stringify(this.setting) }).catch(function (err) {
-      self.flash("Settings not saved: " + err.message);
-    });
-  };
-
-  App.prototype.setRoomBlocked = function (room, blocked) {
-    var self = this;
-    var list = this.setting.blocked_rooms.filter(function (id) { return id !== room.id; });
-    if (blocked) list.push(room.id);
-    this.setting.blocked_rooms = list;
-    room.blocked = blocked;
-    this.invalidate("rooms", "chat");
-    var call = blocked
-      ? this.t.call("leave", { ticket: this.ticket, id: room.id, nick: this.user.nick })
-      : this.t.call("join", { ticket: this.ticket, id: room.id, nick: this.user.nick });
-    return Promise.all([this.saveSetting(), call.then(function (info) {
-      if (!blocked && info && typeof info === "object") {
-        if (info.count !== undefined) room.count = info.count;
-        if (info.all_count !== undefined) room.all_count = info.all_count;
-      }
-      if (!blocked) {
-        // Messages sent while blocked are in the history; reload it.
-        var chat = self.chats.get(chatKey("multicast", room.id));
-        if (chat) { chat.loaded = false; self.loadHistory(chat); }
-      }
-      self.scheduleRoomCounts();
-    }).catch(function (err) { self.flash(err.message); })]);
-  };
-
-  App.prototype.clearHistory = function (chat) {
-    var self = this;
-    chat.messages = [];
-    chat.keys = {};
-    chat.rev++;
-    this.invalidate("chat");
-    this.t.call("clear_history", { ticket: this.ticket, id: chat.id, type: chat.type }).catch(function (err) {
-      self.flash(err.message);
-    });
-  };
-
-  /** The server hands each notification out once (then marks it read), so
-   *  keep the recent ones in localStorage: a reload must not lose a
-   *  notification the user has not looked at yet. */
-  App.prototype.loadNotifications = function () {
-    var self = this;
-    if (!this.ticket || !this.user) return;
-    var cacheKey = "notifications:" + this.user.id;
-    this.notifications = loadPref(cacheKey, []);
-    this.invalidate("notifications");
-    this.t.call("notifications", { ticket: this.ticket }).then(function (list) {
-      var fresh = (Array.isArray(list) ? list : []).filter(function (n) { return n && n.text; });
-      var seen = {};
-      var merged = [];
-      fresh.concat(self.notifications).forEach(function (n) {
-        var k = String(n.time) + "\u0001" + n.text;
-        if (!seen[k]) { seen[k] = true; merged.push({ text: String(n.text), link: n.link || "", time: n.time }); }
-      });
-      merged.sort(function (a, b) { return notifTime(b.time) - notifTime(a.time); });
-      self.notifications = merged.slice(0, 20);
-      savePref(cacheKey, self.notifications);
-      self.invalidate("notifications");
-    }).catch(function () { /* notifications are optional */ });
-  };
-
-  /** Room counts: there is no push for them (join/leave presences are off by
-   *  default, D9), so refresh from webim/members after presence changes. */
-  App.prototype.scheduleRoomCounts = function () {
-    var self = this;
-    if (this.roomTimer) return;
-    this.roomTimer = setTimeout(function () { self.roomTimer = null; self.refreshRoomCounts(); }, 800);
-  };
-
-  App.prototype.scheduleRoomRefresh = function () {
-    var self = this;
-    clearInterval(this.roomRefreshTimer);
-    this.roomRefreshTimer = setInterval(function () { if (self.ticket) self.refreshRoomCounts(); }, ROOM_REFRESH_MS);
-  };
-
-  App.prototype.refreshRoomCounts = function () {
-    var self = this;
-    if (!this.ticket) return;
-    this.rooms.forEach(function (room) {
-      if (room.blocked) return;
-      self.t.call("members", { ticket: self.ticket, id: room.id }).then(function (list) {
-        if (!Array.isArray(list)) return;
-        room.members = list;
-        room.count = list.filter(function (m) { return m.presence !== "offline"; }).length;
-        self.invalidate("rooms", "chat");
-      }).catch(function () {});
-    });
-  };
-
-  // ---- tabs -----------------------------------------------------------------------
-
+  /** focus: the user picked the chat (unfold the widget, focus the input). */
   App.prototype.openTab = function (key, focus) {
-    var i = key.indexOf(":");
-    var chat = this.ensureChat(key.slice(0, i), key.slice(i + 1));
-    if (this.tabs.indexOf(key) < 0) this.tabs.push(key);
-    if (focus) {
-      this.active = key;
-      if (chat) chat.unread = 0;
-      if (this.minimized) this.setMinimized(false);
-    } else if (!this.active) {
-      this.active = key;
-      if (chat && this.isSeen(chat)) chat.unread = 0;
-    }
-    if (chat && !chat.loaded && chat.key === this.active) this.loadHistory(chat);
-    this.saveTabs();
-    this.invalidate("tabs", "chat", "buddies", "rooms", "title");
+    if (focus && this.minimized) this.setMinimized(false);
+    this.client.openTab(key, focus);
     if (focus) this.focusInput = true;
   };
 
-  App.prototype.closeTab = function (key) {
-    var i = this.tabs.indexOf(key);
-    if (i < 0) return;
-    this.tabs.splice(i, 1);
-    var chat = this.chats.get(key);
-    if (chat) { this.stopTyping(chat, true); chat.unread = 0; }
-    if (this.active === key) this.active = this.tabs[Math.min(i, this.tabs.length - 1)] || null;
-    var next = this.active && this.chats.get(this.active);
-    if (next) { next.unread = 0; if (!next.loaded) this.loadHistory(next); }
-    this.saveTabs();
-    this.invalidate("tabs", "chat", "buddies", "rooms", "title");
+  App.prototype.isSeen = function (chat) { return this.client.model.isSeen(chat); };
+  App.prototype.totalUnread = function () { return this.client.model.totalUnread(); };
+
+  /** The model needs to know whether the active chat is in front of the user. */
+  App.prototype.updateViewing = function () {
+    this.client.model.setViewing(this.view === "main" && !this.minimized && document.visibilityState !== "hidden");
   };
 
-  App.prototype.saveTabs = function () {
-    savePref("tabs", { tabs: this.tabs, active: this.active }, "session");
-  };
-
-  /** Is a chat on screen right now (so a new message is read at once)? */
-  App.prototype.isSeen = function (chat) {
-    return chat.key === this.active && !this.minimized && document.visibilityState !== "hidden" && this.view === "main";
-  };
-
-  App.prototype.totalUnread = function () {
-    var n = 0;
-    this.chats.forEach(function (c) { n += c.unread; });
-    return n;
+  /** The client says what to show. */
+  App.prototype.showScreen = function (name, detail) {
+    if (name === "autherror") {
+      this.ui.authErrorText.textContent = "Chat is not available: " +
+        (detail || "you are not signed in to the site, or your session expired.");
+    }
+    this.setView(name, detail);
   };
 
   // ---- DOM: build once -------------------------------------------------------------
@@ -1280,7 +1832,7 @@
 
     ui.offlineView = h("div", { class: "nx-center", testid: "offline-view" },
       h("p", { text: "You are offline." }),
-      h("button", { class: "nx-btn nx-btn-primary", testid: "go-online", text: "Go online", on: { click: function () { savePref("offline", undefined); self.goOnline(self.show === "offline" ? "available" : self.show, true); } } }));
+      h("button", { class: "nx-btn nx-btn-primary", testid: "go-online", text: "Go online", on: { click: function () { self.client.storage.set("offline", undefined); self.goOnline(self.show === "offline" ? "available" : self.show, true); } } }));
 
     ui.authErrorText = h("p", { testid: "auth-error-text" });
     ui.authError = h("div", { class: "nx-center", testid: "auth-error-view" },
@@ -1384,8 +1936,7 @@
   App.prototype.setMinimized = function (min) {
     this.minimized = min;
     savePref("minimized", min);
-    var chat = this.active && this.chats.get(this.active);
-    if (!min && chat) chat.unread = 0;
+    this.updateViewing();
     this.invalidate("all");
   };
 
@@ -1397,19 +1948,12 @@
     document.addEventListener("click", function () { self.closeMenus(); });
     document.addEventListener("keydown", function (e) { if (e.key === "Escape") self.closeMenus(); });
     document.addEventListener("visibilitychange", function () {
-      if (document.visibilityState === "visible") {
-        var chat = self.active && self.chats.get(self.active);
-        if (chat && chat.unread) { chat.unread = 0; self.invalidate("tabs", "buddies", "rooms", "title"); }
-      }
+      self.updateViewing();
     });
     // Reload/close: tell the server this tab's session ends now, so its
-    // grace timer starts at once (D5) and a reload never flaps presence.
+    // grace timer starts at once (docs/design.md#d5-timers) and a reload never flaps presence.
     global.addEventListener("pagehide", function () {
-      if (self.ticket && self.conn !== "offline") {
-        self.t.beacon("refresh", { ticket: self.ticket });
-        self.resetSession();
-        self.pagehidden = true;
-      }
+      if (self.client.pageHide()) self.pagehidden = true;
     });
     // Back from the back/forward cache: the old ticket is gone.
     global.addEventListener("pageshow", function (e) {
@@ -1453,11 +1997,9 @@
     var ui = this.ui;
     ui.loginError.textContent = "";
     ui.loginButton.disabled = true;
-    this.t.call("login", { username: ui.loginUser.value.trim(), password: ui.loginPass.value }).then(function () {
+    this.client.login(ui.loginUser.value.trim(), ui.loginPass.value).then(function () {
       ui.loginPass.value = "";
       ui.loginButton.disabled = false;
-      savePref("offline", undefined);
-      return self.goOnline(self.show === "offline" ? "available" : self.show, true);
     }).catch(function (err) {
       ui.loginButton.disabled = false;
       ui.loginError.textContent = err.status === 401 ? "Wrong user name or password." : err.message;
@@ -1486,14 +2028,8 @@
     ui.root.dataset.view = view;
     if (view === "loading") ui.loadingText.textContent = detail ? "Connecting… (" + detail + ")" : "Connecting…";
     if (view === "login") setTimeout(function () { ui.loginUser.focus(); }, 0);
+    this.updateViewing();
     this.invalidate("title");
-  };
-
-  App.prototype.setConn = function (state, detail) {
-    if (this.conn === state && !detail) return;
-    this.conn = state;
-    this.connDetail = detail || "";
-    this.invalidate("header");
   };
 
   /** Coalesce re-renders: many packets in one batch → one paint. setTimeout
@@ -1574,7 +2110,7 @@
       groups.get(g).push(b);
     });
     var names = Array.from(groups.keys()).sort(function (a, b) {
-      // Strangers go last, like the reference UI.
+      // Strangers go last, as in the 2010 webim client.
       var sa = /stranger/i.test(a) ? 1 : 0;
       var sb = /stranger/i.test(b) ? 1 : 0;
       return sa - sb || a.localeCompare(b);
@@ -1788,7 +2324,7 @@
     }
     this.renderMessages(chat);
     this.renderTyping(chat);
-    if (this.isSeen(chat) && chat.unread) { chat.unread = 0; this.invalidate("tabs", "buddies", "rooms", "title"); }
+    this.client.model.markSeen();
     if (this.focusInput) { this.focusInput = false; ui.input.focus(); }
   };
 
@@ -1869,7 +2405,7 @@
 
   App.prototype.renderTyping = function (chat) {
     var el = this.ui.typing;
-    var on = chat.type === "unicast" && chat.typingUntil > Date.now();
+    var on = chat.type === "unicast" && chat.typingUntil > this.client.now();
     el.hidden = !on;
     el.textContent = on ? chat.typingNick + " is typing…" : "";
   };
@@ -1879,14 +2415,6 @@
     this.notifications.forEach(function (n) { var x = notifTime(n.time); if (x > t) t = x; });
     return t || 1;
   };
-
-  function notifTime(v) {
-    if (typeof v === "number") return v < 1e12 ? v * 1000 : v;
-    var p = Date.parse(v);
-    if (isFinite(p)) return p;
-    var f = parseFloat(v);
-    return isFinite(f) ? (f < 1e12 ? f * 1000 : f) : 0;
-  }
 
   App.prototype.renderNotifications = function () {
     var self = this;
@@ -1920,19 +2448,21 @@
     document.title = (n ? "(" + n + ") " : "") + base;
   };
 
+
   // ---------------------------------------------------------------------------
   // Public API
 
   var NextIM = global.NextIM || {};
   NextIM._cb = NextIM._cb || {};
   NextIM.apps = NextIM.apps || [];
-  NextIM.version = "1.0.0";
+  NextIM.version = C.version;
+  NextIM.protocol = C;
 
   /**
    * Start a client.
    *   server:    daemon base URL ("" = this origin, page mode)
    *   jsonp:     true for cross-origin embedding (every call is a <script> GET)
-   *   token:     JWT that identifies the user (token auth mode, D13)
+   *   token:     JWT that identifies the user (token auth, docs/design.md#d13-identity)
    *   getToken:  optional function returning a (promise of a) fresh token
    *   container: element or id to render into (default: a floating widget)
    *   css:       false to skip loading <server>/static/style.css in embed mode
@@ -1958,7 +2488,7 @@
   // Exposed for tests and for host pages that want the same helpers.
   NextIM._sanitize = sanitizeHtml;
   NextIM._formatTime = formatTime;
-  NextIM._backoff = backoffDelay;
+  NextIM._backoff = function (failures) { return C.backoffDelay(failures); };
 
   global.NextIM = NextIM;
 
@@ -1973,4 +2503,7 @@
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autostart);
   else autostart();
-})(window);
+})(typeof window !== "undefined" ? window : null);
+
+// Node (tests, tools): the protocol part. The view above did nothing there.
+if (typeof module !== "undefined" && module.exports) module.exports = NextimClient;

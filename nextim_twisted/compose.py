@@ -1,0 +1,97 @@
+"""The composition root: the one place the daemon's parts are built and wired.
+
+Dependency order (each part gets only what is built before it):
+
+1. the store (``[storage]``, :func:`~nextim_twisted.store.make_store`), unless given;
+2. the router with its hub (``[timers]``, ``[limits]``; the hub defaults to
+   :class:`~nextim_twisted.hub.local.LocalHub`, docs/design.md#d20-cluster);
+3. the authenticator (docs/design.md#d13-identity);
+4. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
+   (the bridge needs the context, the context holds the bridge: the context calls the
+   factory it is given, so nothing is set on it afterwards);
+5. the web app (:class:`~nextim_twisted.web.app.WebApp`).
+
+Nothing here starts anything: :class:`~nextim_twisted.service.NextimService` starts and
+stops the parts in order (docs/design.md#d16-shutdown); the tests' harness and
+``nextimctl`` use the same parts without the service.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+
+from .auth import Authenticator
+from .core.router import HubFactory, Router
+from .handlers.context import Context
+from .hub.base import IHub
+from .hub.local import LocalHub
+from .store import make_store
+from .store.base import Store
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .web.app import WebApp
+    from .xmpp.bridge import Bridge
+
+#: ``blocking(f, *args)`` runs ``f(*args)`` off the reactor thread: Deferred of its result.
+Blocking = Callable[..., Deferred]
+
+
+@dataclass
+class Components:
+    """The wired parts of one daemon (none started)."""
+
+    config: Config
+    store: Store
+    router: Router
+    hub: IHub
+    auth: Authenticator
+    ctx: Context
+    xmpp: Bridge | None
+    web: WebApp | None
+
+
+def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: Any = None,
+            blocking: Blocking | None = None, xmpp: bool | None = None, web: bool = True,
+            hub: HubFactory = LocalHub) -> Components:
+    """Build and wire the daemon's parts.
+
+    :param config: validated :class:`~nextim_twisted.config.Config`.
+    :param reactor: the reactor for network and threads (only ``tap.py`` and
+        ``nextim.tac`` pass the global one).
+    :param store: an existing store (tests); default: the configured one, not started.
+    :param clock: ``IReactorTime`` for the router's timers, token expiry and timestamps;
+        default ``reactor`` (tests pass a ``Clock``).
+    :param blocking: how password hashing leaves the reactor thread; default the
+        reactor's thread pool.
+    :param xmpp: build the XMPP bridge; default ``[xmpp] enabled``.
+    :param web: build the web app (``nextimctl`` does not serve).
+    :param hub: the hub factory given to the router.
+    """
+    clock = reactor if clock is None else clock
+    if store is None:
+        store = make_store(config, reactor)
+    if blocking is None:
+        def blocking(f, *args):
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+    timers, limits = config.timers, config.limits
+    router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
+                    limits.queue_packets, config.server.room_presences, hub=hub)
+    auth = Authenticator(config, store, router, blocking, clock)
+    bridge_factory = None
+    if config.xmpp.enabled if xmpp is None else xmpp:
+        from .xmpp.bridge import Bridge
+
+        def bridge_factory(ctx: Context) -> Bridge:
+            return Bridge(ctx, config.xmpp, reactor)
+    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory)
+    app = None
+    if web:
+        from .web.app import WebApp
+        app = WebApp(ctx)
+    return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
+                      xmpp=ctx.xmpp, web=app)

@@ -1,0 +1,55 @@
+"""The one delivery rule of a message, whatever its source (docs/design.md#d7-messages):
+
+1. is the recipient live (a session open now)?
+2. store the message, ``delivered`` set to that answer; ``ok`` only after the commit;
+3. re-check: a recipient who came online while the message was being stored may have
+   taken it already as one of ``online``'s ``new_messages``. Whoever marks it delivered
+   first hands it over, so it reaches the recipient exactly once
+   (docs/design.md#d6-comet-envelope, docs/design.md#d10-history);
+4. route it to the live sessions (and the sender's other sessions).
+
+Used by ``webim/message`` (:mod:`.chat`), inbound XMPP chat (:mod:`.xmpp`) and the
+admin broadcast (:mod:`.admin`).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ..store.rows import Message
+    from .context import Context
+
+MessageType = Literal["unicast", "multicast", "broadcast"]
+
+
+async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
+                  style: str = "", sender_ticket: str | None = None) -> tuple[Message, int]:
+    """Store one message, then route it by the rule in the module docstring.
+
+    :param type_: ``unicast`` (``to`` a user id or, from the XMPP side, a web user),
+        ``multicast`` (``to`` a room id: the live members get it, stored delivered), or
+        ``broadcast`` (``to`` the domain: every online user gets it unicast-shaped, stored
+        delivered; a broadcast is for whoever is online, never kept for a later
+        ``online``).
+    :param from_id: sender: a user id, a JID, an occupant ``room@service/nick``, or the
+        admin's ``broadcast_from``.
+    :param sender_ticket: the sending session, which gets no copy of its own message.
+    :returns: ``(stored message with "id", live recipients reached)``: for unicast 1 or 0
+        (0: kept for the recipient's next ``online``), for a broadcast the number of
+        users, for multicast 0 (not counted).
+    :raises: whatever the store raises; nothing is routed then.
+    """
+    router, store = ctx.router, ctx.store
+    if type_ == "unicast":
+        live = router.has_sessions(to)
+        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live)
+        to_recipient = True
+        if not live and to != from_id and router.has_sessions(to):
+            to_recipient = bool(await store.mark_delivered([msg["id"]]))
+        reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
+        return msg, int(reached)
+    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True)
+    if type_ == "multicast":
+        router.route_multicast(msg, sender_ticket)
+        return msg, 0
+    return msg, router.route_broadcast(msg)
