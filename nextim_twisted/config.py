@@ -208,6 +208,27 @@ class XmppSection(Protocol):
     max_backoff: float
     queue_stanzas: int
 
+
+class DirectorySection(Protocol):
+    """``[directory]`` (docs/integration.md)."""
+
+    provider: str
+    url: str | None
+    secret: str | None
+    cache_seconds: float
+    timeout: float
+
+
+class WebhooksSection(Protocol):
+    """``[webhooks]`` (docs/integration.md#webhooks)."""
+
+    url: str | None
+    secret: str | None
+    events: list[str]
+    timeout: float
+    max_age: int
+
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
@@ -222,6 +243,8 @@ class Config:
     limits: LimitsSection
     log: LogSection
     metrics: MetricsSection
+    directory: DirectorySection
+    webhooks: WebhooksSection
     xmpp: XmppSection
 
     def __init__(self, sections):

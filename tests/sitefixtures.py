@@ -90,7 +90,7 @@ class FakeSite(Resource):
                 request.setResponseCode(503)
                 request.finish()
         if self.port is not None:
-            await self.port.stopListening()
+            await defer.maybeDeferred(self.port.stopListening)
             self.port = None
         for protocol in self.connections:  # down means down: kept-alive connections too
             transport = getattr(protocol, "transport", None) or getattr(protocol._channel, "transport", None)

@@ -238,3 +238,16 @@ async def test_a_message_whose_transaction_fails_leaves_no_event(env):
     with pytest.raises(RuntimeError):
         await env.store.add_message("unicast", "alice", "bob", "Alice", "x", "", 1000, False, also=failing)
     assert (await hooks.outbox.summary())[0] == 0
+
+
+@inline
+async def test_a_stop_during_a_claim_starts_no_post_and_keeps_the_events(env):
+    hooks = env.webhooks()
+    await send_message(env, hooks, offline=False)
+    env.clock.advance(0)  # the round starts: its claim is on a database thread
+    assert hooks._loop is not None
+    await hooks.stopService()
+    assert env.site.requests == []
+    again = env.webhooks()
+    await env.round(again)
+    assert [e["event"] for e in env.site.events] == ["message"]

@@ -43,7 +43,7 @@ async def invalidate(ctx, body):
             await _resync_user(ctx, user_id)
     live_rooms = 0
     for room_id in rooms:
-        if router.rooms.get(room_id):
+        if router.live_members(room_id):
             live_rooms += 1
         await _resync_room(ctx, room_id)
     return {"success": True, "users": live_users, "rooms": live_rooms}
@@ -58,10 +58,10 @@ async def _resync_user(ctx, user_id):
     buddies = {b for b, _ in await directory.buddies(user_id)}
     rooms = [r["id"] for r in await directory.rooms_of(user_id)]
     blocked = blocked_rooms(await ctx.settings_of(user_id))
-    user = router.users.get(user_id)
+    user = router.user(user_id)
     if user is None:  # went offline while we read
         return
-    user.profile = profile
+    router.update_profile(user_id, profile)
     for buddy_id in buddies - user.buddies:
         router.buddies_changed(user_id, buddy_id, True)
     for buddy_id in user.buddies - buddies:
@@ -77,7 +77,7 @@ async def _resync_room(ctx, room_id):
     directory, router = ctx.directory, ctx.router
     room = await directory.room(room_id)
     members = set(await directory.member_ids(room_id)) if room is not None else set()
-    live = set(router.rooms.get(room_id, ()))
+    live = set(router.live_members(room_id))
     for user_id in live - members:
         router.leave_room(user_id, room_id)
     for user_id in members - live:

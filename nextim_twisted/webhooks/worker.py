@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..core.observers import ILiveStateObserver
 from ..hostsite.client import SiteClient, SiteError
 from .outbox import Outbox, insert, make_event
 
@@ -47,7 +48,7 @@ def backoff_s(attempts):
     return min(2 ** (max(attempts, 1) - 1), MAX_BACKOFF_S)
 
 
-class Webhooks(service.Service):
+class Webhooks(service.Service, ILiveStateObserver):
     """The outbox writer and delivery loop.
 
     :param cfg: the ``[webhooks]`` section (``url``, ``secret``, ``events``, ``timeout``,
@@ -220,6 +221,11 @@ class Webhooks(service.Service):
             await self._purge(now)
         lease_ms = int((self.timeout_s + 30) * 1000)
         rows = await self.outbox.claim(now, lease_ms, BATCH)
+        if rows and not self.running:
+            # Stopped while claiming: no new POST may start (it would outlive the
+            # service); the rows are due again at once, for the next start.
+            await self.outbox.retry_at([(row["id"], now, "not sent: the daemon stopped") for row in rows])
+            return None
         if rows:
             results = await defer.DeferredList([defer.ensureDeferred(self._send(row)) for row in rows],
                                                consumeErrors=True)
