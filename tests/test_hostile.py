@@ -653,8 +653,8 @@ async def test_recipient_coming_online_while_a_message_is_stored_gets_it_once(da
     real_add = daemon.store.add_message
     state = {}
 
-    async def racing_add(*args, **kwargs):
-        msg = await real_add(*args, **kwargs)
+    async def racing_add(*args):
+        msg = await real_add(*args)
         state["dave"] = (await daemon.online("dave"))  # dave comes online in between
         return msg
 

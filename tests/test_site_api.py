@@ -23,7 +23,7 @@ PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 with open(PATH, encoding="utf-8") as _f:
     DOC = json.load(_f)
 URI = "urn:nextim:site-api"
-REGISTRY = Registry().with_resource(URI, Resource(contents=DOC, specification=DRAFT202012))
+REGISTRY = Registry().with_resource(URI, Resource(contents=DOC, specification=DRAFT202012))  # type: ignore[call-arg]
 
 
 def validator(name):

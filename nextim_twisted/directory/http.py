@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from ..errors import BadRequest
 from ..handlers.params import check_id, is_storable
@@ -156,8 +155,7 @@ class _Throttle:
         emit(fmt, skipped=skipped, every=LOG_EVERY_S, **kw)
 
 
-@implementer(IDirectory)
-class HTTPDirectory:
+class HTTPDirectory(IDirectory):
     """:class:`~.base.IDirectory` answered by the host site, cached.
 
     :param client: a :class:`~nextim_twisted.hostsite.client.SiteClient`.

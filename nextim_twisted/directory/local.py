@@ -2,13 +2,11 @@
 "local"``, the default; docs/design.md#d14-directory). The admin API writes them and
 keeps live sessions in step itself; reads go straight to the store."""
 from twisted.internet import defer
-from zope.interface import implementer
 
 from .base import IDirectory
 
 
-@implementer(IDirectory)
-class LocalDirectory:
+class LocalDirectory(IDirectory):
     """:class:`~.base.IDirectory` over a :class:`~nextim_twisted.store.base.Store`."""
 
     provisions = True

@@ -50,7 +50,7 @@ async def message(ctx, identity, params):
     style = model.sanitize_style(params.get("style", ""))
     user = require_live(ctx, identity)
     ctx.limiter.check("messages", identity.user_id)
-    router, store = ctx.router, ctx.store
+    router = ctx.router
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
         await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)

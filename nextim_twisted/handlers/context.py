@@ -54,7 +54,7 @@ class Context:
         if directory is None:
             from ..directory.local import LocalDirectory
             directory = LocalDirectory(store)
-        self.directory = directory
+        self.directory: IDirectory = directory
         self.webhooks = webhooks
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.

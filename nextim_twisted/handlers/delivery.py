@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 MessageType = Literal["unicast", "multicast", "broadcast"]
 
 
+def _with(also):
+    """``add_message``'s keyword for the webhook rows, only when there are some (a
+    store without webhooks is called as before)."""
+    return {"also": also} if also is not None else {}
+
+
 async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
                   style: str = "", sender_ticket: str | None = None) -> tuple[Message, int]:
     """Store one message, then route it by the rule in the module docstring.
@@ -48,8 +54,9 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     if type_ == "unicast":
         live = router.has_sessions(to)
         also = hooks.message_rows(offline=not live) if hooks is not None else None
-        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live, also=also)
-        if also is not None:
+        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live,
+                                      **_with(also))
+        if hooks is not None and also is not None:
             hooks.kick()
         to_recipient = True
         if not live and to != from_id and router.has_sessions(to):
@@ -57,8 +64,8 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)
     also = hooks.message_rows(offline=False) if hooks is not None and type_ == "multicast" else None
-    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True, also=also)
-    if also is not None:
+    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True, **_with(also))
+    if hooks is not None and also is not None:
         hooks.kick()
     if type_ == "multicast":
         router.route_multicast(msg, sender_ticket)

@@ -63,7 +63,7 @@ class Webhooks(service.Service, ILiveStateObserver):
     the last check).
     """
 
-    name = "webhooks"
+    name = "webhooks"  # type: ignore[assignment]  # the service's name in the daemon's tree
 
     def __init__(self, cfg, store, reactor, clock, client=None):
         self.url = cfg.url
