@@ -65,7 +65,9 @@ class SiteClient:
         self.max_bytes = max_bytes
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
-        self.pool.retryAutomatically = False  # a retried POST is the webhooks' business
+        # A kept-alive connection the site closed meanwhile is retried once on a new one
+        # (Twisted does so for GET only; a webhook POST is retried by its own backoff).
+        self.pool.retryAutomatically = True
         self.http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=timeout_s))
 
     def request(self, method, url, body=b"", headers=None):
