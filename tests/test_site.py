@@ -313,3 +313,17 @@ async def test_the_local_directory_is_the_default(tmp_path, store_kind):
         await h.stop()
         await drop()
     assert API_KEY
+
+
+def test_the_service_runs_the_webhooks_between_storage_and_the_listener(tmp_path):
+    # They start after storage (the outbox is there) and stop before it, writing their
+    # last events first (docs/design.md#d16-shutdown).
+    from twisted.internet import reactor
+
+    from nextim_twisted.service import NextimService
+    config = make_config(storage={"path": str(tmp_path / "n.db")},
+                         webhooks={"url": "http://127.0.0.1:9/hook", "secret": WEBHOOK_SECRET})
+    svc = NextimService(config, reactor)
+    names = [child.name for child in svc]
+    assert names.index("storage") < names.index("directory") < names.index("webhooks") < names.index("web")
+    assert svc.parts.webhooks in svc.router.observers
