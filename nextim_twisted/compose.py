@@ -6,10 +6,13 @@ Dependency order (each part gets only what is built before it):
 2. the router with its hub (``[timers]``, ``[limits]``; the hub defaults to
    :class:`~nextim_twisted.hub.local.LocalHub`, docs/design.md#d20-cluster);
 3. the authenticator (docs/design.md#d13-identity);
-4. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
+4. the directory (``[directory] provider``: the store's tables or the host site over
+   HTTP) and the webhooks (``[webhooks] url``; a router observer), docs/integration.md;
+5. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
    (the bridge needs the context, the context holds the bridge: the context calls the
    factory it is given, so nothing is set on it afterwards);
-5. the web app (:class:`~nextim_twisted.web.app.WebApp`).
+6. the web app (:class:`~nextim_twisted.web.app.WebApp`), whose metrics also read the
+   directory's and the webhooks' counters.
 
 Nothing here starts anything: :class:`~nextim_twisted.service.NextimService` starts and
 stops the parts in order (docs/design.md#d16-shutdown); the tests' harness and
@@ -25,6 +28,8 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from .auth import Authenticator
+from .directory import make_directory
+from .directory.base import IDirectory
 from .core.router import HubFactory, Router
 from .handlers.context import Context
 from .hub.base import IHub
@@ -34,6 +39,7 @@ from .store.base import Store
 
 if TYPE_CHECKING:
     from .config import Config
+    from .webhooks.worker import Webhooks
     from .web.app import WebApp
     from .xmpp.bridge import Bridge
 
@@ -53,6 +59,8 @@ class Components:
     ctx: Context
     xmpp: Bridge | None
     web: WebApp | None
+    directory: IDirectory
+    webhooks: Webhooks | None
 
 
 def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: Any = None,
@@ -82,16 +90,25 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
     router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
                     limits.queue_packets, config.server.room_presences, hub=hub)
     auth = Authenticator(config, store, router, blocking, clock)
+    directory = make_directory(config, store, reactor, clock)
+    webhooks = None
+    if config.webhooks.url:
+        from .webhooks.worker import Webhooks
+        webhooks = Webhooks(config.webhooks, store, reactor, clock)
+        router.add_observer(webhooks)
     bridge_factory = None
     if config.xmpp.enabled if xmpp is None else xmpp:
         from .xmpp.bridge import Bridge
 
         def bridge_factory(ctx: Context) -> Bridge:
             return Bridge(ctx, config.xmpp, reactor)
-    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory)
+    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory, directory=directory,
+                  webhooks=webhooks)
     app = None
     if web:
+        from .hostsite.metrics import SiteCollector
         from .web.app import WebApp
         app = WebApp(ctx)
+        app.metrics.registry.register(SiteCollector(directory, webhooks))
     return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
-                      xmpp=ctx.xmpp, web=app)
+                      xmpp=ctx.xmpp, web=app, directory=directory, webhooks=webhooks)

@@ -126,6 +126,9 @@ ERROR_CODES = {
     "not_buddies": "the two users are not buddies",
     "admin_only": "broadcast messages are for the admin API only",
     "id_conflict": "the id is already used by a user or a room",
+    # the host site as the directory (docs/integration.md)
+    "directory_unavailable": "the site's directory does not answer and nothing is cached; retry shortly",
+    "directory_is_remote": "an admin directory write while the directory is the site's ([directory] provider)",
     # the admin API and the operator's routes
     "admin_disabled": "the admin API is off: no [admin] api_key",
     "bad_api_key": "a missing or wrong admin API key",

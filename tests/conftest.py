@@ -60,6 +60,9 @@ class Harness:
     async def start(self):
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        self.webhooks = self.parts.webhooks  # [webhooks] url: runs on the clock (docs/integration.md)
+        if self.webhooks is not None:
+            self.webhooks.startService()
         site = self.web.site()
         self.port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
@@ -67,6 +70,9 @@ class Harness:
     async def stop(self):
         self.router.shutdown()
         await self.port.stopListening()
+        if self.webhooks is not None and self.webhooks.running:
+            await self.webhooks.stopService()
+        await self.parts.directory.stop()
 
     def token(self, sub, nick=None, **claims):
         """A site JWT (docs/design.md#d13-identity) for ``sub``."""

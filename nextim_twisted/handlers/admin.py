@@ -1,9 +1,24 @@
 """Directory admin API (docs/design.md#d14-directory): users, buddies, rooms, members,
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
 from .. import auth
-from ..errors import BadRequest, NotFound, TooLarge
+from ..errors import BadRequest, NotFound, ProtocolError, TooLarge
 from .delivery import deliver
 from .params import check_id
+
+
+class DirectoryIsRemote(ProtocolError):
+    """409: the directory is the host site's (``[directory] provider = "http"``); the
+    admin API's tables are not read then, so writing them would change nothing."""
+
+    status = 409
+    code = "directory_is_remote"
+
+
+def _local_only(ctx):
+    """:raises DirectoryIsRemote: the directory does not come from the admin API."""
+    if not ctx.directory.provisions:
+        raise DirectoryIsRemote("the directory is the site's ([directory] provider = \"http\"): change it "
+                                "there and call POST /admin/directory/invalidate")
 
 _TEXT_LIMITS = {"nick": 100, "pic_url": 2000, "default_pic_url": 2000, "url": 2000, "group": 100,
                 "link": 2000, "password": 1000}
@@ -28,6 +43,7 @@ def _text(body, key, required=False, limit=None):
 
 async def put_user(ctx, user_id, body):
     """``PUT /admin/users/{id}`` ``{"nick", "pic_url"?, "default_pic_url"?, "url"?, "password"?}``."""
+    _local_only(ctx)
     check_id(user_id)
     nick = _text(body, "nick", required=True)
     password = _text(body, "password")
@@ -44,6 +60,7 @@ async def put_user(ctx, user_id, body):
 
 async def delete_user(ctx, user_id):
     """``DELETE /admin/users/{id}``: also ends the user's sessions."""
+    _local_only(ctx)
     check_id(user_id)
     if not await ctx.store.delete_user(user_id):
         raise NotFound("unknown user", code="unknown_user")
@@ -86,6 +103,7 @@ async def put_buddy(ctx, user_id, buddy_id, body):
     if await _xmpp_buddy(ctx, user_id, buddy_id):
         jid = await ctx.xmpp.add_buddy(user_id, buddy_id, _text(body, "nick"), _text(body, "group"))
         return {"success": True, "jid": jid}
+    _local_only(ctx)
     await _both_users(ctx, user_id, buddy_id)
     await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
     ctx.router.buddies_changed(user_id, buddy_id, True)
@@ -99,6 +117,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(user_id, buddy_id):
         await ctx.xmpp.remove_buddy(user_id, buddy_id)  # an XMPP buddy (docs/xmpp.md)
         return {"success": True}
+    _local_only(ctx)
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
     ctx.router.buddies_changed(user_id, buddy_id, False)
@@ -108,6 +127,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
 async def put_room(ctx, room_id, body):
     """``PUT /admin/rooms/{id}`` ``{"nick", "pic_url"?, "url"?}``. Room ids may not
     equal user ids (docs/protocol.md#identifiers-and-times)."""
+    _local_only(ctx)
     check_id(room_id)
     nick = _text(body, "nick", required=True)
     # "muc": bridge to a XEP-0045 room ("room@service", or "room" on [xmpp] muc_domain;
@@ -127,6 +147,7 @@ async def put_room(ctx, room_id, body):
 
 async def delete_room(ctx, room_id):
     """``DELETE /admin/rooms/{id}``: live members are removed from it too."""
+    _local_only(ctx)
     check_id(room_id)
     if not await ctx.store.delete_room(room_id):
         raise NotFound("unknown room", code="unknown_room")
@@ -139,6 +160,7 @@ async def delete_room(ctx, room_id):
 
 async def put_member(ctx, room_id, user_id):
     """``PUT /admin/rooms/{id}/members/{user_id}``; an online member joins live."""
+    _local_only(ctx)
     check_id(room_id)
     check_id(user_id, "user_id")
     if await ctx.store.get_room(room_id) is None:
@@ -153,6 +175,7 @@ async def put_member(ctx, room_id, user_id):
 
 async def delete_member(ctx, room_id, user_id):
     """``DELETE /admin/rooms/{id}/members/{user_id}``."""
+    _local_only(ctx)
     check_id(room_id)
     check_id(user_id, "user_id")
     if not await ctx.store.delete_member(room_id, user_id):
@@ -166,7 +189,7 @@ async def add_notification(ctx, user_id, body):
     """``POST /admin/users/{id}/notifications`` ``{"text", "link"?}`` (docs/design.md#d12-notifications)."""
     check_id(user_id)
     text = _text(body, "text", required=True, limit=10000)
-    if await ctx.store.get_user(user_id) is None:
+    if await ctx.directory.profile(user_id) is None:
         raise NotFound("unknown user", code="unknown_user")
     row = await ctx.store.add_notification(user_id, text, _text(body, "link"), ctx.now_ms())
     return {"success": True, "id": row["id"]}

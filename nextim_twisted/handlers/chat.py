@@ -27,10 +27,10 @@ def message_type(value, default=None):
 
 async def check_room_member(ctx, room_id, user_id):
     """The room dict. :raises NotFound: no such room; :raises Forbidden: not a member."""
-    room = await ctx.store.get_room(room_id)
+    room = await ctx.directory.room(room_id)
     if room is None:
         raise NotFound("unknown room", code="unknown_room")
-    if not await ctx.store.is_member(room_id, user_id):
+    if not await ctx.directory.is_member(room_id, user_id):
         raise Forbidden("not a member of this room", code="not_member")
     return room
 
@@ -50,14 +50,14 @@ async def message(ctx, identity, params):
     style = model.sanitize_style(params.get("style", ""))
     user = require_live(ctx, identity)
     ctx.limiter.check("messages", identity.user_id)
-    router, store = ctx.router, ctx.store
+    router = ctx.router
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
         await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
         # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
-        if not router.is_online(to) and await store.get_user(to) is None:
+        if not router.is_online(to) and await ctx.directory.profile(to) is None:
             raise NotFound("unknown user", code="unknown_user")
         # Offline-ness is decided from live sessions by the delivery rule, never by the client.
         await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket)

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from ..auth import Authenticator
     from ..config import Config
     from ..core.router import Clock, Router
+    from ..directory.base import IDirectory
     from ..hub.base import IHub
     from ..store.base import Store
+    from ..webhooks.worker import Webhooks
     from ..xmpp.bridge import Bridge
 
 
@@ -28,10 +30,16 @@ class Context:
     :param clock: ``IReactorTime``.
     :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
         when the bridge is off; :mod:`nextim_twisted.compose` passes it.
+    :param directory: where users, buddies and rooms are read
+        (:class:`~nextim_twisted.directory.base.IDirectory`); default the store's own
+        tables (:class:`~nextim_twisted.directory.local.LocalDirectory`).
+    :param webhooks: the :class:`~nextim_twisted.webhooks.worker.Webhooks` when
+        ``[webhooks] url`` is set, else None (docs/integration.md).
     """
 
     def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
-                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
+                 xmpp: Callable[[Context], Bridge] | None = None, directory: IDirectory | None = None,
+                 webhooks: Webhooks | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -43,6 +51,11 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
+        if directory is None:
+            from ..directory.local import LocalDirectory
+            directory = LocalDirectory(store)
+        self.directory: IDirectory = directory
+        self.webhooks = webhooks
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.
         self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None

@@ -8,6 +8,11 @@
    (docs/design.md#d6-comet-envelope, docs/design.md#d10-history);
 4. route it to the live sessions (and the sender's other sessions).
 
+With ``[webhooks] url`` a unicast or multicast message's ``message`` event, and
+``message.offline`` for a unicast stored undelivered, are written in the message's
+own transaction (step 2): one more row in a commit that happens anyway, no wait for
+the site (docs/design.md#d22-the-site-as-source-of-truth).
+
 Used by ``webim/message`` (:mod:`.chat`), inbound XMPP chat (:mod:`.xmpp`) and the
 admin broadcast (:mod:`.admin`).
 """
@@ -20,6 +25,12 @@ if TYPE_CHECKING:
     from .context import Context
 
 MessageType = Literal["unicast", "multicast", "broadcast"]
+
+
+def _with(also):
+    """``add_message``'s keyword for the webhook rows, only when there are some (a
+    store without webhooks is called as before)."""
+    return {"also": also} if also is not None else {}
 
 
 async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
@@ -39,16 +50,23 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
         users, for multicast 0 (not counted).
     :raises: whatever the store raises; nothing is routed then.
     """
-    router, store = ctx.router, ctx.store
+    router, store, hooks = ctx.router, ctx.store, ctx.webhooks
     if type_ == "unicast":
         live = router.has_sessions(to)
-        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live)
+        also = hooks.message_rows(offline=not live) if hooks is not None else None
+        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live,
+                                      **_with(also))
+        if hooks is not None and also is not None:
+            hooks.kick()
         to_recipient = True
         if not live and to != from_id and router.has_sessions(to):
             to_recipient = bool(await store.mark_delivered([msg["id"]]))
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)
-    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True)
+    also = hooks.message_rows(offline=False) if hooks is not None and type_ == "multicast" else None
+    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True, **_with(also))
+    if hooks is not None and also is not None:
+        hooks.kick()
     if type_ == "multicast":
         router.route_multicast(msg, sender_ticket)
         return msg, 0

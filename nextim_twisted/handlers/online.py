@@ -14,11 +14,14 @@ log = Logger()
 async def profile_for(ctx, identity):
     """The caller's directory entry; a token for an unknown user creates it from the
     claims, and a token's profile claims update it (docs/design.md#d13-identity).
+    With a directory that does not provision (the host site's, docs/integration.md)
+    the site's answer is the profile and the claims change nothing.
 
     :raises NotFound: the user is not in the directory (accounts/ticket identities).
+    :raises DirectoryUnavailable: the site does not answer and nothing is cached (503).
     """
-    profile = await ctx.store.get_user(identity.user_id)
-    if identity.via == "token":
+    profile = await ctx.directory.profile(identity.user_id)
+    if identity.via == "token" and ctx.directory.provisions:
         claims = identity.claims
         wanted = {k: claims.get(k) for k in PROFILE_CLAIMS}
         wanted["nick"] = wanted["nick"] or (profile or {}).get("nick") or identity.user_id
@@ -26,7 +29,7 @@ async def profile_for(ctx, identity):
             merged = {k: (wanted[k] if wanted[k] is not None else (profile or {}).get(k)) for k in PROFILE_CLAIMS}
             await ctx.store.put_user(identity.user_id, merged["nick"][:100], merged["pic_url"],
                                      merged["default_pic_url"], merged["url"])
-            profile = await ctx.store.get_user(identity.user_id)
+            profile = await ctx.directory.profile(identity.user_id)
     if profile is None:
         raise NotFound("unknown user", code="unknown_user")
     return profile
@@ -58,9 +61,9 @@ async def online(ctx, identity, params):
     uid = profile["id"]
     settings = await ctx.settings_of(uid)
     blocked = blocked_rooms(settings)
-    buddies = await store.get_buddies(uid)
+    buddies = await ctx.directory.buddies(uid)
     groups = dict(buddies)
-    rooms = await store.rooms_of_user(uid)
+    rooms = await ctx.directory.rooms_of(uid)
 
     session, user = router.open_session(profile, show, status, list(groups),
                                         [r["id"] for r in rooms if r["id"] not in blocked])
@@ -70,7 +73,7 @@ async def online(ctx, identity, params):
     active = list(dict.fromkeys(buddy_ids + [m["from"] for m in new_messages]))
     wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
     wanted = [i for i in wanted if i != uid]
-    profiles = await store.get_users(wanted)
+    profiles = await ctx.directory.profiles(wanted)
     # XMPP bridge (docs/xmpp.md): the user's JID buddies, with the presence XMPP gave them.
     remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
     wanted += [jid for jid in remote if jid not in wanted]
@@ -133,8 +136,8 @@ async def buddies(ctx, identity, params):
     unknown ids are left out."""
     params.required("ids")
     ids = params.ids("ids")
-    profiles = await ctx.store.get_users(ids)
-    groups = dict(await ctx.store.get_buddies(identity.user_id))
+    profiles = await ctx.directory.profiles(ids)
+    groups = dict(await ctx.directory.buddies(identity.user_id))
     remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (docs/xmpp.md)
     return [remote[i] if i in remote else
             model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
