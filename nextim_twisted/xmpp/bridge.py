@@ -24,6 +24,7 @@ from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
 from ..errors import BadRequest, NotFound, ProtocolError
+from ..ids import XmppForms, xmpp_forms
 from ..handlers import xmpp as entry
 from . import mapping, subscriptions
 from .component import ComponentConnection
@@ -174,7 +175,9 @@ class Bridge:
         self.rooms = {}
         self.joined = {}
         self.occupants = {}
-        self._nodes = {}          # lower-case JID localpart → web user id (Prosody lower-cases nodes)
+        self._nodes = {}          # nodeprep'd JID localpart → web user id (the server prepares nodes)
+        self.forms = XmppForms()
+        self._jids = set()        # user ids whose localpart is in _nodes  # every directory id's XMPP forms, for the id-clash rule (ids.py)
         self._writes = defer.DeferredLock()
         self.clock = reactor              # retries, holds and acknowledgement timeouts
         self._room_state = {}             # room_id → None / "opening" / "open", per connection
@@ -190,7 +193,8 @@ class Bridge:
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self):
-        """Load pairs and bridged rooms, observe the router, start connecting."""
+        """Load user ids, pairs and bridged rooms, observe the router, start connecting."""
+        await self.forms.load(self.ctx.store)
         for row in await self.store.pairs():
             self._cache_pair(row["user_id"], Pair(row["jid"], row["nick"] or mapping.nick_of(row["jid"]),
                                                   row["group"] or "", row["subscription"]))
@@ -234,15 +238,18 @@ class Bridge:
     # -- addresses -----------------------------------------------------------
     def jid_of(self, user_id, resource=RESOURCE):
         """The full JID of a web user on the XMPP side."""
-        node = mapping.escape_node(user_id)
-        self._nodes[node.lower()] = user_id
+        if user_id not in self._jids:
+            self._jids.add(user_id)
+            prepped = xmpp_forms(user_id)[0]
+            if prepped is not None:
+                self._nodes[prepped] = user_id
         return mapping.user_jid(user_id, self.domain, resource)
 
     def _user_of(self, jid):
         """The web user id a JID of the component domain stands for, or None."""
         if jid.host != self.domain or not jid.user:
             return None
-        return self._nodes.get(jid.user.lower()) or mapping.unescape_node(jid.user)
+        return self._nodes.get(jid.user) or self.forms.node_user(jid.user) or mapping.unescape_node(jid.user)
 
     def parse_contact(self, value):
         """A bare JID of an XMPP contact, normalized (stringprep).
@@ -250,12 +257,9 @@ class Bridge:
         :raises BadRequest: not a bare ``user@domain`` JID, or one of the component domain.
         """
         try:
-            jid = JID(value)
-        except (InvalidFormat, UnicodeError):
-            raise BadRequest("not a valid JID", code="bad_jid") from None
-        if not jid.user or jid.resource or jid.host == self.domain:
-            raise BadRequest("an XMPP buddy must be a bare JID user@domain of another domain", code="bad_jid")
-        return jid.full()
+            return mapping.normalize_contact(value, self.domain)
+        except ValueError as e:
+            raise BadRequest(str(e), code="bad_jid") from None
 
     def muc_jid(self, value):
         """A MUC room JID from ``"room"`` (+ ``[xmpp] muc_domain``) or ``"room@service"``.
@@ -317,6 +321,7 @@ class Bridge:
         for jid in list(self.pairs.get(user_id, ())):
             await self.remove_buddy(user_id, jid)
         self.pairs.pop(user_id, None)
+        self.forms.remove(user_id)
 
     async def set_room(self, room_id, muc):
         """Bridge a room to a MUC room (``"muc"`` of ``PUT /admin/rooms/{id}``; ``None``
