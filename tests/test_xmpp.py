@@ -478,3 +478,64 @@ async def test_prosody_killed_and_restarted_while_users_chat(bridged, server):
     lost = {body: o for body, o in outcomes.items() if not body.startswith("crash") and o != (1, False)}
     if lost:
         pytest.fail(f"held messages not delivered: {lost}")
+
+
+# -- more of RFC 3921 and XEP-0045 -------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_contact_removed_on_the_xmpp_side_is_removed_here(bridged):
+    h = bridged
+    juliet = h.xmpp_user(JULIET)
+    juliet.start()
+    await juliet.wait_started()
+    await pair(h, "bob", JULIET)
+    answer, inbox = await online(h, "bob")
+    await until(lambda: h.bridge.remote_buddies("bob").get(JULIET, {}).get("presence") == "online", 10,
+                "juliet online for bob")
+    juliet.remove_contact(f"bob@{h.bridge.domain}")
+    await until(lambda: not h.bridge.is_buddy("bob", JULIET), 10, "the pair to be removed")
+    await until(lambda: (p := inbox.presence_of(JULIET)) and p["type"] == "offline", 10, "juliet offline for bob")
+    await h.bridge._writes.run(defer.succeed, None)   # the removal was written
+    rows = await h.bridge.store.pairs()
+    assert not [r for r in rows if r["user_id"] == "bob" and r["jid"] == JULIET]
+    answer2 = await h.online("bob")
+    assert JULIET not in {b["id"] for b in answer2["buddies"]}
+    resp = await h.call("message", ticket=answer["connection"]["ticket"], type="unicast", to=JULIET, body="hello?")
+    assert resp.status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_history_on_join_brings_only_what_the_web_side_lacks(bridged):
+    """What XMPP occupants said while no web user was in the room arrives with the next
+    join (stored with the room's time); what the web side has does not come twice."""
+    h = bridged
+    await h.store.put_room("garden", "Garden")
+    await h.store.put_member("garden", "alice")
+    room_jid = f"garden@{h.bridge.muc_domain}"
+    await h.admin("PUT", "/admin/rooms/garden", {"nick": "Garden", "muc": "garden"})
+    alice, inbox = await online(h, "alice")   # the bridge creates the room (XEP-0045 §10.1.1)
+    await until(lambda: h.bridge.joined.get("garden", {}).get("alice") and h.bridge.joined["garden"]["alice"].inside,
+                10, "alice inside")
+    tybalt = h.xmpp_user(TYBALT)
+    tybalt.start()
+    await tybalt.wait_started()
+    tybalt.join(room_jid, "Tybalt")
+    await until(lambda: [p for p in tybalt.muc_presences if p["nick"] == "Tybalt"], 10, "tybalt in the room")
+    tybalt.send_message(room_jid, "while alice is here", mtype="groupchat")
+    await until(lambda: [m for m in inbox.messages if m["body"] == "while alice is here"], 10, "live message")
+    await h.call("message", ticket=alice["connection"]["ticket"], type="multicast", to="garden", body="alice says")
+    await until(lambda: not h.bridge.joined["garden"]["alice"].unacked, 10, "alice's message confirmed")
+    await h.call("offline", ticket=alice["connection"]["ticket"])
+    h.clock.advance(h.config.timers.user_grace + 1)
+    await until(lambda: "garden" not in h.bridge.joined, 10, "alice out of the MUC")
+    await task.deferLater(reactor, 1.1, lambda: None)  # the room's stamps have second precision
+    tybalt.send_message(room_jid, "while alice is away", mtype="groupchat")
+    await task.deferLater(reactor, 0.3, lambda: None)
+    alice, inbox = await online(h, "alice")
+    await until(lambda: h.bridge.joined.get("garden", {}).get("alice") and h.bridge.joined["garden"]["alice"].inside,
+                10, "alice back inside")
+    await until(lambda: [m for m in inbox.messages if m["body"] == "while alice is away"], 10, "the missed message")
+    await task.deferLater(reactor, 0.5, lambda: None)
+    history = (await h.call("history", ticket=alice["connection"]["ticket"], id="garden", type="multicast")).json
+    bodies = [m["body"] for m in history]
+    assert bodies == ["while alice is here", "alice says", "while alice is away"], bodies
+    assert len([m for m in inbox.messages if m["body"] == "while alice is here"]) == 0

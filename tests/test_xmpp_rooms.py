@@ -261,3 +261,31 @@ async def test_an_invisible_sender_is_told_xmpp_did_not_get_it(rig):
                                        ("2024-05-01T12:00:00.250Z", 1714564800250), ("nonsense", None)])
 def test_delay_stamps(stamp, ms):
     assert bridge_module._parse_stamp(stamp) == ms
+
+
+# -- directed presence (RFC 3921 §5.1.4) -------------------------------------------------------
+def presence_from(jid, to, type_=None):
+    el = domish.Element((None, "presence"))
+    el["from"], el["to"] = jid, to
+    if type_:
+        el["type"] = type_
+    return el
+
+
+@pytest_twisted.ensureDeferred
+async def test_directed_presence_from_a_buddy_shows_without_a_subscription(rig):
+    """A paired contact whose subscription is not yet ``to`` may still send presence
+    straight to the web user; it shows, and so does its end. A stranger's does not."""
+    h = rig
+    go_online(h, "alice")
+    await h.bridge.add_buddy("alice", "romeo@example.org")
+    assert h.bridge.pair("alice", "romeo@example.org").sub.state == "none"
+    h.bridge._stanza(presence_from("romeo@example.org/phone", f"alice@{DOMAIN}/web"))
+    assert h.bridge.remote_buddies("alice")["romeo@example.org"]["presence"] == "online"
+    h.bridge._stanza(presence_from("romeo@example.org/phone", f"alice@{DOMAIN}/web", "unavailable"))
+    assert h.bridge.remote_buddies("alice")["romeo@example.org"]["presence"] == "offline"
+    kinds = [(kind, p["type"]) for _, kind, p in h.sessions["alice"].queue if kind == "presences"]
+    assert kinds == [("presences", "online"), ("presences", "offline")]
+    h.bridge._stanza(presence_from("tybalt@example.org/x", f"alice@{DOMAIN}/web"))
+    assert "tybalt@example.org" not in h.bridge.remote_buddies("alice")
+    assert len([1 for _, kind, _ in h.sessions["alice"].queue if kind == "presences"]) == 2

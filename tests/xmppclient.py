@@ -133,6 +133,10 @@ class XmppUser:
         """Join a MUC room asking for ``history`` messages of history (XEP-0045 §7.2.15)."""
         self._call(lambda: self.client.plugin["xep_0045"].join_muc(room, nick, maxhistory=str(history)))
 
+    def remove_contact(self, jid):
+        """Remove ``jid`` from the roster (RFC 3921 §8.6: the server cancels both subscriptions)."""
+        self._call(lambda: self.client.del_roster_item(jid))
+
     def last_presence(self, frm):
         """The last non-MUC presence received from bare JID ``frm``, or None."""
         found = [p for p in self.presences if p["from"] == frm]

@@ -235,6 +235,11 @@ class Bridge:
         rows = await self.ctx.store.room_history(room_id, 1)
         self._seen_until[room_id] = rows[-1]["timestamp"] + 2000 if rows else 0
 
+    def _xmpp_now(self):
+        """Now in ms on the bridge's clock (the one compared with the XMPP server's
+        history stamps, XEP-0203)."""
+        return int(self.clock.seconds() * 1000)
+
     # -- addresses -----------------------------------------------------------
     def jid_of(self, user_id, resource=RESOURCE):
         """The full JID of a web user on the XMPP side."""
@@ -499,7 +504,7 @@ class Bridge:
             for nick in list(occupants):
                 entry.room_occupant(self.ctx, room_id, f"{muc}/{nick}", nick, False, "unavailable")
         self.occupants.clear()
-        now = self.ctx.now_ms()
+        now = self._xmpp_now()
         for _, timer in self._config_wait.values():
             if timer.active():
                 timer.cancel()
@@ -628,7 +633,10 @@ class Bridge:
                     log.info("refused an XMPP subscription request to a web user from a JID that is not "
                              "their buddy")
             else:
+                before = pair.sub
                 self._apply(user_id, pair, new, actions)
+                if type_ in ("unsubscribe", "unsubscribed") and before.state != "none" and new.state == "none":
+                    self._removed_there(user_id, pair)
             return
         if pair is None:
             return
@@ -654,6 +662,18 @@ class Bridge:
         else:
             return
         self._contact_changed(user_id, jid, resources)
+
+    def _removed_there(self, user_id, pair):
+        """The contact's side cancelled every subscription the pair had: they removed the
+        web user from their roster (RFC 3921 §8.6 sends ``unsubscribe`` and
+        ``unsubscribed``). The pair leaves the directory too, so the bridge does not ask
+        again at every reconnect; the web user already sees the buddy offline, and no
+        longer in the list at the next ``online``."""
+        if self.pairs.get(user_id, {}).pop(pair.jid, None) is None:
+            return
+        log.info("an XMPP contact removed a web user from their roster; the pair is removed")
+        d = self._writes.run(self.store.delete_pair, user_id, pair.jid)
+        d.addErrback(lambda f: log.failure("removing an XMPP pair failed", f))
 
     def _contact_changed(self, user_id, jid, resources):
         """Store a contact's resources and tell the web user when what they see changes."""
@@ -793,7 +813,7 @@ class Bridge:
         del self.joined[room_id]
         self._room_state.pop(room_id, None)
         self._opener.pop(room_id, None)
-        self._seen_until[room_id] = self.ctx.now_ms()
+        self._seen_until[room_id] = self._xmpp_now()
         # Nobody of ours is left inside: we no longer learn who is there.
         for nick in list(self.occupants.pop(room_id, {})):
             entry.room_occupant(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick, False, "unavailable")
@@ -1025,7 +1045,7 @@ class Bridge:
             return  # subjects and chat states are not bridged
         body, nick = str(body), frm.resource
         if occ is not None and nick == occ.nick and self._acked(occ, el, body):
-            self._seen_until[room_id] = self.ctx.now_ms()
+            self._seen_until[room_id] = self._xmpp_now()
             return
         if nick in {o.nick for o in self.joined.get(room_id, {}).values()}:
             return  # the room reflecting a web user's own message: already routed
@@ -1041,7 +1061,7 @@ class Bridge:
             if user_id != self._listener(room_id):
                 return
             timestamp = None
-        self._seen_until[room_id] = max(self._seen_until.get(room_id, 0), self.ctx.now_ms())
+        self._seen_until[room_id] = max(self._seen_until.get(room_id, 0), self._xmpp_now())
         d = defer.ensureDeferred(entry.incoming_groupchat(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick,
                                                           body, timestamp=timestamp))
         d.addErrback(lambda f: log.failure("storing an XMPP room message failed", f))
