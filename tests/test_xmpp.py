@@ -1,4 +1,4 @@
-"""The XMPP bridge against a real Prosody (issue 7), with slixmpp as the XMPP user.
+"""The XMPP bridge against a real Prosody (docs/xmpp.md), with slixmpp as the XMPP user.
 
 One Prosody serves the module (restarted by the recovery test); each test has its
 own daemon (in-process, SQLite) and its own XMPP accounts, so rosters never carry
@@ -123,7 +123,7 @@ async def test_presence_chat_typing_and_offline_delivery(bridged):
     assert rows[("alice", ROMEO)].state == "both" and not rows[("alice", ROMEO)].ask  # persisted
     alice_jid = f"alice@{h.bridge.domain}"
 
-    # XMPP → web presence, in online's buddies and presences (D3).
+    # XMPP → web presence, in online's buddies and presences (docs/design.md#d3-online).
     await until(lambda: h.bridge.remote_buddies("alice")[ROMEO]["presence"] == "online", 10, "romeo's presence")
     answer, inbox = await online(h, "alice")
     buddy = {b["id"]: b for b in answer["buddies"]}[ROMEO]

@@ -1,5 +1,5 @@
 """The XMPP bridge: glue between the component connection, the live router and the
-handlers (issue 7; operator docs in ``docs/xmpp.md``).
+handlers (operator docs in ``docs/xmpp.md``).
 
 Data flows one way, as everywhere in the daemon: web → handlers → core/store and the
 bridge (this module sends stanzas); XMPP in → this module parses stanzas → the
@@ -358,7 +358,7 @@ class Bridge:
 
     # -- what handlers ask -------------------------------------------------------
     def remote_buddies(self, user_id):
-        """The user's XMPP buddies as buddyInfo dicts (§2.2) with their live presence,
+        """The user's XMPP buddies as buddyInfo dicts (docs/protocol.md) with their live presence,
         ordered by JID: ``{jid: info}``."""
         result = {}
         for jid, pair in sorted(self.pairs.get(user_id, {}).items()):
@@ -431,7 +431,7 @@ class Bridge:
 
     # -- router observer (web presence → XMPP) ---------------------------------------
     def user_presence(self, user, type_):
-        """Router event: ``online``/``show``/``offline`` as others see the user (D8:
+        """Router event: ``online``/``show``/``offline`` as others see the user (docs/design.md#d8-presence:
         invisible arrives as offline). Presence goes to every contact allowed to see it;
         MUC rooms are joined, updated or left."""
         # The user is still in the router while "offline" is announced: use type_.
@@ -921,7 +921,8 @@ class Bridge:
 
     def _self_unavailable(self, room_id, user_id, occ, codes, x):
         """The room let one of ours out without our asking: kicked or banned (XEP-0045
-        §9.1, §9.4: given up, the user is told) or the room went away (§10.9, a shutdown):
+        §9.1, XEP-0045 §9.4: given up, the user is told) or the room went away (XEP-0045
+        §10.9, or a shutdown):
         joined again with backoff."""
         if occ.state != INSIDE:
             return
