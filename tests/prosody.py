@@ -103,6 +103,35 @@ Component "{muc}" "muc"
 """
 
 
+def wait_listening(server, ports, timeout):
+    """Wait until every port on 127.0.0.1 accepts connections while ``server.proc`` runs.
+
+    :raises RuntimeError: the process exited, or ``timeout`` seconds passed (with the
+        server's log tail)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.proc.returncode}:\n{server.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not listen on {port}:\n{server.log_tail()}") from None
+                time.sleep(0.05)
+
+
+def descendants(pid):
+    """Process ids below ``pid`` (children, their children, …), read from ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
 def _children(pid):
     """Process ids whose parent is ``pid`` (read from ``/proc``)."""
     found = []
@@ -163,18 +192,7 @@ class Prosody:
         """Start ``prosody -F`` and wait until both ports accept connections."""
         self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        for port in (self.c2s_port, self.component_port):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"prosody exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"prosody did not listen on {port}:\n{self.log_tail()}") from None
-                    time.sleep(0.05)
+        wait_listening(self, (self.c2s_port, self.component_port), timeout)
 
     def stop(self, timeout=10):
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
