@@ -117,6 +117,7 @@ class Ejabberd:
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
         self.proc = None
+        self.accounts = {}
 
     def _ctl_argv(self, *args):
         return ["ejabberdctl", "--config-dir", self.dir, "--config", self.config, "--ctl-config", self.ctl_config,
@@ -130,9 +131,10 @@ class Ejabberd:
         return subprocess.run(self._ctl_argv(*args), cwd=self.dir, capture_output=True, text=True, check=check,
                               timeout=timeout, **self._as_user())
 
-    def register(self, user, password):
+    def register(self, user, password, check=True):
         """Create ``user@domain`` (the node must be running)."""
-        self.ctl("register", user, self.domain, password)
+        self.accounts[user] = password
+        self.ctl("register", user, self.domain, password, check=check)
 
     def start(self, timeout=60):
         """Start the node and wait until both ports accept connections."""
@@ -145,6 +147,21 @@ class Ejabberd:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ejabberd did not start:\n{self.log_tail()}")
             time.sleep(0.2)
+        # After a kill -9, Mnesia has lost what it had not dumped yet, accounts included.
+        for user, password in self.accounts.items():
+            self.register(user, password, check=False)
+
+    def kill(self):
+        """``kill -9`` the node and everything below ejabberdctl, as a crash would."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        for pid in descendants(proc.pid) + [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
 
     def stop(self, timeout=60):
         """Stop the node (``ejabberdctl stop``, then SIGKILL) and wait for it."""

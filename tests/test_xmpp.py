@@ -421,10 +421,13 @@ async def test_room_bridged_while_three_members_are_online(bridged):
 
 @pytest_twisted.ensureDeferred
 async def test_prosody_killed_and_restarted_while_users_chat(bridged, server):
+    await killed_and_restarted_while_users_chat(bridged, server)
+
+
+async def killed_and_restarted_while_users_chat(h, server):
     """kill -9 under a bridged room: every multicast reaches the XMPP occupant exactly
     once or its sender gets a failure packet naming it; afterwards all three are back in
-    the recreated room within the documented time."""
-    h = bridged
+    the recreated room within the documented time. ``server``: a Prosody or ejabberd."""
     tickets, inboxes = await three_in_a_room(h, "forum")
     room_jid = f"forum@{h.bridge.muc_domain}"
     await h.admin("PUT", "/admin/rooms/forum", {"nick": "Forum", "muc": "forum"})

@@ -7,8 +7,8 @@ import pytest
 import pytest_twisted
 
 from tests import ejabberd
-from tests.test_xmpp import (BENVOLIO, NAMES, ROMEO, WEB, bridged, online, pair,  # noqa: F401 (fixture)
-                             three_in_a_room, wait_inside)
+from tests.test_xmpp import (BENVOLIO, NAMES, ROMEO, WEB, bridged,  # noqa: F401 (a fixture)
+                             killed_and_restarted_while_users_chat, online, pair, three_in_a_room, wait_inside)
 from tests.xmppclient import until
 
 WHY_NOT = ejabberd.unavailable()
@@ -78,3 +78,8 @@ async def test_room_bridged_while_three_members_are_online_on_ejabberd(bridged):
         # sent before benvolio was there: in the room's history, once
         assert got.count(f"early {uid}") == 1, got
         assert not [m for m in inboxes[uid].messages if m.get("error")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ejabberd_killed_and_restarted_while_users_chat(bridged, server):
+    await killed_and_restarted_while_users_chat(bridged, server)
