@@ -190,8 +190,9 @@ class Prosody:
 
     def start(self, timeout=15):
         """Start ``prosody -F`` and wait until both ports accept connections."""
-        self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        with open(os.path.join(self.dir, "stdout.log"), "ab") as out:  # what it says before its log is open
+            self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
+                                         stdout=out, stderr=subprocess.STDOUT)
         wait_listening(self, (self.c2s_port, self.component_port), timeout)
 
     def stop(self, timeout=10):
@@ -199,6 +200,7 @@ class Prosody:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
+        ours = descendants(proc.pid)
         if proc.poll() is None:
             # runuser forwards SIGTERM to prosody.
             proc.terminate()
@@ -207,6 +209,17 @@ class Prosody:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
+        # Prosody itself may outlive runuser for a moment; a start before it is gone fails.
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists(f"/proc/{pid}") for pid in ours):
+            if time.monotonic() > deadline:
+                for pid in ours:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                break
+            time.sleep(0.05)
 
     def kill(self):
         """``kill -9`` the server process itself (not ``runuser`` above it), as a crash
@@ -223,8 +236,11 @@ class Prosody:
 
     def log_tail(self, lines=40):
         """The last lines of prosody.log (for failure messages)."""
-        try:
-            with open(os.path.join(self.dir, "prosody.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        text = ""
+        for name in ("stdout.log", "prosody.log"):
+            try:
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    text += f"--- {name}\n" + "".join(f.readlines()[-lines:])
+            except OSError:
+                pass
+        return text
