@@ -7,7 +7,7 @@ its sender gets a failure packet naming it.
 """
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from nextim_twisted.xmpp import bridge as bridge_module
@@ -289,3 +289,35 @@ async def test_directed_presence_from_a_buddy_shows_without_a_subscription(rig):
     h.bridge._stanza(presence_from("tybalt@example.org/x", f"alice@{DOMAIN}/web"))
     assert "tybalt@example.org" not in h.bridge.remote_buddies("alice")
     assert len([1 for _, kind, _ in h.sessions["alice"].queue if kind == "presences"]) == 2
+
+
+# -- MUC history on join (XEP-0045 §7.2.15) ------------------------------------------------------
+def history_message(uid, nick, body, stamp):
+    el = domish.Element((None, "message"))
+    el["from"], el["to"], el["type"] = f"{MUC}/{nick}", f"{uid}@{DOMAIN}/web", "groupchat"
+    el.addElement("body", content=body)
+    el.addElement(("urn:xmpp:delay", "delay"))["stamp"] = stamp
+    return el
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_on_join_stores_only_what_the_web_side_lacks(rig):
+    h = rig
+    # the web side has Tybalt's "old" from 12:00:05.300 (its last message, plus the 2 s margin)
+    await h.store.add_message("multicast", f"{MUC}/Tybalt", "hall", "Tybalt", "old", "", 1714564805300, True)
+    go_online(h, "alice")
+    await bridge_room(h)
+    join = [el for el in h.conn.sent if el.name == "presence"][0]
+    assert next(join.elements()).firstChildElement()["since"] == "2024-05-01T12:00:07Z"
+    h.bridge._stanza(self_presence("alice", "Alice"))
+    since = 1714564807300
+    assert h.bridge.joined["hall"]["alice"].history_since == since
+    for body, stamp in (("older", "2024-05-01T12:00:06Z"), ("old", "2024-05-01T12:00:07Z"),
+                        ("same second", "2024-05-01T12:00:07Z"), ("newer", "2024-05-01T12:00:09Z")):
+        h.bridge._stanza(history_message("alice", "Tybalt", body, stamp))
+    await h.bridge._history.run(defer.succeed, None)
+    rows = await h.store.room_history("hall", 10)
+    assert [(m["body"], m["timestamp"]) for m in rows] == [
+        ("old", 1714564805300), ("same second", 1714564807000), ("newer", 1714564809000)]
+    packets = [p["body"] for _, kind, p in h.sessions["alice"].queue if kind == "messages"]
+    assert packets == ["same second", "newer"]

@@ -179,6 +179,7 @@ class Bridge:
         self.forms = XmppForms()
         self._jids = set()        # user ids whose localpart is in _nodes  # every directory id's XMPP forms, for the id-clash rule (ids.py)
         self._writes = defer.DeferredLock()
+        self._history = defer.DeferredLock()  # MUC history imports, one at a time, in order
         self.clock = reactor              # retries, holds and acknowledgement timeouts
         self._room_state = {}             # room_id → None / "opening" / "open", per connection
         self._opener = {}                 # room_id → the user whose join opens the room
@@ -1051,21 +1052,34 @@ class Bridge:
         if nick in {o.nick for o in self.joined.get(room_id, {}).values()}:
             return  # the room reflecting a web user's own message: already routed
         delay = _child(el, "delay", NS_DELAY)
+        occupant_id = f"{self.rooms[room_id]}/{nick}"
         if delay is not None:
             # History replayed on join: only to the join that asked for it, and only what
             # is newer than what the web side has (XEP-0045 §7.2.15).
             stamp = _parse_stamp(delay.getAttribute("stamp", ""))
-            if occ is None or occ.history_since is None or stamp is None or stamp <= occ.history_since:
+            if occ is None or occ.history_since is None or stamp is None:
                 return
-            timestamp = stamp
+            since = occ.history_since
+            if stamp < since - since % 1000:
+                return
+            # Rooms stamp in whole seconds: one stamped in the second of ``since`` may be
+            # one the web side stored already; the lock keeps the room's order.
+            d = self._history.run(self._import_history, room_id, occupant_id, nick, body, stamp,
+                                  stamp <= since)
         else:
             if user_id != self._listener(room_id):
                 return
-            timestamp = None
+            d = defer.ensureDeferred(entry.incoming_groupchat(self.ctx, room_id, occupant_id, nick, body))
         self._seen_until[room_id] = max(self._seen_until.get(room_id, 0), self._xmpp_now())
-        d = defer.ensureDeferred(entry.incoming_groupchat(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick,
-                                                          body, timestamp=timestamp))
         d.addErrback(lambda f: log.failure("storing an XMPP room message failed", f))
+
+    async def _import_history(self, room_id, occupant_id, nick, body, stamp, maybe_stored):
+        if maybe_stored:
+            recent = await self.ctx.store.room_history(room_id, 50)
+            if any(m["from"] == occupant_id and m["body"] == body[: self.ctx.config.limits.message_chars]
+                   for m in recent):
+                return
+        await entry.incoming_groupchat(self.ctx, room_id, occupant_id, nick, body, timestamp=stamp)
 
     # -- stanzas out ----------------------------------------------------------------------------
     def _nick(self, user_id, jid):
