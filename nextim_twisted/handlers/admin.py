@@ -1,6 +1,6 @@
 """Directory admin API (docs/design.md#d14-directory): users, buddies, rooms, members,
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
-from .. import auth
+from .. import auth, ids
 from ..errors import BadRequest, NotFound, ProtocolError, TooLarge
 from .delivery import deliver
 from .params import check_id
@@ -42,17 +42,27 @@ def _text(body, key, required=False, limit=None):
 
 
 async def put_user(ctx, user_id, body):
-    """``PUT /admin/users/{id}`` ``{"nick", "pic_url"?, "default_pic_url"?, "url"?, "password"?}``."""
+    """``PUT /admin/users/{id}`` ``{"nick", "pic_url"?, "default_pic_url"?, "url"?, "password"?}``.
+
+    A new id must follow the id rules of :mod:`nextim_twisted.ids` (400 ``bad_id``; with
+    the XMPP bridge on, 409 ``id_clash`` naming the user it would share a JID with);
+    an existing one may still be updated (docs/design.md#d13-identity)."""
     _local_only(ctx)
     check_id(user_id)
     nick = _text(body, "nick", required=True)
     password = _text(body, "password")
     if await ctx.store.get_room(user_id) is not None:
         raise BadRequest("id is already used by a room", code="id_conflict")
+    new = await ctx.store.get_user(user_id) is None
+    if new:
+        ids.check_new_id(user_id)
+        await ids.check_xmpp_clash(ctx, user_id)
     await ctx.store.put_user(user_id, nick, _text(body, "pic_url"), _text(body, "default_pic_url"),
                              _text(body, "url"))
     if password is not None:
         await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
+    if new and ctx.xmpp is not None:
+        ctx.xmpp.forms.add(user_id)  # later look-alikes clash with this one
     if ctx.router.is_online(user_id):
         ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
     return {"success": True}

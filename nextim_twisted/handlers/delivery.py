@@ -34,7 +34,8 @@ def _with(also):
 
 
 async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
-                  style: str = "", sender_ticket: str | None = None) -> tuple[Message, int]:
+                  style: str = "", sender_ticket: str | None = None,
+                  timestamp: int | None = None) -> tuple[Message, int]:
     """Store one message, then route it by the rule in the module docstring.
 
     :param type_: ``unicast`` (``to`` a user id or, from the XMPP side, a web user),
@@ -45,16 +46,19 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     :param from_id: sender: a user id, a JID, an occupant ``room@service/nick``, or the
         admin's ``broadcast_from``.
     :param sender_ticket: the sending session, which gets no copy of its own message.
+    :param timestamp: ms since the epoch to store instead of now (a MUC room's own stamp
+        for history replayed on join, XEP-0045 §7.2.15).
     :returns: ``(stored message with "id", live recipients reached)``: for unicast 1 or 0
         (0: kept for the recipient's next ``online``), for a broadcast the number of
         users, for multicast 0 (not counted).
     :raises: whatever the store raises; nothing is routed then.
     """
     router, store, hooks = ctx.router, ctx.store, ctx.webhooks
+    when = ctx.now_ms() if timestamp is None else timestamp
     if type_ == "unicast":
         live = router.has_sessions(to)
         also = hooks.message_rows(offline=not live) if hooks is not None else None
-        msg = await store.add_message("unicast", from_id, to, nick, body, style, ctx.now_ms(), live,
+        msg = await store.add_message("unicast", from_id, to, nick, body, style, when, live,
                                       **_with(also))
         if hooks is not None and also is not None:
             hooks.kick()
@@ -64,7 +68,7 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)
     also = hooks.message_rows(offline=False) if hooks is not None and type_ == "multicast" else None
-    msg = await store.add_message(type_, from_id, to, nick, body, style, ctx.now_ms(), True, **_with(also))
+    msg = await store.add_message(type_, from_id, to, nick, body, style, when, True, **_with(also))
     if hooks is not None and also is not None:
         hooks.kick()
     if type_ == "multicast":

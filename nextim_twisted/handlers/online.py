@@ -2,7 +2,7 @@
 docs/protocol.md#webimonline)."""
 from twisted.logger import Logger
 
-from .. import model
+from .. import ids, model
 from ..auth import PROFILE_CLAIMS
 from ..errors import NotFound
 from . import OK
@@ -25,6 +25,11 @@ async def profile_for(ctx, identity):
         claims = identity.claims
         wanted = {k: claims.get(k) for k in PROFILE_CLAIMS}
         wanted["nick"] = wanted["nick"] or (profile or {}).get("nick") or identity.user_id
+        if profile is None:
+            # A new id may not share a JID with an existing user (docs/xmpp.md "User ids").
+            await ids.check_xmpp_clash(ctx, identity.user_id)
+            if ctx.xmpp is not None:
+                ctx.xmpp.forms.add(identity.user_id)
         if profile is None or any(wanted[k] is not None and wanted[k] != profile.get(k) for k in PROFILE_CLAIMS):
             merged = {k: (wanted[k] if wanted[k] is not None else (profile or {}).get(k)) for k in PROFILE_CLAIMS}
             await ctx.store.put_user(identity.user_id, merged["nick"][:100], merged["pic_url"],

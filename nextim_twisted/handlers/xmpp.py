@@ -84,12 +84,14 @@ _REASONS = {
 }
 
 
-async def incoming_groupchat(ctx, room_id, occupant_id, nick, body):
+async def incoming_groupchat(ctx, room_id, occupant_id, nick, body, timestamp=None):
     """A groupchat message from an XMPP occupant of a bridged room: stored as a
     ``multicast`` from the occupant (``<room jid>/<nick>``) and routed to the live
-    web members (docs/design.md#d7-messages). Returns the stored message."""
+    web members (docs/design.md#d7-messages). ``timestamp`` (ms) is the room's own
+    stamp for history replayed on join (XEP-0045 §7.2.15), else now. Returns the
+    stored message."""
     body = body[: ctx.config.limits.message_chars]
-    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body)
+    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body, timestamp=timestamp)
     return msg
 
 
