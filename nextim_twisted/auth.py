@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import argon2
 import jwt
 
+from . import ids
 from .errors import BadRequest, Forbidden, Unauthorized
 from .handlers.params import check_id, is_storable
 from .store import userdata
@@ -139,6 +140,9 @@ class Authenticator:
             check_id(sub, "sub")  # the same rule as every other user id (no ",", "/", controls)
         except BadRequest:
             raise Unauthorized("invalid token: sub must be a non-empty user id", code="invalid_token") from None
+        found = ids.problems(sub)  # one spelling per identity (docs/design.md#d13-identity)
+        if found:
+            raise Unauthorized(f"invalid token: sub is {'; '.join(found)}", code="invalid_token")
         for key in PROFILE_CLAIMS:
             if key in claims and not isinstance(claims[key], str):
                 raise Unauthorized(f"invalid token: {key} must be a string", code="invalid_token")

@@ -78,6 +78,22 @@ SCHEMA = {
         "enabled": (bool, True),
         "token": (str, None),                # optional bearer token for scrapes
     },
+    # The host site as source of truth (docs/integration.md): its directory over HTTP.
+    "directory": {
+        "provider": (str, "local"),         # "local" (the admin API's tables) | "http" (the site)
+        "url": (str, None),                 # base URL of the site's directory API (provider = "http")
+        "secret": (str, None),              # HMAC-SHA256 key signing the daemon's requests
+        "cache_seconds": ((int, float), 60),  # how long an answer is used before asking again
+        "timeout": ((int, float), 5),       # seconds per request to the site
+    },
+    # ... and signed webhooks to it, through the outbox (docs/integration.md#webhooks).
+    "webhooks": {
+        "url": (str, None),                 # where events are POSTed; unset: no webhooks
+        "secret": (str, None),              # HMAC-SHA256 key signing each POST
+        "events": (list, ["message", "message.offline", "presence", "room.join", "room.leave"]),
+        "timeout": ((int, float), 5),       # seconds per POST
+        "max_age": (int, 86400),            # seconds an undelivered event is retried, then dropped
+    },
     # XMPP bridge (docs/xmpp.md): the daemon as a XEP-0114 external component.
     "xmpp": {
         "enabled": (bool, False),
@@ -202,6 +218,27 @@ class XmppSection(Protocol):
     max_backoff: float
     queue_stanzas: int
 
+
+class DirectorySection(Protocol):
+    """``[directory]`` (docs/integration.md)."""
+
+    provider: str
+    url: str | None
+    secret: str | None
+    cache_seconds: float
+    timeout: float
+
+
+class WebhooksSection(Protocol):
+    """``[webhooks]`` (docs/integration.md#webhooks)."""
+
+    url: str | None
+    secret: str | None
+    events: list[str]
+    timeout: float
+    max_age: int
+
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
@@ -216,6 +253,8 @@ class Config:
     limits: LimitsSection
     log: LogSection
     metrics: MetricsSection
+    directory: DirectorySection
+    webhooks: WebhooksSection
     xmpp: XmppSection
 
     def __init__(self, sections):
@@ -363,6 +402,7 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError("[xmpp] min_backoff, max_backoff: need 0 < min_backoff <= max_backoff <= 3600 seconds")
     if x["queue_stanzas"] < 1:
         raise ConfigError(f"[xmpp] queue_stanzas: must be a positive integer, got {x['queue_stanzas']!r}")
+    _check_site(s["directory"], s["webhooks"], s["auth"])
     if s["server"]["max_body_bytes"] < 1024:
         raise ConfigError("[server] max_body_bytes: must be at least 1024")
     if s["log"]["format"] not in ("text", "json"):
@@ -371,13 +411,56 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[log] level: must be debug, info, warn or error, got {s['log']['level']!r}")
     if s["metrics"]["token"] is not None and len(s["metrics"]["token"]) < 16:
         raise ConfigError("[metrics] token: must be at least 16 characters")
-    for section, key in (("auth", "token_secret"), ("admin", "api_key"), ("metrics", "token"), ("xmpp", "secret")):
+    for section, key in (("auth", "token_secret"), ("admin", "api_key"), ("metrics", "token"), ("xmpp", "secret"),
+                         ("directory", "secret"), ("webhooks", "secret")):
         # The placeholders of etc/nextim.toml are public: with them anyone could mint
         # tokens or call the admin API of a daemon started from a copied example file.
         if (s[section][key] or "").lower().startswith("change-me"):
             raise ConfigError(f"[{section}] {key}: still the example value from etc/nextim.toml; set a "
                               "random one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return Config(sections)
+
+
+#: Events ``[webhooks] events`` may list (docs/integration.md#webhooks).
+WEBHOOK_EVENTS = ("message", "message.offline", "presence", "room.join", "room.leave")
+
+
+def _check_url(section, key, value):
+    if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+        raise ConfigError(f"[{section}] {key}: must be an http:// or https:// URL, got {value!r}")
+
+
+def _check_site(d, w, auth):
+    """``[directory]`` and ``[webhooks]`` (docs/integration.md)."""
+    if d["provider"] not in ("local", "http"):
+        raise ConfigError(f"[directory] provider: must be \"local\" or \"http\", got {d['provider']!r}")
+    if d["provider"] == "http":
+        for key in ("url", "secret"):
+            if not d[key]:
+                raise ConfigError(f"[directory] {key}: required when provider = \"http\"")
+        _check_url("directory", "url", d["url"])
+        if auth["method"] != "token":
+            # Passwords are the daemon's own accounts; the site's users sign in at the site.
+            raise ConfigError("[directory] provider = \"http\" needs [auth] method = \"token\"")
+    if d["secret"] is not None and len(d["secret"]) < 16:
+        raise ConfigError("[directory] secret: must be at least 16 characters")
+    if not 0 <= d["cache_seconds"] <= 86400:
+        raise ConfigError(f"[directory] cache_seconds: must be 0 to 86400, got {d['cache_seconds']!r}")
+    for section, values in (("directory", d), ("webhooks", w)):
+        if not 0 < values["timeout"] <= 120:
+            raise ConfigError(f"[{section}] timeout: must be more than 0 and at most 120 seconds, "
+                              f"got {values['timeout']!r}")
+    if w["url"] is not None:
+        _check_url("webhooks", "url", w["url"])
+        if not w["secret"]:
+            raise ConfigError("[webhooks] secret: required when url is set")
+    if w["secret"] is not None and len(w["secret"]) < 16:
+        raise ConfigError("[webhooks] secret: must be at least 16 characters")
+    for event in w["events"]:
+        if event not in WEBHOOK_EVENTS:
+            raise ConfigError(f"[webhooks] events: unknown event {event!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+    if not 60 <= w["max_age"] <= 30 * 86400:
+        raise ConfigError(f"[webhooks] max_age: must be 60 to 2592000 seconds, got {w['max_age']!r}")
 
 
 def load(path, demo=False, overrides=None):

@@ -170,6 +170,23 @@ def build_parser():
     sp = history.add_parser("purge", help="delete messages older than DAYS days")
     sp.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
 
+    ids_cmd = sub.add_parser("ids", help="user id rules: check").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    ids_cmd.add_parser("check", help="list user ids that break the id rules (docs/xmpp.md); exit 1 if any")
+
+    xmpp = sub.add_parser("xmpp", help="XMPP bridge pairs: pair, unpair, list").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    sp = xmpp.add_parser("pair", help="make USER and the XMPP user JID buddies")
+    sp.add_argument("user", type=_ident)
+    sp.add_argument("jid")
+    sp.add_argument("--nick", help="JID's display name (default: its localpart)")
+    sp.add_argument("--group", help="group name on USER's side")
+    sp = xmpp.add_parser("unpair", help="remove the pair USER and JID")
+    sp.add_argument("user", type=_ident)
+    sp.add_argument("jid")
+    sp = xmpp.add_parser("list", help="pairs with their subscription state, or only USER's")
+    sp.add_argument("user", type=_ident, nargs="?")
+
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("check-config", help="validate the configuration file")
     return p
@@ -357,6 +374,50 @@ class Ctl:
         when = datetime.fromtimestamp(cutoff / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.print(f"deleted {count} messages older than {args.older_than} days (before {when})")
 
+    async def ids_check(self, args):
+        # The id rules of docs/design.md#d13-identity (nextim_twisted/ids.py), on old data.
+        from .ids import broken_ids
+        found = await broken_ids(self.store)
+        for user_id, problem in found:
+            self.print(user_id.encode("unicode_escape").decode("ascii"), problem)
+        if found:
+            raise CtlError(f"{len({u for u, _ in found})} user ids break the id rules (listed on stdout)")
+
+    def _xmpp_store(self):
+        from .xmpp.store import XmppStore
+        return XmppStore(self.store)
+
+    async def xmpp_pair(self, args):
+        # Same checks as PUT /admin/users/{id}/buddies/{jid} (docs/xmpp.md); the running
+        # daemon's bridge starts the subscription handshake at its next start.
+        from .xmpp.mapping import normalize_contact
+        try:
+            jid = normalize_contact(args.jid, self.config.xmpp.component_domain)
+        except ValueError as e:
+            raise CtlError(f"xmpp pair {args.user} {args.jid}: {e}") from None
+        if await self.store.get_user(args.user) is None:
+            raise CtlError(f"unknown user: {args.user}")
+        if await self.store.get_user(jid) is not None:
+            raise CtlError(f"{jid} is a web user: use 'buddy add'")
+        await self._xmpp_store().put_pair(args.user, jid, args.nick, args.group)
+        self.print(f"{args.user} and {jid} are paired")
+
+    async def xmpp_unpair(self, args):
+        from .xmpp.mapping import normalize_contact
+        try:
+            jid = normalize_contact(args.jid, self.config.xmpp.component_domain)
+        except ValueError:
+            jid = args.jid
+        if not await self._xmpp_store().delete_pair(args.user, jid):
+            raise CtlError(f"{args.user} and {args.jid} are not paired")
+        self.print(f"{args.user} and {jid} are no longer paired")
+
+    async def xmpp_list(self, args):
+        for row in await self._xmpp_store().pairs():
+            if args.user is None or row["user_id"] == args.user:
+                self.print(row["user_id"], row["jid"], row["nick"] or "", row["group"] or "",
+                           row["subscription"].label)
+
     async def migrate(self, args):
         old, new = self.store.schema_versions
         note = " (up to date)" if old == new else ""
@@ -391,7 +452,7 @@ async def _require_schema(store, db_errors):
 def _describe(args):
     """``"member add lobby carol"``: the command with its ids, to prefix a refusal."""
     words = [args.command, getattr(args, "action", None)]
-    words += [getattr(args, k, None) for k in ("id", "room", "user", "buddy")]
+    words += [getattr(args, k, None) for k in ("id", "room", "user", "buddy", "jid")]
     return " ".join(w for w in words if w)
 
 

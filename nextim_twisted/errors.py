@@ -135,6 +135,9 @@ ERROR_CODES = {
     "admin_only": "broadcast messages are for the admin API only",
     "id_conflict": "the id is already used by a user or a room",
     "client_id_reused": "this client_id already names another message of the sender (409); nothing stored",
+    # the host site as the directory (docs/integration.md)
+    "directory_unavailable": "the site's directory does not answer and nothing is cached; retry shortly",
+    "directory_is_remote": "an admin directory write while the directory is the site's ([directory] provider)",
     # the admin API and the operator's routes
     "admin_disabled": "the admin API is off: no [admin] api_key",
     "bad_api_key": "a missing or wrong admin API key",

@@ -1,8 +1,9 @@
-"""The daemon as one Twisted service tree: storage, the XMPP bridge, the retention
-job, the web listener, the GC schedule and the stall monitor, each a child service,
-started one after the other in that order and stopped in the reverse order
-(docs/design.md#d16-shutdown): parked polls are answered and the listener closed
-first, then the bridge, storage last.
+"""The daemon as one Twisted service tree: storage, the directory, the webhooks, the
+XMPP bridge, the retention job, the web listener, the GC schedule and the stall
+monitor, each a child service, started one after the other in that order and stopped
+in the reverse order (docs/design.md#d16-shutdown): parked polls are answered and the
+listener closed first, then the bridge, the webhooks (their last events written to the
+outbox), storage last.
 
 The parts themselves are built by :func:`nextim_twisted.compose.compose`.
 """
@@ -49,6 +50,23 @@ class StorageService(service.Service):
     def stopService(self):
         super().stopService()
         return self.store.close()
+
+
+class DirectoryService(service.Service):
+    """The directory (docs/integration.md): releases the HTTP provider's connections on
+    stop (the local one holds none)."""
+
+    def __init__(self, directory):
+        self.setName("directory")
+        self.directory = directory
+
+    def startService(self):
+        super().startService()
+        return self.directory.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.directory.stop()
 
 
 class BridgeService(service.Service):
@@ -187,6 +205,11 @@ class NextimService(service.MultiService):
         self.ctx, self.web, self.xmpp = parts.ctx, parts.web, parts.xmpp
         self.ready = None
         StorageService(parts.store, parts.auth).setServiceParent(self)
+        DirectoryService(parts.directory).setServiceParent(self)
+        if parts.webhooks is not None:
+            # After storage: delivers what the outbox kept from before the restart, and on
+            # stop writes its last events before the store closes.
+            parts.webhooks.setServiceParent(self)
         DirectoryWatchService(parts.watch).setServiceParent(self)
         # forget client_id keys older than [limits] client_id_hours, hourly
         KeyRetention(parts.store, reactor, config.limits.client_id_hours).setServiceParent(self)

@@ -63,6 +63,9 @@ class Harness:
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
         await self.watch.start()
+        self.webhooks = self.parts.webhooks  # [webhooks] url: runs on the clock (docs/integration.md)
+        if self.webhooks is not None:
+            self.webhooks.startService()
         site = self.web.site()
         self.port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
@@ -71,6 +74,9 @@ class Harness:
         self.watch.stop()
         self.router.shutdown()
         await self.port.stopListening()
+        if self.webhooks is not None and self.webhooks.running:
+            await self.webhooks.stopService()
+        await self.parts.directory.stop()
 
     def token(self, sub, nick=None, **claims):
         """A site JWT (docs/design.md#d13-identity) for ``sub``."""

@@ -41,10 +41,10 @@ def message_type(value, default=None):
 
 async def check_room_member(ctx, room_id, user_id):
     """The room dict. :raises NotFound: no such room; :raises Forbidden: not a member."""
-    room = await ctx.store.get_room(room_id)
+    room = await ctx.directory.room(room_id)
     if room is None:
         raise NotFound("unknown room", code="unknown_room")
-    if not await ctx.store.is_member(room_id, user_id):
+    if not await ctx.directory.is_member(room_id, user_id):
         raise Forbidden("not a member of this room", code="not_member")
     return room
 
@@ -76,17 +76,18 @@ async def message(ctx, identity, params):
             if known is not None and known[0] == keys.digest(type_, to, body, style):
                 return OK  # the retry of a stored message: answered as the first time
         raise
-    router, store = ctx.router, ctx.store
+    router = ctx.router
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
         await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style, client_id)
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
         # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
-        if not router.is_online(to) and await store.get_user(to) is None:
+        if not router.is_online(to) and await ctx.directory.profile(to) is None:
             raise NotFound("unknown user", code="unknown_user")
         # Offline-ness is decided from live sessions by the delivery rule, never by the client.
-        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket, client_id)
+        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket,
+                      client_id=client_id)
     else:
         # Live membership implies directory membership (admin removals leave the live
         # room too), so the two lookups are only needed to explain a refusal (docs/benchmarks.md).
@@ -94,7 +95,7 @@ async def message(ctx, identity, params):
             await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
         msg, _ = await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket,
-                               client_id)
+                               client_id=client_id)
         if ctx.xmpp is not None and msg is not None:
             ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (docs/xmpp.md)
     return OK
@@ -119,7 +120,7 @@ async def status(ctx, identity, params):
         return OK
     # As for ``message``: a live user is a directory user, only an offline one costs a
     # lookup; an unknown one is 404, not a silent ``ok`` (docs/guarantees.md).
-    if not ctx.router.is_online(to) and await ctx.store.get_user(to) is None:
+    if not ctx.router.is_online(to) and await ctx.directory.profile(to) is None:
         raise NotFound("unknown user", code="unknown_user")
     ctx.router.route_status(identity.user_id, to, show)
     return OK

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
     from ..auth import Authenticator
     from ..config import Config
     from ..core.router import Clock, Router
+    from ..directory.base import IDirectory
     from ..hub.base import IHub
     from ..store.base import Store
+    from ..webhooks.worker import Webhooks
     from ..xmpp.bridge import Bridge
 
 
@@ -29,10 +31,16 @@ class Context:
     :param clock: ``IReactorTime``.
     :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
         when the bridge is off; :mod:`nextim_twisted.compose` passes it.
+    :param directory: where users, buddies and rooms are read
+        (:class:`~nextim_twisted.directory.base.IDirectory`); default the store's own
+        tables (:class:`~nextim_twisted.directory.local.LocalDirectory`).
+    :param webhooks: the :class:`~nextim_twisted.webhooks.worker.Webhooks` when
+        ``[webhooks] url`` is set, else None (docs/integration.md).
     """
 
     def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
-                 xmpp: Callable[[Context], Bridge] | None = None) -> None:
+                 xmpp: Callable[[Context], Bridge] | None = None, directory: IDirectory | None = None,
+                 webhooks: Webhooks | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -44,8 +52,13 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
+        if directory is None:
+            from ..directory.local import LocalDirectory
+            directory = LocalDirectory(store)
+        self.directory: IDirectory = directory
+        self.webhooks = webhooks
         #: Names this process as the origin of the directory changes it records
-        #: (handlers/directory.py): a daemon skips its own rows. ``nextimctl`` sets
+        #: (handlers/directory_changes.py): a daemon skips its own rows. ``nextimctl`` sets
         #: ``"nextimctl"``.
         self.node_id = "daemon-" + secrets.token_hex(6)
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,

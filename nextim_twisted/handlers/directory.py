@@ -1,132 +1,88 @@
-"""Directory changes acting on live sessions at once, wherever they are made
-(docs/design.md#d19-session-lifetime).
+"""``POST /admin/directory/invalidate`` (docs/integration.md#invalidation): the site
+changed users or rooms; forget what is cached about them and bring live sessions in
+step at once, as the admin API does for the local directory
+(docs/design.md#d22-the-site-as-source-of-truth)."""
+from ..errors import BadRequest
+from .context import blocked_rooms
+from .params import check_id
 
-One rule, :func:`apply`, says what a change does to the live state of a daemon: a
-deleted user's sessions end and their buddies see one ``offline``; a removed buddy
-relation stops presence both ways; a removed room member leaves the live room (no more
-room packets, 403 on multicast). The admin API applies its changes at once through
-:func:`changed`, which also records them in the ``directory_changes`` table
-(:mod:`nextim_twisted.store.changes`); ``nextimctl``, which runs beside the daemon and
-cannot reach its memory, only records them. Every running daemon reads the table about
-once a second (:class:`DirectoryWatch`) and applies the rows other writers made.
-
-Why a table read on a timer, not a call into the daemon or Redis: it needs nothing but
-the database every writer already has, so it works for one daemon on SQLite and for
-``nextimctl`` with the daemon stopped (the rows are then simply not needed: a starting
-daemon begins after the newest row, its live state being empty), and several daemons
-on one PostgreSQL each read the same rows, so a cluster reuses it unchanged. The cost
-is one indexed read per second per daemon and at most about a second of delay.
-"""
-from twisted.internet import defer, task
-from twisted.logger import Logger
-
-from ..store import changes
-
-log = Logger()
-
-#: Seconds between two reads of ``directory_changes``.
-POLL_INTERVAL = 1.0
-#: Rows older than this (seconds) are purged; a daemon further behind than that is
-#: not running.
-KEEP_S = 24 * 3600
+#: Most ids of each list in one call.
+MAX_INVALIDATE = 1000
 
 
-async def apply(ctx, kind, a, b=None):
-    """Make the live state of this daemon follow one directory change (``kind`` and
-    ids as in :data:`nextim_twisted.store.changes.KINDS`). Unknown kinds are ignored
-    (written by a newer release)."""
-    router = ctx.router
-    if kind == "user_deleted":
-        router.user_offline(a)
-        if ctx.xmpp is not None:
-            await ctx.xmpp.user_deleted(a)  # unpair their XMPP buddies (docs/xmpp.md)
-    elif kind == "user_updated":
-        if router.is_online(a):
-            profile = await ctx.store.get_user(a)
-            if profile is not None:
-                router.update_profile(a, profile)
-    elif kind == "password_changed":
-        router.end_sessions(a)
-    elif kind in ("buddy_added", "buddy_removed"):
-        router.buddies_changed(a, b, kind == "buddy_added")
-    elif kind == "member_added":
-        if router.is_online(b):
-            router.join_room(b, a)
-    elif kind == "member_removed":
-        if router.is_online(b):
-            router.leave_room(b, a)
-    elif kind == "room_deleted":
-        for member_id in router.live_members(a):
-            router.leave_room(member_id, a)
+def _ids(body, key):
+    value = body.get(key, [])
+    if not isinstance(value, list):
+        raise BadRequest(f"{key}: must be an array of ids", code="bad_parameter")
+    if len(value) > MAX_INVALIDATE:
+        raise BadRequest(f"{key}: at most {MAX_INVALIDATE} ids per call", code="bad_parameter")
+    return list(dict.fromkeys(check_id(i, key) for i in value))
 
 
-async def changed(ctx, kind, a, b=None):
-    """A directory change was stored: apply it here, then record it for the other
-    daemons (``ctx.node_id`` is the origin they skip it by)."""
-    await apply(ctx, kind, a, b)
-    await changes.add(ctx.store, ctx.node_id, kind, a, b, ctx.now_ms())
+async def invalidate(ctx, body):
+    """``{"users": [ids], "rooms": [ids]}`` → ``{"success": true, "users": n, "rooms": n}``
+    (how many of them were live and brought in step).
 
+    For each live user: the profile is read again (a user the site no longer knows goes
+    offline, as after ``DELETE /admin/users/{id}``), buddies added or removed change the
+    live buddy sets of both sides, rooms joined or left are live-joined (unless blocked
+    in the user's settings) or left. For each room with live members: members the site
+    removed leave it live, online members it added join it.
 
-class DirectoryWatch:
-    """Reads ``directory_changes`` every :data:`POLL_INTERVAL` seconds on ``clock`` and
-    applies the rows of other origins in id order.
-
-    :param ctx: the handlers' :class:`~.context.Context` (``node_id`` names this daemon).
-    :param clock: ``IReactorTime`` (a ``Clock`` in tests).
-
-    A failed read (database down) is logged and retried at the next tick; a tick is
-    skipped while the previous one still runs. :attr:`last` is the newest id seen.
+    :raises BadRequest: a list that is not ids, or longer than :data:`MAX_INVALIDATE`.
+    :raises DirectoryUnavailable: the site does not answer the reads (503; what was
+        cached about these ids is forgotten all the same).
     """
+    users, rooms = _ids(body, "users"), _ids(body, "rooms")
+    directory, router = ctx.directory, ctx.router
+    directory.invalidate(users, rooms)
+    live_users = 0
+    for user_id in users:
+        if router.is_online(user_id):
+            live_users += 1
+            await _resync_user(ctx, user_id)
+    live_rooms = 0
+    for room_id in rooms:
+        if router.live_members(room_id):
+            live_rooms += 1
+        await _resync_room(ctx, room_id)
+    return {"success": True, "users": live_users, "rooms": live_rooms}
 
-    def __init__(self, ctx, clock, interval=POLL_INTERVAL):
-        self.ctx = ctx
-        self.clock = clock
-        self.interval = interval
-        self.last = 0
-        self._running = None
-        self._next_purge = 0.0
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = clock
 
-    async def start(self):
-        """Begin after the newest change (older ones are already in the tables this
-        daemon reads at each ``online``), then read on the timer."""
-        self.last = await changes.last_id(self.ctx.store)
-        self._next_purge = self.clock.seconds() + 3600
-        self._loop.start(self.interval, now=False)
+async def _resync_user(ctx, user_id):
+    directory, router = ctx.directory, ctx.router
+    profile = await directory.profile(user_id)
+    if profile is None:
+        router.user_offline(user_id)
+        return
+    buddies = {b for b, _ in await directory.buddies(user_id)}
+    rooms = [r["id"] for r in await directory.rooms_of(user_id)]
+    blocked = blocked_rooms(await ctx.settings_of(user_id))
+    user = router.user(user_id)
+    if user is None:  # went offline while we read
+        return
+    router.update_profile(user_id, profile)
+    for buddy_id in buddies - user.buddies:
+        router.buddies_changed(user_id, buddy_id, True)
+    for buddy_id in user.buddies - buddies:
+        router.buddies_changed(user_id, buddy_id, False)
+    for room_id in set(user.rooms) - set(rooms):
+        router.leave_room(user_id, room_id)
+    for room_id in rooms:
+        if room_id not in user.rooms and room_id not in blocked:
+            router.join_room(user_id, room_id)
 
-    def stop(self):
-        """Stop the timer (a read already running finishes). Idempotent."""
-        if self._loop.running:
-            self._loop.stop()
 
-    def _tick(self):
-        if self._running is not None:
-            return
-        self._running = defer.ensureDeferred(self.poll_once())
-        self._running.addErrback(lambda f: log.error("directory changes: read failed: {error}",
-                                                     error=f.getErrorMessage()))
-        self._running.addBoth(self._done)
-
-    def _done(self, _):
-        self._running = None
-
-    async def poll_once(self):
-        """Apply every change after :attr:`last` (pages of 500). Deferred → count applied."""
-        applied = 0
-        while True:
-            rows = await changes.after(self.ctx.store, self.last)
-            for row in rows:
-                if row["origin"] != self.ctx.node_id:
-                    try:
-                        await apply(self.ctx, row["kind"], row["a"], row["b"])
-                        applied += 1
-                    except Exception:
-                        log.failure("directory change {id} ({kind}) failed", id=row["id"], kind=row["kind"])
-                self.last = row["id"]
-            if len(rows) < 500:
-                break
-        if self.clock.seconds() >= self._next_purge:
-            self._next_purge = self.clock.seconds() + 3600
-            await changes.purge(self.ctx.store, int((self.clock.seconds() - KEEP_S) * 1000))
-        return applied
+async def _resync_room(ctx, room_id):
+    directory, router = ctx.directory, ctx.router
+    room = await directory.room(room_id)
+    members = set(await directory.member_ids(room_id)) if room is not None else set()
+    live = set(router.live_members(room_id))
+    for user_id in live - members:
+        router.leave_room(user_id, room_id)
+    for user_id in members - live:
+        if not router.is_online(user_id):
+            continue
+        blocked = blocked_rooms(await ctx.settings_of(user_id))
+        if room_id not in blocked and router.is_online(user_id):  # still online after the read
+            router.join_room(user_id, room_id)

@@ -2,7 +2,7 @@
 docs/protocol.md#webimonline)."""
 from twisted.logger import Logger
 
-from .. import model
+from .. import ids, model
 from ..auth import PROFILE_CLAIMS
 from ..core.router import message_packet
 from ..errors import BadRequest, NotFound, Unauthorized
@@ -20,22 +20,30 @@ _UNREAD = object()
 async def profile_for(ctx, identity, profile=_UNREAD):
     """The caller's directory entry; a token for an unknown user creates it from the
     claims, and a token's profile claims update it (docs/design.md#d13-identity).
+    With a directory that does not provision (the host site's, docs/integration.md)
+    the site's answer is the profile and the claims change nothing.
 
     :param profile: the entry as already read (``None``: not in the directory), to
         spare a read; read here when not given.
     :raises NotFound: the user is not in the directory (accounts/ticket identities).
+    :raises DirectoryUnavailable: the site does not answer and nothing is cached (503).
     """
     if profile is _UNREAD:
-        profile = await ctx.store.get_user(identity.user_id)
-    if identity.via == "token":
+        profile = await ctx.directory.profile(identity.user_id)
+    if identity.via == "token" and ctx.directory.provisions:
         claims = identity.claims
         wanted = {k: claims.get(k) for k in PROFILE_CLAIMS}
         wanted["nick"] = wanted["nick"] or (profile or {}).get("nick") or identity.user_id
+        if profile is None:
+            # A new id may not share a JID with an existing user (docs/xmpp.md "User ids").
+            await ids.check_xmpp_clash(ctx, identity.user_id)
+            if ctx.xmpp is not None:
+                ctx.xmpp.forms.add(identity.user_id)
         if profile is None or any(wanted[k] is not None and wanted[k] != profile.get(k) for k in PROFILE_CLAIMS):
             merged = {k: (wanted[k] if wanted[k] is not None else (profile or {}).get(k)) for k in PROFILE_CLAIMS}
             await ctx.store.put_user(identity.user_id, merged["nick"][:100], merged["pic_url"],
                                      merged["default_pic_url"], merged["url"])
-            profile = await ctx.store.get_user(identity.user_id)
+            profile = await ctx.directory.profile(identity.user_id)
     if profile is None:
         raise NotFound("unknown user", code="unknown_user")
     return profile
@@ -67,15 +75,23 @@ async def online(ctx, identity, params):
 
     # Each online opens a session that lives until idle: a flood of them is refused (docs/design.md#d15-limits).
     ctx.limiter.check("onlines", identity.user_id)
-    # The directory part in one read (store/snapshot.py: six reads, one transaction,
-    # cheaper under a restart herd, docs/benchmarks.md).
-    snap = await directory_snapshot(store, identity.user_id, buddy_ids + stranger_ids)
-    profile = await profile_for(ctx, identity, snap["profile"])
+    if ctx.directory.provisions:
+        # The directory is the store's own tables: read it in one transaction
+        # (store/snapshot.py: six reads, one hand-off, cheaper under a restart herd,
+        # docs/benchmarks.md).
+        snap = await directory_snapshot(store, identity.user_id, buddy_ids + stranger_ids)
+        profile = await profile_for(ctx, identity, snap["profile"])
+        settings = _setting(snap["setting"])
+        buddies, rooms, known = snap["buddies"], snap["rooms"], snap["profiles"]
+    else:  # the host site's directory (docs/integration.md), cached there
+        profile = await profile_for(ctx, identity)
+        settings = await ctx.settings_of(profile["id"])
+        buddies = await ctx.directory.buddies(profile["id"])
+        rooms = await ctx.directory.rooms_of(profile["id"])
+        known = None
     uid = profile["id"]
-    settings = _setting(snap["setting"])
     blocked = blocked_rooms(settings)
-    groups = dict(snap["buddies"])
-    rooms = snap["rooms"]
+    groups = dict(buddies)
 
     session, user = router.open_session(profile, show, status, list(groups),
                                         [r["id"] for r in rooms if r["id"] not in blocked])
@@ -88,10 +104,13 @@ async def online(ctx, identity, params):
     active = list(dict.fromkeys(buddy_ids + [m["from"] for m in new_messages]))
     wanted = list(dict.fromkeys(list(groups) + active + stranger_ids))
     wanted = [i for i in wanted if i != uid]
-    profiles = snap["profiles"]
-    unread = [i for i in wanted if i not in profiles and i in active]  # senders who are not buddies
-    if unread:
-        profiles = {**profiles, **await store.get_users(unread)}
+    if known is not None:
+        profiles = known
+        unread = [i for i in wanted if i not in known and i in active]  # senders who are not buddies
+        if unread:
+            profiles = {**known, **await ctx.directory.profiles(unread)}
+    else:
+        profiles = await ctx.directory.profiles(wanted)
     # XMPP bridge (docs/xmpp.md): the user's JID buddies, with the presence XMPP gave them.
     remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
     wanted += [jid for jid in remote if jid not in wanted]
@@ -175,8 +194,8 @@ async def buddies(ctx, identity, params):
     unknown ids are left out."""
     params.required("ids")
     ids = params.ids("ids")
-    profiles = await ctx.store.get_users(ids)
-    groups = dict(await ctx.store.get_buddies(identity.user_id))
+    profiles = await ctx.directory.profiles(ids)
+    groups = dict(await ctx.directory.buddies(identity.user_id))
     remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (docs/xmpp.md)
     return [remote[i] if i in remote else
             model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))

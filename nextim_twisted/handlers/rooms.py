@@ -41,4 +41,4 @@ async def rooms(ctx, identity, params):
     ids = set(params.ids("ids"))
     blocked = blocked_rooms(await ctx.settings_of(identity.user_id))
     return [model.room_info(r, ctx.router.room_count(r["id"], identity.user_id), r["id"] in blocked)
-            for r in await ctx.store.rooms_of_user(identity.user_id) if r["id"] in ids]
+            for r in await ctx.directory.rooms_of(identity.user_id) if r["id"] in ids]

@@ -17,6 +17,7 @@ The shapes are typed in :mod:`.rows`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -128,9 +129,12 @@ class Store:
 
     # messages (history) --------------------------------------------------
     def add_message(self, type: str, from_id: str, to_id: str, nick: str, body: str, style: str | None,
-                    timestamp: int, delivered: bool) -> Deferred[Message]:
+                    timestamp: int, delivered: bool,
+                    also: Callable[[Any, Message], None] | None = None) -> Deferred[Message]:
         """Commit one message; returns only after the commit (docs/design.md#d7-messages). ``type`` is
-        unicast, multicast or broadcast. Deferred → message dict (with ``id``)."""
+        unicast, multicast or broadcast. ``also(cursor, message)`` runs in the same
+        transaction after the insert (the webhook outbox's rows,
+        docs/design.md#d22-the-site-as-source-of-truth). Deferred → message dict (with ``id``)."""
         raise NotImplementedError
 
     def undelivered(self, user_id: str, limit: int = 50) -> Deferred[list[Message]]:

@@ -27,7 +27,8 @@ def digest(type_, to_id, body, style):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def add_message_once(store, type_, from_id, to_id, nick, body, style, timestamp, delivered, client_id):
+def add_message_once(store, type_, from_id, to_id, nick, body, style, timestamp, delivered, client_id,
+                     also=None):
     """Store a message under its sender's ``client_id`` unless the key is known.
 
     :returns: Deferred → ``(NEW, message dict)`` when stored now (the dict as
@@ -35,7 +36,8 @@ def add_message_once(store, type_, from_id, to_id, nick, body, style, timestamp,
         ``client_id``); ``(SAME, message id or None)`` when the key is known with the
         same content (nothing stored); ``(OTHER, message id or None)`` when the key was
         used for other content (nothing stored). The id is None if that message was
-        deleted since.
+        deleted since. ``also(cursor, message)`` runs in the same transaction after a new
+        message's insert, as for ``add_message`` (the webhook outbox).
     """
     style = style or ""
     timestamp = int(timestamp)
@@ -57,8 +59,11 @@ def add_message_once(store, type_, from_id, to_id, nick, body, style, timestamp,
         message_id = int(row[0])
         c.execute("UPDATE message_keys SET message_id = ? WHERE sender_id = ? AND client_id = ?",
                   (message_id, from_id, client_id))
-        return NEW, {"id": message_id, "type": type_, "from": from_id, "to": to_id, "nick": nick,
-                     "body": body, "style": style, "timestamp": timestamp, "client_id": client_id}
+        message = {"id": message_id, "type": type_, "from": from_id, "to": to_id, "nick": nick,
+                   "body": body, "style": style, "timestamp": timestamp, "client_id": client_id}
+        if also is not None:
+            also(c, message)
+        return NEW, message
     return store.transaction(q)
 
 

@@ -150,15 +150,38 @@ _V3 = (
     )""",
 )
 
+# Version 4: the webhook outbox (nextim_twisted/webhooks/outbox.py, docs/integration.md#webhooks).
+_V4 = (
+    # One row per event not yet taken by the site (answered 2xx). ``body`` is the JSON
+    # POSTed, kept verbatim so every attempt sends the same bytes; ``created`` and
+    # ``next_attempt`` are ms. A row is claimed by pushing ``next_attempt`` past the
+    # request's timeout, so two daemons on one database do not send it at once.
+    """CREATE TABLE webhook_outbox (
+        id {autoid},
+        event_id TEXT NOT NULL UNIQUE,
+        event TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt BIGINT NOT NULL,
+        last_error TEXT
+    )""",
+    # the worker's "what is due": WHERE next_attempt <= now ORDER BY id
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt, id)",
+    # dropping what is older than [webhooks] max_age
+    "CREATE INDEX webhook_outbox_created ON webhook_outbox (created)",
+)
+
 #: ``[(version, (statement, ...)), ...]`` in increasing version order. Append only.
 MIGRATIONS = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
+    (4, _V4),
 ]
 
 #: The schema version this code writes and understands.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 assert [v for v, _ in MIGRATIONS] == sorted({v for v, _ in MIGRATIONS})

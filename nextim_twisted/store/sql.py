@@ -470,9 +470,12 @@ class SQLStore(Store):
         return self._run(q)
 
     # messages ------------------------------------------------------------
-    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered):
+    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered, also=None):
         """Insert and commit one message (docs/design.md#d7-messages); ``timestamp`` in ms, ``style`` None
-        stored as "". Deferred (fires after COMMIT) → message dict with int ``id``."""
+        stored as "". ``also(cursor, message)``, when given, runs in the same
+        transaction after the insert (the webhook outbox's rows,
+        docs/design.md#d22-the-site-as-source-of-truth). Deferred (fires after COMMIT)
+        → message dict with int ``id``."""
         style = style or ""
         timestamp = int(timestamp)
 
@@ -482,9 +485,12 @@ class SQLStore(Store):
                 "timestamp, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (type, from_id, to_id, nick, body, style, timestamp,
                  1 if delivered else 0)).one()
-            return {"id": int(row[0]), "type": type, "from": from_id, "to": to_id,
-                    "nick": nick, "body": body, "style": style, "timestamp": timestamp,
-                    "client_id": None}
+            message = {"id": int(row[0]), "type": type, "from": from_id, "to": to_id,
+                       "nick": nick, "body": body, "style": style, "timestamp": timestamp,
+                       "client_id": None}
+            if also is not None:
+                also(c, message)
+            return message
         return self._run(q)
 
     def undelivered(self, user_id, limit=50):

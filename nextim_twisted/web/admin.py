@@ -12,7 +12,7 @@ from klein import Klein
 from twisted.internet import defer
 
 from ..errors import BadRequest, Forbidden, Unauthorized
-from ..handlers import admin
+from ..handlers import admin, directory
 from .answer import all_storable, answer, bearer
 
 
@@ -108,6 +108,11 @@ def add_routes(app: Klein, ctx) -> None:
         @sub.route("/broadcast", methods=["POST"])
         def broadcast(request):
             return call(request, admin.broadcast, body=True)
+
+        @sub.route("/directory/invalidate", methods=["POST"])
+        def invalidate(request):
+            """The site changed users or rooms (docs/integration.md#invalidation)."""
+            return call(request, directory.invalidate, body=True)
 
         @sub.route("/stats", methods=["GET"])
         def stats(request):
