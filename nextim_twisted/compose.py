@@ -13,6 +13,10 @@ Dependency order (each part gets only what is built before it):
    factory it is given, so nothing is set on it afterwards);
 6. the web app (:class:`~nextim_twisted.web.app.WebApp`), whose metrics also read the
    directory's and the webhooks' counters.
+7. the directory-changes watch, which applies directory changes made by ``nextimctl``
+   or other nodes to live sessions
+   (:class:`~nextim_twisted.handlers.directory_changes.DirectoryWatch`,
+   docs/design.md#d19-session-lifetime).
 
 Nothing here starts anything: :class:`~nextim_twisted.service.NextimService` starts and
 stops the parts in order (docs/design.md#d16-shutdown); the tests' harness and
@@ -32,6 +36,7 @@ from .directory import make_directory
 from .directory.base import IDirectory
 from .core.router import HubFactory, Router
 from .handlers.context import Context
+from .handlers.directory_changes import DirectoryWatch
 from .hub.base import IHub
 from .hub.local import LocalHub
 from .store import make_store
@@ -61,6 +66,7 @@ class Components:
     web: WebApp | None
     directory: IDirectory
     webhooks: Webhooks | None
+    watch: DirectoryWatch
 
 
 def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: Any = None,
@@ -88,7 +94,8 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
     timers, limits = config.timers, config.limits
     router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
-                    limits.queue_packets, config.server.room_presences, hub=hub)
+                    limits.queue_packets, config.server.room_presences, hub=hub,
+                    session_max=timers.session_max)
     auth = Authenticator(config, store, router, blocking, clock)
     directory = make_directory(config, store, reactor, clock)
     webhooks = None
@@ -111,4 +118,5 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         app = WebApp(ctx)
         app.metrics.registry.register(SiteCollector(directory, webhooks))
     return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
-                      xmpp=ctx.xmpp, web=app, directory=directory, webhooks=webhooks)
+                      xmpp=ctx.xmpp, web=app, directory=directory, webhooks=webhooks,
+                      watch=DirectoryWatch(ctx, clock))

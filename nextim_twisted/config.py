@@ -4,6 +4,7 @@ Every key the daemon reads is declared once in :data:`SCHEMA` with its type and
 default; an unknown key, a wrong type or a missing secret raises
 :class:`ConfigError` whose message names the key (an operator gets one clear line).
 """
+import importlib.util
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ SCHEMA = {
         "poll_hold": ((int, float), 25),     # seconds (docs/design.md#d5-timers)
         "session_idle": ((int, float), 10),
         "user_grace": ((int, float), 10),
+        # seconds a session lives at most however often it is polled; its next poll
+        # after that is 404 and the client goes online again with a fresh token
+        # (docs/design.md#d19-session-lifetime)
+        "session_max": ((int, float), 86400),
     },
     "limits": {
         "queue_packets": (int, 1000),        # docs/design.md#d6-comet-envelope
@@ -61,6 +66,9 @@ SCHEMA = {
         "presences_per_minute": (int, 60),   # docs/design.md#d15-limits, per user (presence + status)
         "onlines_per_minute": (int, 60),     # docs/design.md#d15-limits, per user: each online makes a session
         "status_chars": (int, 200),
+        # hours a message's client_id is remembered: a retry within them stores nothing
+        # (docs/design.md#d17-idempotent-sends)
+        "client_id_hours": (int, 24),
     },
     "log": {                                 # docs/deployment.md#4-logs
         "format": (str, "text"),             # "text" | "json" (JSON lines)
@@ -165,6 +173,7 @@ class TimersSection(Protocol):
     poll_hold: float
     session_idle: float
     user_grace: float
+    session_max: float
 
 
 class LimitsSection(Protocol):
@@ -179,6 +188,7 @@ class LimitsSection(Protocol):
     presences_per_minute: int
     onlines_per_minute: int
     status_chars: int
+    client_id_hours: int
 
 
 class LogSection(Protocol):
@@ -349,6 +359,11 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[storage] backend: must be \"sqlite\" or \"postgres\", got {s['storage']['backend']!r}")
     if s["storage"]["backend"] == "postgres" and not s["storage"]["dsn"]:
         raise ConfigError("[storage] dsn: required when backend = \"postgres\"")
+    if s["storage"]["backend"] == "postgres" and importlib.util.find_spec("psycopg") is None:
+        # The driver is an optional extra: say which, instead of an ImportError traceback
+        # from the connection pool at startup.
+        raise ConfigError("[storage] backend = \"postgres\" needs the PostgreSQL driver: "
+                          "pip install 'nextim-twisted[postgres]'")
     if s["storage"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("[storage] synchronous: must be OFF, NORMAL, FULL or EXTRA")
     if s["storage"]["schema"] is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", s["storage"]["schema"]):
@@ -367,7 +382,11 @@ def from_dict(data, demo=False, overrides=None):
     if s["admin"]["api_key"] is not None and len(s["admin"]["api_key"]) < 16:
         raise ConfigError("[admin] api_key: must be at least 16 characters")
     for key, value in s["timers"].items():
-        if not 0 < value <= 3600:
+        if key == "session_max":
+            if not s["timers"]["poll_hold"] < value <= 365 * 86400:
+                raise ConfigError(f"[timers] session_max: must be longer than poll_hold and at most "
+                                  f"a year (31536000 seconds), got {value!r}")
+        elif not 0 < value <= 3600:
             raise ConfigError(f"[timers] {key}: must be between 0 and 3600 seconds, got {value!r}")
     for key, value in s["limits"].items():
         if value < 1:

@@ -7,9 +7,11 @@ default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
 running (SQLite: WAL and a busy timeout; PostgreSQL: ordinary transactions). Directory
 writes go through the admin API's handlers (:mod:`nextim_twisted.handlers.admin`), so
 the id rules and field limits are the same (ids via ``handlers.params.check_id``; a
-room id may not equal a user id). A running daemon's *live* state is not told: a new
-buddy or membership shows at the users' next ``online`` (the admin HTTP API, by
-contrast, updates live sessions at once).
+room id may not equal a user id). Every directory change is also recorded in the
+``directory_changes`` table, which running daemons read about once a second, so a
+deleted user's sessions end, a removed buddy stops seeing presence and a removed
+member leaves the live room at once, as with the admin HTTP API
+(docs/design.md#d19-session-lifetime).
 
 Like the daemon, every command upgrades an older schema first; but only ``migrate``
 creates one: any other command refuses a database without nextim's tables (or a
@@ -114,6 +116,10 @@ def build_parser():
     sp.add_argument("id", type=_ident)
     profile_options(sp)
     sp = user.add_parser("delete", help="delete a user, their buddies, memberships, settings")
+    sp.add_argument("id", type=_ident)
+    sp.add_argument("--erase", action="store_true",
+                    help="also erase their messages, notifications and XMPP pairings")
+    sp = user.add_parser("export", help="everything stored about a user, as one JSON object")
     sp.add_argument("id", type=_ident)
     sp = user.add_parser("list", help="list users: id, nick, whether a password is set")
     sp = user.add_parser("passwd", help="set a user's password, read from stdin")
@@ -229,6 +235,7 @@ class Ctl:
                         blocking=lambda f, *a: threads.deferToThread(f, *a))
         self.store = parts.store
         self.ctx = parts.ctx
+        self.ctx.node_id = PROG  # the origin of the directory changes it records
 
     def print(self, *parts):
         print(*parts, sep="\t", file=self.out)
@@ -267,8 +274,15 @@ class Ctl:
         self.print(f"user {args.id} updated")
 
     async def user_delete(self, args):
-        await admin.delete_user(self.ctx, args.id)
-        self.print(f"user {args.id} deleted")
+        await admin.delete_user(self.ctx, args.id, erase=args.erase)
+        self.print(f"user {args.id} {'erased' if args.erase else 'deleted'}")
+
+    async def user_export(self, args):
+        if self.out is sys.stdout and hasattr(self.out, "reconfigure"):
+            self.out.reconfigure(encoding="utf-8")
+        data = await admin.export_user(self.ctx, args.id)
+        del data["success"]
+        self.out.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     async def user_list(self, args):
         offset = 0
@@ -283,10 +297,8 @@ class Ctl:
     async def user_passwd(self, args):
         if await self.store.get_user(args.id) is None:
             raise CtlError(f"unknown user: {args.id}")
-        admin._text({"password": args.password}, "password")  # same length limit as the API
-        from .auth import hash_password
-        password_hash = await threads.deferToThread(hash_password, args.password)
-        await self.store.set_password_hash(args.id, password_hash)
+        # the API's length limit; older login cookies and the user's sessions end (docs/design.md#d19-session-lifetime)
+        await admin.set_password(self.ctx, args.id, args.password)
         self.print(f"password of {args.id} set")
 
     async def buddy_add(self, args):

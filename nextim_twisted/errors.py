@@ -63,6 +63,14 @@ class TooLarge(ProtocolError):
     code = "too_large"
 
 
+class Conflict(ProtocolError):
+    """409: the request contradicts what is stored (a ``client_id`` reused for another
+    message, docs/design.md#d17-idempotent-sends)."""
+
+    status = 409
+    code = "conflict"
+
+
 class RateLimited(ProtocolError):
     """429 with ``Retry-After`` in whole seconds (docs/design.md#d15-limits)."""
 
@@ -126,6 +134,7 @@ ERROR_CODES = {
     "not_buddies": "the two users are not buddies",
     "admin_only": "broadcast messages are for the admin API only",
     "id_conflict": "the id is already used by a user or a room",
+    "client_id_reused": "this client_id already names another message of the sender (409); nothing stored",
     # the host site as the directory (docs/integration.md)
     "directory_unavailable": "the site's directory does not answer and nothing is cached; retry shortly",
     "directory_is_remote": "an admin directory write while the directory is the site's ([directory] provider)",

@@ -18,7 +18,7 @@ from . import demo as demo_data
 from . import logs
 from .compose import compose
 from .gcschedule import GcSchedule
-from .retention import Retention
+from .retention import KeyRetention, Retention
 from .store.base import SchemaError
 from .web.metrics import StallMonitor
 
@@ -84,6 +84,24 @@ class BridgeService(service.Service):
     def stopService(self):
         super().stopService()
         return defer.ensureDeferred(self.bridge.stop())
+
+
+class DirectoryWatchService(service.Service):
+    """Reads the directory changes of ``nextimctl`` and other nodes once a second and
+    applies them to live sessions (:class:`~nextim_twisted.handlers.directory.DirectoryWatch`,
+    docs/design.md#d19-session-lifetime); starts after storage."""
+
+    def __init__(self, watch):
+        self.setName("directory-watch")
+        self.watch = watch
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self.watch.start())
+
+    def stopService(self):
+        super().stopService()
+        self.watch.stop()
 
 
 class DemoDataService(service.Service):
@@ -192,6 +210,9 @@ class NextimService(service.MultiService):
             # After storage: delivers what the outbox kept from before the restart, and on
             # stop writes its last events before the store closes.
             parts.webhooks.setServiceParent(self)
+        DirectoryWatchService(parts.watch).setServiceParent(self)
+        # forget client_id keys older than [limits] client_id_hours, hourly
+        KeyRetention(parts.store, reactor, config.limits.client_id_hours).setServiceParent(self)
         if parts.xmpp is not None:
             BridgeService(parts.xmpp).setServiceParent(self)
         self.retention = None

@@ -2,7 +2,9 @@
 notifications, broadcast, stats. Inputs are parsed JSON objects from the web layer."""
 from .. import auth, ids
 from ..errors import BadRequest, NotFound, ProtocolError, TooLarge
+from ..store import userdata
 from .delivery import deliver
+from .directory_changes import changed
 from .params import check_id
 
 
@@ -59,25 +61,51 @@ async def put_user(ctx, user_id, body):
         await ids.check_xmpp_clash(ctx, user_id)
     await ctx.store.put_user(user_id, nick, _text(body, "pic_url"), _text(body, "default_pic_url"),
                              _text(body, "url"))
-    if password is not None:
-        await ctx.store.set_password_hash(user_id, await ctx.auth.blocking(auth.hash_password, password))
     if new and ctx.xmpp is not None:
         ctx.xmpp.forms.add(user_id)  # later look-alikes clash with this one
-    if ctx.router.is_online(user_id):
-        ctx.router.update_profile(user_id, await ctx.store.get_user(user_id))
+    await changed(ctx, "user_updated", user_id)
+    if password is not None:
+        await set_password(ctx, user_id, password)
     return {"success": True}
 
 
-async def delete_user(ctx, user_id):
-    """``DELETE /admin/users/{id}``: also ends the user's sessions."""
+async def set_password(ctx, user_id, password):
+    """Set a user's password (``PUT /admin/users/{id}`` with ``password``, ``nextimctl
+    user passwd``). Login cookies issued before stop counting and the user's sessions
+    end, here and on every daemon (docs/design.md#d19-session-lifetime): whoever knew
+    the old password is out. :returns: False for an unknown user.
+    :raises BadRequest: a password over the length limit."""
+    _text({"password": password}, "password")
+    password_hash = await ctx.auth.blocking(auth.hash_password, password)
+    if not await ctx.store.set_password_hash(user_id, password_hash):
+        return False
+    await changed(ctx, "password_changed", user_id)
+    return True
+
+
+async def delete_user(ctx, user_id, erase=False):
+    """``DELETE /admin/users/{id}[?erase=true]``: also ends the user's sessions at once
+    (their buddies see one ``offline``). Messages stay in the other side's history,
+    unless ``erase``: then the user's messages, settings, notifications and XMPP
+    pairings go too (docs/operations.md#erasure-and-export)."""
     _local_only(ctx)
     check_id(user_id)
-    if not await ctx.store.delete_user(user_id):
+    remove = userdata.erase_user(ctx.store, user_id) if erase else ctx.store.delete_user(user_id)
+    if not await remove:
         raise NotFound("unknown user", code="unknown_user")
-    ctx.router.user_offline(user_id)
-    if ctx.xmpp is not None:
-        await ctx.xmpp.user_deleted(user_id)  # unpair their XMPP buddies (docs/xmpp.md)
+    await changed(ctx, "user_deleted", user_id)
     return {"success": True}
+
+
+async def export_user(ctx, user_id):
+    """``GET /admin/users/{id}/export``: everything stored about the user, as
+    :func:`nextim_twisted.store.userdata.export_user` gives it, with ``success``.
+    :raises NotFound: unknown user."""
+    check_id(user_id)
+    data = await userdata.export_user(ctx.store, user_id)
+    if data is None:
+        raise NotFound("unknown user", code="unknown_user")
+    return {"success": True, **data}
 
 
 async def _both_users(ctx, user_id, buddy_id):
@@ -116,7 +144,7 @@ async def put_buddy(ctx, user_id, buddy_id, body):
     _local_only(ctx)
     await _both_users(ctx, user_id, buddy_id)
     await ctx.store.put_buddy(user_id, buddy_id, _text(body, "group"))
-    ctx.router.buddies_changed(user_id, buddy_id, True)
+    await changed(ctx, "buddy_added", user_id, buddy_id)
     return {"success": True}
 
 
@@ -130,7 +158,7 @@ async def delete_buddy(ctx, user_id, buddy_id):
     _local_only(ctx)
     if not await ctx.store.delete_buddy(user_id, buddy_id):
         raise NotFound("not buddies", code="not_buddies")
-    ctx.router.buddies_changed(user_id, buddy_id, False)
+    await changed(ctx, "buddy_removed", user_id, buddy_id)
     return {"success": True}
 
 
@@ -163,8 +191,7 @@ async def delete_room(ctx, room_id):
         raise NotFound("unknown room", code="unknown_room")
     if ctx.xmpp is not None:
         await ctx.xmpp.room_deleted(room_id)  # leave its MUC room (docs/xmpp.md)
-    for member_id in ctx.router.live_members(room_id):
-        ctx.router.leave_room(member_id, room_id)
+    await changed(ctx, "room_deleted", room_id)
     return {"success": True}
 
 
@@ -178,8 +205,7 @@ async def put_member(ctx, room_id, user_id):
     if await ctx.store.get_user(user_id) is None:
         raise NotFound("unknown user", code="unknown_user")
     await ctx.store.put_member(room_id, user_id)
-    if ctx.router.is_online(user_id):
-        ctx.router.join_room(user_id, room_id)
+    await changed(ctx, "member_added", room_id, user_id)
     return {"success": True}
 
 
@@ -190,8 +216,7 @@ async def delete_member(ctx, room_id, user_id):
     check_id(user_id, "user_id")
     if not await ctx.store.delete_member(room_id, user_id):
         raise NotFound("not a member", code="not_member")
-    if ctx.router.is_online(user_id):
-        ctx.router.leave_room(user_id, room_id)
+    await changed(ctx, "member_removed", room_id, user_id)
     return {"success": True}
 
 

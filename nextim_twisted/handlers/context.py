@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,10 @@ class Context:
             directory = LocalDirectory(store)
         self.directory: IDirectory = directory
         self.webhooks = webhooks
+        #: Names this process as the origin of the directory changes it records
+        #: (handlers/directory_changes.py): a daemon skips its own rows. ``nextimctl`` sets
+        #: ``"nextimctl"``.
+        self.node_id = "daemon-" + secrets.token_hex(6)
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.
         self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None

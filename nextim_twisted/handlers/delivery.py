@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from ..errors import Conflict
+from ..store import keys
+
 if TYPE_CHECKING:
     from ..store.rows import Message
     from .context import Context
@@ -33,9 +36,31 @@ def _with(also):
     return {"also": also} if also is not None else {}
 
 
+async def store_message(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
+                        style: str, timestamp: int, delivered: bool, also=None,
+                        client_id: str | None = None) -> Message | None:
+    """Commit one message (with the webhook rows ``also`` in its transaction). With the
+    sender's ``client_id`` (docs/design.md#d17-idempotent-sends) at most once: None when
+    that key already names this same message (a retry: nothing stored, nothing to route,
+    no webhook event).
+
+    :raises Conflict: ``client_id_reused``, the key names another message; nothing stored.
+    """
+    if client_id is None:
+        return await ctx.store.add_message(type_, from_id, to, nick, body, style, timestamp, delivered,
+                                           **_with(also))
+    found, msg = await keys.add_message_once(ctx.store, type_, from_id, to, nick, body, style, timestamp,
+                                             delivered, client_id, also=also)
+    if found == keys.NEW:
+        return msg
+    if found == keys.SAME:
+        return None
+    raise Conflict("client_id: already used for another message", code="client_id_reused")
+
+
 async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick: str, body: str,
                   style: str = "", sender_ticket: str | None = None,
-                  timestamp: int | None = None) -> tuple[Message, int]:
+                  timestamp: int | None = None, client_id: str | None = None) -> tuple[Message | None, int]:
     """Store one message, then route it by the rule in the module docstring.
 
     :param type_: ``unicast`` (``to`` a user id or, from the XMPP side, a web user),
@@ -48,9 +73,12 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     :param sender_ticket: the sending session, which gets no copy of its own message.
     :param timestamp: ms since the epoch to store instead of now (a MUC room's own stamp
         for history replayed on join, XEP-0045 §7.2.15).
+    :param client_id: the sender's key (:func:`store_message`): a retry of a message
+        already stored stores and routes nothing and returns ``(None, 0)``.
     :returns: ``(stored message with "id", live recipients reached)``: for unicast 1 or 0
         (0: kept for the recipient's next ``online``), for a broadcast the number of
         users, for multicast 0 (not counted).
+    :raises Conflict: ``client_id`` names another message.
     :raises: whatever the store raises; nothing is routed then.
     """
     router, store, hooks = ctx.router, ctx.store, ctx.webhooks
@@ -58,8 +86,9 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     if type_ == "unicast":
         live = router.has_sessions(to)
         also = hooks.message_rows(offline=not live) if hooks is not None else None
-        msg = await store.add_message("unicast", from_id, to, nick, body, style, when, live,
-                                      **_with(also))
+        msg = await store_message(ctx, "unicast", from_id, to, nick, body, style, when, live, also, client_id)
+        if msg is None:
+            return None, 0
         if hooks is not None and also is not None:
             hooks.kick()
         to_recipient = True
@@ -68,7 +97,9 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)
     also = hooks.message_rows(offline=False) if hooks is not None and type_ == "multicast" else None
-    msg = await store.add_message(type_, from_id, to, nick, body, style, when, True, **_with(also))
+    msg = await store_message(ctx, type_, from_id, to, nick, body, style, when, True, also, client_id)
+    if msg is None:
+        return None, 0
     if hooks is not None and also is not None:
         hooks.kick()
     if type_ == "multicast":

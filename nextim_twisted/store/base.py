@@ -147,6 +147,11 @@ class Store:
         call changed (an id already delivered, e.g. by a concurrent call, is not in it)."""
         raise NotImplementedError
 
+    def mark_undelivered(self, message_ids: Iterable[int]) -> Deferred[None]:
+        """Mark messages undelivered again (a backlog page that found its session ended,
+        docs/design.md#d18-the-whole-backlog). Deferred → None."""
+        raise NotImplementedError
+
     def unicast_history(self, user_id: str, other_id: str, limit: int = 30) -> Deferred[list[Message]]:
         """Messages between the two users, newest ``limit`` returned oldest first,
         without the ones ``user_id`` cleared and without undelivered ones addressed
