@@ -115,6 +115,7 @@ ERROR_CODES = {
     "unknown_endpoint": "no such webim/<name> endpoint (or webim/login without accounts auth)",
     "rate_limited": "too many calls; retry after the Retry-After seconds",
     "shutting_down": "the daemon is stopping; retry shortly (docs/design.md#d16-shutdown)",
+    "id_clash": "with the XMPP bridge on, a new user id whose XMPP form equals an existing user's (409, names it)",
     "internal_error": "an unexpected failure, logged by the daemon",
     # identity (docs/design.md#d13-identity, docs/design.md#d4-tickets)
     "not_authenticated": "no usable credentials (none offered, an expired login cookie, password login off)",
@@ -145,5 +146,6 @@ ERROR_CODES = {
     # the XMPP bridge
     "xmpp_disabled": "an XMPP feature was asked for but [xmpp] enabled is false",
     "xmpp_unavailable": "the XMPP bridge cannot take the message now; retry later",
+    "bad_id": "a new user id that is not Unicode NFC or holds bidi or other format controls (docs/xmpp.md#user-ids)",
     "bad_jid": "an XMPP buddy or room address that is not a valid bare JID",
 }
