@@ -114,7 +114,8 @@ async def run_level(server, n, args, rates=None):
     await asyncio.sleep(1.0)
     pid = server.pid
     out["rss_start_kb"] = proc_rss_kb(pid)
-    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency)
+    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
+                    reconnect_spread=args.reconnect_spread)
     await gen.open()
     try:
         cpu = CpuMeter(pid).start()
@@ -157,9 +158,26 @@ async def run_level(server, n, args, rates=None):
             server.restart()
             t_up = time.monotonic()
             out["restart_down_s"] = t_up - t0
+            cpu = CpuMeter(server.pid).start()  # the new process
+            gcpu0, tr0 = time.process_time(), time.monotonic()
             rec = await wait_recovered(gen, args.recovery_timeout)
+            out["recovery_server_cpu_pct"] = cpu.stop()
+            out["recovery_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - tr0)
             out["recovery_s"] = rec
+            out["reconnect_spread_s"] = args.reconnect_spread
             out["recovered"] = gen.all_parked()
+            times = sorted(gen.online_times)
+            if times:
+                # how long one ``online`` took under the herd (nextim; the request alone,
+                # not the client's retry waits)
+                out["recovery_online_p50_ms"] = 1000 * times[len(times) // 2]
+                out["recovery_online_p99_ms"] = 1000 * times[min(len(times) - 1, int(len(times) * 0.99))]
+                out["recovery_online_max_ms"] = 1000 * times[-1]
+                print(f"  {server.name} n={n} recovery {fmt(rec, 1)} s, online p50 "
+                      f"{fmt(out['recovery_online_p50_ms'])} p99 {fmt(out['recovery_online_p99_ms'])} "
+                      f"max {fmt(out['recovery_online_max_ms'])} ms; server cpu "
+                      f"{fmt(out['recovery_server_cpu_pct'])}% gen cpu {fmt(out['recovery_generator_cpu_pct'])}%",
+                      flush=True)
         out["loadavg_end"] = loadavg()
     finally:
         await gen.close()
@@ -388,6 +406,9 @@ def parse():
                    help="go on with the ramp after a phase that lost messages")
     p.add_argument("--no-restart", action="store_true")
     p.add_argument("--recovery-timeout", type=float, default=180.0)
+    p.add_argument("--reconnect-spread", type=float, default=0.0,
+                   help="seconds over which nextim users whose session is gone spread their new online "
+                        "(the shipped client: 4); 0 = all at once")
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--generator-cpu", default="1")
     p.add_argument("--report-only", action="store_true")

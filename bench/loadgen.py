@@ -142,16 +142,22 @@ def percentile(sorted_values, p):
 class Generator:
     """Owns the HTTP client, the users and the stats of one run against one server."""
 
-    def __init__(self, server, n, room_fraction=0.5, concurrency=200):
+    def __init__(self, server, n, room_fraction=0.5, concurrency=200, reconnect_spread=0.0):
         self.server = server
         self.n = n
         self.room_fraction = room_fraction
         self.concurrency = concurrency
+        #: seconds over which users whose session is gone (404) spread their new
+        #: ``online``, as the shipped client does (app.js RECONNECT_SPREAD_MS); 0: at once
+        self.reconnect_spread = reconnect_spread
         self.stats = Stats()
         self.http = None
         cls = NextimUser if server.protocol == "nextim" else BoshUser
         self.users = [cls(self, i) for i in range(n)]
         self.running = True
+        #: seconds each successful ``online`` request took (nextim), since the last
+        #: :meth:`forget_sessions`: the recovery phase's worst online latency
+        self.online_times = []
 
     async def open(self):
         conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=90, ttl_dns_cache=None)
@@ -269,6 +275,7 @@ class Generator:
         """Before a restart: from now on only a new login counts as recovered."""
         for u in self.users:
             u.mark = u.logins
+        self.online_times = []
 
 
 # ---------------------------------------------------------------------------- nextim
@@ -292,12 +299,14 @@ class NextimUser:
     async def login(self):
         """``webim/online`` until it works (a browser retries with a delay)."""
         while self.gen.running:
+            started = time.monotonic()
             try:
                 async with self.gen.http.post(self.base + "/webim/online",
                                               headers={"Authorization": "Bearer " + self.token},
                                               data={"show": "available"}) as r:
                     body = await r.read()
                     if r.status == 200:
+                        self.gen.online_times.append(time.monotonic() - started)
                         answer = orjson.loads(body)
                         self.ticket = answer["connection"]["ticket"]
                         self.seq = None
@@ -347,6 +356,8 @@ class NextimUser:
 
     async def login_again(self):
         self.task = asyncio.current_task()
+        if self.gen.reconnect_spread:
+            await asyncio.sleep(random.random() * self.gen.reconnect_spread)
         await self.login()
 
     def send_message(self, kind, target, recipients):

@@ -7,14 +7,17 @@ reactor thread.
 """
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import argon2
 import jwt
 
+from . import ids
 from .errors import BadRequest, Forbidden, Unauthorized
 from .handlers.params import check_id, is_storable
+from .store import userdata
 
 if TYPE_CHECKING:
     from .core.session import Session
@@ -82,12 +85,15 @@ class Identity:
     :ivar claims: the verified JWT claims when ``via == "token"``, else ``None``.
     :ivar session: the :class:`~nextim_twisted.core.session.Session` named by the
         request's ticket, if any.
+    :ivar login: the login cookie's ``jti`` when ``via == "session"``: the sessions
+        opened with it end at ``logout`` (docs/design.md#d19-session-lifetime).
     """
 
     user_id: str
     via: str
     claims: dict | None = None
     session: "Session | None" = None
+    login: str | None = None
 
 
 class Authenticator:
@@ -134,6 +140,9 @@ class Authenticator:
             check_id(sub, "sub")  # the same rule as every other user id (no ",", "/", controls)
         except BadRequest:
             raise Unauthorized("invalid token: sub must be a non-empty user id", code="invalid_token") from None
+        found = ids.problems(sub)  # one spelling per identity (docs/design.md#d13-identity)
+        if found:
+            raise Unauthorized(f"invalid token: sub is {'; '.join(found)}", code="invalid_token")
         for key in PROFILE_CLAIMS:
             if key in claims and not isinstance(claims[key], str):
                 raise Unauthorized(f"invalid token: {key} must be a string", code="invalid_token")
@@ -143,20 +152,39 @@ class Authenticator:
                                    code="invalid_token")
         return claims
 
-    def make_login_cookie(self, user_id):
-        """A signed login cookie value for ``user_id`` valid ``auth.session_ttl`` seconds."""
+    def make_login_cookie(self, user_id, epoch=0):
+        """A signed login cookie value for ``user_id`` valid ``auth.session_ttl`` seconds,
+        with a random ``jti`` naming this login and the user's login ``epoch`` (``gen``):
+        a password change moves the epoch on and so ends older cookies."""
         now = int(self.clock.seconds())
-        return jwt.encode({"sub": user_id, "typ": "login", "iat": now,
-                           "exp": now + self.config.auth.session_ttl}, self._cookie_key, algorithm="HS256")
+        return jwt.encode({"sub": user_id, "typ": "login", "iat": now, "jti": secrets.token_urlsafe(12),
+                           "gen": int(epoch), "exp": now + self.config.auth.session_ttl},
+                          self._cookie_key, algorithm="HS256")
 
-    def _login_cookie_user(self, value):
+    async def login_cookie(self, user_id):
+        """:meth:`make_login_cookie` with the user's current login epoch from storage."""
+        return self.make_login_cookie(user_id, await userdata.login_epoch(self.store, user_id) or 0)
+
+    def login_cookie_claims(self, value):
+        """The claims of a well-signed, unexpired login cookie (``sub``, ``jti`` …),
+        without the epoch check. :raises Unauthorized: anything else."""
+        if not value or not self._cookie_key:
+            raise Unauthorized("not logged in", code="not_authenticated")
         try:
             claims = jwt.decode(value, self._cookie_key, algorithms=["HS256"], options={"require": ["sub", "exp"]})
         except jwt.PyJWTError:
             raise Unauthorized("login expired: log in again", code="not_authenticated") from None
         if claims.get("typ") != "login":
             raise Unauthorized("login expired: log in again", code="not_authenticated")
-        return claims["sub"]
+        return claims
+
+    async def _login_cookie_identity(self, value):
+        claims = self.login_cookie_claims(value)
+        # A cookie from before the user's last password change (or of a deleted user)
+        # no longer counts (docs/design.md#d19-session-lifetime).
+        if await userdata.login_epoch(self.store, claims["sub"]) != claims.get("gen", 0):
+            raise Unauthorized("login expired: log in again", code="not_authenticated")
+        return Identity(claims["sub"], "session", login=claims.get("jti"))
 
     # -- identify ------------------------------------------------------------
     async def identify(self, creds, writes=False, allow_password=False):
@@ -185,7 +213,7 @@ class Authenticator:
             if allow_password and creds.username:
                 identity = Identity(await self.check_password(creds.username, creds.password), "password")
             elif creds.session_cookie and self._cookie_key:
-                identity = Identity(self._login_cookie_user(creds.session_cookie), "session")
+                identity = await self._login_cookie_identity(creds.session_cookie)
                 cookie_only = True
         if session is not None:
             if identity is not None and identity.user_id != session.user_id:

@@ -8,10 +8,17 @@ Dependency order (each part gets only what is built before it):
    :class:`~nextim_twisted.hub.cluster.ClusterNode`'s hub and arbiter,
    docs/design.md#d20-cluster);
 3. the authenticator (docs/design.md#d13-identity);
-4. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
+4. the directory (``[directory] provider``: the store's tables or the host site over
+   HTTP) and the webhooks (``[webhooks] url``; a router observer), docs/integration.md;
+5. the handlers' context, which builds the XMPP bridge when ``[xmpp] enabled``
    (the bridge needs the context, the context holds the bridge: the context calls the
    factory it is given, so nothing is set on it afterwards);
-5. the web app (:class:`~nextim_twisted.web.app.WebApp`).
+6. the web app (:class:`~nextim_twisted.web.app.WebApp`), whose metrics also read the
+   directory's and the webhooks' counters.
+7. the directory-changes watch, which applies directory changes made by ``nextimctl``
+   or other nodes to live sessions
+   (:class:`~nextim_twisted.handlers.directory_changes.DirectoryWatch`,
+   docs/design.md#d19-session-lifetime).
 
 Nothing here starts anything: :class:`~nextim_twisted.service.NextimService` starts and
 stops the parts in order (docs/design.md#d16-shutdown); the tests' harness and
@@ -27,8 +34,11 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from .auth import Authenticator
+from .directory import make_directory
+from .directory.base import IDirectory
 from .core.router import HubFactory, Router
 from .handlers.context import Context
+from .handlers.directory_changes import DirectoryWatch
 from .hub.base import IHub
 from .hub.local import LocalHub
 from .store import make_store
@@ -37,6 +47,7 @@ from .store.base import Store
 if TYPE_CHECKING:
     from .config import Config
     from .hub.cluster import ClusterNode
+    from .webhooks.worker import Webhooks
     from .web.app import WebApp
     from .xmpp.bridge import Bridge
 
@@ -56,6 +67,9 @@ class Components:
     ctx: Context
     xmpp: Bridge | None
     web: WebApp | None
+    directory: IDirectory
+    webhooks: Webhooks | None
+    watch: DirectoryWatch
     cluster: ClusterNode | None = None
 
 
@@ -91,22 +105,32 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         node = ClusterNode(config.cluster, timers.user_grace, reactor)
         hub, arbiter, node_id = node.hub_factory, node.arbiter, node.node_id
     router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
-                    limits.queue_packets, config.server.room_presences, hub=hub, arbiter=arbiter,
-                    node_id=node_id)
+                    limits.queue_packets, config.server.room_presences, hub=hub,
+                    session_max=timers.session_max, arbiter=arbiter, node_id=node_id)
     auth = Authenticator(config, store, router, blocking, clock)
+    directory = make_directory(config, store, reactor, clock)
+    webhooks = None
+    if config.webhooks.url:
+        from .webhooks.worker import Webhooks
+        webhooks = Webhooks(config.webhooks, store, reactor, clock)
+        router.add_observer(webhooks)
     bridge_factory = None
     if config.xmpp.enabled if xmpp is None else xmpp:
         from .xmpp.bridge import Bridge
 
         def bridge_factory(ctx: Context) -> Bridge:
             return Bridge(ctx, config.xmpp, reactor)
-    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory, cluster=node)
+    ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory, directory=directory,
+                  webhooks=webhooks, cluster=node)
     if node is not None:
         from .handlers.live import attach_cluster
         attach_cluster(router, node)
     app = None
     if web:
+        from .hostsite.metrics import SiteCollector
         from .web.app import WebApp
         app = WebApp(ctx)
+        app.metrics.registry.register(SiteCollector(directory, webhooks))
     return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
-                      xmpp=ctx.xmpp, web=app, cluster=node)
+                      xmpp=ctx.xmpp, web=app, directory=directory, webhooks=webhooks,
+                      watch=DirectoryWatch(ctx, clock), cluster=node)

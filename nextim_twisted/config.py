@@ -51,6 +51,10 @@ SCHEMA = {
         "poll_hold": ((int, float), 25),     # seconds (docs/design.md#d5-timers)
         "session_idle": ((int, float), 10),
         "user_grace": ((int, float), 10),
+        # seconds a session lives at most however often it is polled; its next poll
+        # after that is 404 and the client goes online again with a fresh token
+        # (docs/design.md#d19-session-lifetime)
+        "session_max": ((int, float), 86400),
     },
     "limits": {
         "queue_packets": (int, 1000),        # docs/design.md#d6-comet-envelope
@@ -62,6 +66,9 @@ SCHEMA = {
         "presences_per_minute": (int, 60),   # docs/design.md#d15-limits, per user (presence + status)
         "onlines_per_minute": (int, 60),     # docs/design.md#d15-limits, per user: each online makes a session
         "status_chars": (int, 200),
+        # hours a message's client_id is remembered: a retry within them stores nothing
+        # (docs/design.md#d17-idempotent-sends)
+        "client_id_hours": (int, 24),
     },
     "log": {                                 # docs/deployment.md#4-logs
         "format": (str, "text"),             # "text" | "json" (JSON lines)
@@ -70,6 +77,22 @@ SCHEMA = {
     "metrics": {                             # docs/deployment.md#5-metrics: GET /metrics
         "enabled": (bool, True),
         "token": (str, None),                # optional bearer token for scrapes
+    },
+    # The host site as source of truth (docs/integration.md): its directory over HTTP.
+    "directory": {
+        "provider": (str, "local"),         # "local" (the admin API's tables) | "http" (the site)
+        "url": (str, None),                 # base URL of the site's directory API (provider = "http")
+        "secret": (str, None),              # HMAC-SHA256 key signing the daemon's requests
+        "cache_seconds": ((int, float), 60),  # how long an answer is used before asking again
+        "timeout": ((int, float), 5),       # seconds per request to the site
+    },
+    # ... and signed webhooks to it, through the outbox (docs/integration.md#webhooks).
+    "webhooks": {
+        "url": (str, None),                 # where events are POSTed; unset: no webhooks
+        "secret": (str, None),              # HMAC-SHA256 key signing each POST
+        "events": (list, ["message", "message.offline", "presence", "room.join", "room.leave"]),
+        "timeout": ((int, float), 5),       # seconds per POST
+        "max_age": (int, 86400),            # seconds an undelivered event is retried, then dropped
     },
     # XMPP bridge (docs/xmpp.md): the daemon as a XEP-0114 external component.
     "xmpp": {
@@ -158,6 +181,7 @@ class TimersSection(Protocol):
     poll_hold: float
     session_idle: float
     user_grace: float
+    session_max: float
 
 
 class LimitsSection(Protocol):
@@ -172,6 +196,7 @@ class LimitsSection(Protocol):
     presences_per_minute: int
     onlines_per_minute: int
     status_chars: int
+    client_id_hours: int
 
 
 class LogSection(Protocol):
@@ -217,6 +242,26 @@ class ClusterSection(Protocol):
         ...
 
 
+class DirectorySection(Protocol):
+    """``[directory]`` (docs/integration.md)."""
+
+    provider: str
+    url: str | None
+    secret: str | None
+    cache_seconds: float
+    timeout: float
+
+
+class WebhooksSection(Protocol):
+    """``[webhooks]`` (docs/integration.md#webhooks)."""
+
+    url: str | None
+    secret: str | None
+    events: list[str]
+    timeout: float
+    max_age: int
+
+
 class Config:
     """Validated configuration: ``config.server.listen``, ``config.timers.poll_hold`` …
 
@@ -231,6 +276,8 @@ class Config:
     limits: LimitsSection
     log: LogSection
     metrics: MetricsSection
+    directory: DirectorySection
+    webhooks: WebhooksSection
     xmpp: XmppSection
     cluster: ClusterSection
 
@@ -336,6 +383,11 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[storage] backend: must be \"sqlite\" or \"postgres\", got {s['storage']['backend']!r}")
     if s["storage"]["backend"] == "postgres" and not s["storage"]["dsn"]:
         raise ConfigError("[storage] dsn: required when backend = \"postgres\"")
+    if s["storage"]["backend"] == "postgres" and importlib.util.find_spec("psycopg") is None:
+        # The driver is an optional extra: say which, instead of an ImportError traceback
+        # from the connection pool at startup.
+        raise ConfigError("[storage] backend = \"postgres\" needs the PostgreSQL driver: "
+                          "pip install 'nextim-twisted[postgres]'")
     if s["storage"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("[storage] synchronous: must be OFF, NORMAL, FULL or EXTRA")
     if s["storage"]["schema"] is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", s["storage"]["schema"]):
@@ -354,7 +406,11 @@ def from_dict(data, demo=False, overrides=None):
     if s["admin"]["api_key"] is not None and len(s["admin"]["api_key"]) < 16:
         raise ConfigError("[admin] api_key: must be at least 16 characters")
     for key, value in s["timers"].items():
-        if not 0 < value <= 3600:
+        if key == "session_max":
+            if not s["timers"]["poll_hold"] < value <= 365 * 86400:
+                raise ConfigError(f"[timers] session_max: must be longer than poll_hold and at most "
+                                  f"a year (31536000 seconds), got {value!r}")
+        elif not 0 < value <= 3600:
             raise ConfigError(f"[timers] {key}: must be between 0 and 3600 seconds, got {value!r}")
     for key, value in s["limits"].items():
         if value < 1:
@@ -371,6 +427,7 @@ def from_dict(data, demo=False, overrides=None):
     if x["queue_stanzas"] < 1:
         raise ConfigError(f"[xmpp] queue_stanzas: must be a positive integer, got {x['queue_stanzas']!r}")
     _check_cluster(s, clustered="cluster" in data or "cluster.node_id" in (overrides or {}))
+    _check_site(s["directory"], s["webhooks"], s["auth"])
     if s["server"]["max_body_bytes"] < 1024:
         raise ConfigError("[server] max_body_bytes: must be at least 1024")
     if s["log"]["format"] not in ("text", "json"):
@@ -379,7 +436,8 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError(f"[log] level: must be debug, info, warn or error, got {s['log']['level']!r}")
     if s["metrics"]["token"] is not None and len(s["metrics"]["token"]) < 16:
         raise ConfigError("[metrics] token: must be at least 16 characters")
-    for section, key in (("auth", "token_secret"), ("admin", "api_key"), ("metrics", "token"), ("xmpp", "secret")):
+    for section, key in (("auth", "token_secret"), ("admin", "api_key"), ("metrics", "token"), ("xmpp", "secret"),
+                         ("directory", "secret"), ("webhooks", "secret")):
         # The placeholders of etc/nextim.toml are public: with them anyone could mint
         # tokens or call the admin API of a daemon started from a copied example file.
         if (s[section][key] or "").lower().startswith("change-me"):
@@ -412,6 +470,48 @@ def _check_cluster(s, clustered):
         raise ConfigError("[cluster] redis_prefix: 1 to 64 of letters, digits, _ . : -")
     if not 1 <= c["node_timeout"] <= 3600:
         raise ConfigError(f"[cluster] node_timeout: must be between 1 and 3600 seconds, got {c['node_timeout']!r}")
+
+
+#: Events ``[webhooks] events`` may list (docs/integration.md#webhooks).
+WEBHOOK_EVENTS = ("message", "message.offline", "presence", "room.join", "room.leave")
+
+
+def _check_url(section, key, value):
+    if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+        raise ConfigError(f"[{section}] {key}: must be an http:// or https:// URL, got {value!r}")
+
+
+def _check_site(d, w, auth):
+    """``[directory]`` and ``[webhooks]`` (docs/integration.md)."""
+    if d["provider"] not in ("local", "http"):
+        raise ConfigError(f"[directory] provider: must be \"local\" or \"http\", got {d['provider']!r}")
+    if d["provider"] == "http":
+        for key in ("url", "secret"):
+            if not d[key]:
+                raise ConfigError(f"[directory] {key}: required when provider = \"http\"")
+        _check_url("directory", "url", d["url"])
+        if auth["method"] != "token":
+            # Passwords are the daemon's own accounts; the site's users sign in at the site.
+            raise ConfigError("[directory] provider = \"http\" needs [auth] method = \"token\"")
+    if d["secret"] is not None and len(d["secret"]) < 16:
+        raise ConfigError("[directory] secret: must be at least 16 characters")
+    if not 0 <= d["cache_seconds"] <= 86400:
+        raise ConfigError(f"[directory] cache_seconds: must be 0 to 86400, got {d['cache_seconds']!r}")
+    for section, values in (("directory", d), ("webhooks", w)):
+        if not 0 < values["timeout"] <= 120:
+            raise ConfigError(f"[{section}] timeout: must be more than 0 and at most 120 seconds, "
+                              f"got {values['timeout']!r}")
+    if w["url"] is not None:
+        _check_url("webhooks", "url", w["url"])
+        if not w["secret"]:
+            raise ConfigError("[webhooks] secret: required when url is set")
+    if w["secret"] is not None and len(w["secret"]) < 16:
+        raise ConfigError("[webhooks] secret: must be at least 16 characters")
+    for event in w["events"]:
+        if event not in WEBHOOK_EVENTS:
+            raise ConfigError(f"[webhooks] events: unknown event {event!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+    if not 60 <= w["max_age"] <= 30 * 86400:
+        raise ConfigError(f"[webhooks] max_age: must be 60 to 2592000 seconds, got {w['max_age']!r}")
 
 
 def load(path, demo=False, overrides=None):

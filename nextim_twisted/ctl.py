@@ -7,11 +7,13 @@ default ``$NEXTIM_CONFIG`` or ``etc/nextim.toml``) through
 running (SQLite: WAL and a busy timeout; PostgreSQL: ordinary transactions). Directory
 writes go through the admin API's handlers (:mod:`nextim_twisted.handlers.admin`), so
 the id rules and field limits are the same (ids via ``handlers.params.check_id``; a
-room id may not equal a user id). A running single daemon's *live* state is not told:
-a new buddy or membership shows at the users' next ``online`` (the admin HTTP API, by
-contrast, updates live sessions at once). With ``[cluster]`` the change is also published
-through Redis to every node, which applies it to its live sessions as the admin API does
-(docs/scaling.md); ``[cluster] node_id`` may then be left out of the shared file.
+room id may not equal a user id). Every directory change is also recorded in the
+``directory_changes`` table, which running daemons read about once a second, so a
+deleted user's sessions end, a removed buddy stops seeing presence and a removed
+member leaves the live room at once, as with the admin HTTP API
+(docs/design.md#d19-session-lifetime). With ``[cluster]``
+the shared file may leave ``node_id`` out (each node gets ``--node-id``; nextimctl is no
+node, docs/scaling.md).
 
 Like the daemon, every command upgrades an older schema first; but only ``migrate``
 creates one: any other command refuses a database without nextim's tables (or a
@@ -118,6 +120,10 @@ def build_parser():
     profile_options(sp)
     sp = user.add_parser("delete", help="delete a user, their buddies, memberships, settings")
     sp.add_argument("id", type=_ident)
+    sp.add_argument("--erase", action="store_true",
+                    help="also erase their messages, notifications and XMPP pairings")
+    sp = user.add_parser("export", help="everything stored about a user, as one JSON object")
+    sp.add_argument("id", type=_ident)
     sp = user.add_parser("list", help="list users: id, nick, whether a password is set")
     sp = user.add_parser("passwd", help="set a user's password, read from stdin")
     sp.add_argument("id", type=_ident)
@@ -167,6 +173,23 @@ def build_parser():
     sp = history.add_parser("purge", help="delete messages older than DAYS days")
     sp.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
 
+    ids_cmd = sub.add_parser("ids", help="user id rules: check").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    ids_cmd.add_parser("check", help="list user ids that break the id rules (docs/xmpp.md); exit 1 if any")
+
+    xmpp = sub.add_parser("xmpp", help="XMPP bridge pairs: pair, unpair, list").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    sp = xmpp.add_parser("pair", help="make USER and the XMPP user JID buddies")
+    sp.add_argument("user", type=_ident)
+    sp.add_argument("jid")
+    sp.add_argument("--nick", help="JID's display name (default: its localpart)")
+    sp.add_argument("--group", help="group name on USER's side")
+    sp = xmpp.add_parser("unpair", help="remove the pair USER and JID")
+    sp.add_argument("user", type=_ident)
+    sp.add_argument("jid")
+    sp = xmpp.add_parser("list", help="pairs with their subscription state, or only USER's")
+    sp.add_argument("user", type=_ident, nargs="?")
+
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("check-config", help="validate the configuration file")
     return p
@@ -215,7 +238,7 @@ class Ctl:
                         blocking=lambda f, *a: threads.deferToThread(f, *a))
         self.store = parts.store
         self.ctx = parts.ctx
-        self.parts = parts
+        self.ctx.node_id = PROG  # the origin of the directory changes it records
 
     def print(self, *parts):
         print(*parts, sep="\t", file=self.out)
@@ -254,8 +277,15 @@ class Ctl:
         self.print(f"user {args.id} updated")
 
     async def user_delete(self, args):
-        await admin.delete_user(self.ctx, args.id)
-        self.print(f"user {args.id} deleted")
+        await admin.delete_user(self.ctx, args.id, erase=args.erase)
+        self.print(f"user {args.id} {'erased' if args.erase else 'deleted'}")
+
+    async def user_export(self, args):
+        if self.out is sys.stdout and hasattr(self.out, "reconfigure"):
+            self.out.reconfigure(encoding="utf-8")
+        data = await admin.export_user(self.ctx, args.id)
+        del data["success"]
+        self.out.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     async def user_list(self, args):
         offset = 0
@@ -270,10 +300,8 @@ class Ctl:
     async def user_passwd(self, args):
         if await self.store.get_user(args.id) is None:
             raise CtlError(f"unknown user: {args.id}")
-        admin._text({"password": args.password}, "password")  # same length limit as the API
-        from .auth import hash_password
-        password_hash = await threads.deferToThread(hash_password, args.password)
-        await self.store.set_password_hash(args.id, password_hash)
+        # the API's length limit; older login cookies and the user's sessions end (docs/design.md#d19-session-lifetime)
+        await admin.set_password(self.ctx, args.id, args.password)
         self.print(f"password of {args.id} set")
 
     async def buddy_add(self, args):
@@ -349,6 +377,50 @@ class Ctl:
         when = datetime.fromtimestamp(cutoff / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.print(f"deleted {count} messages older than {args.older_than} days (before {when})")
 
+    async def ids_check(self, args):
+        # The id rules of docs/design.md#d13-identity (nextim_twisted/ids.py), on old data.
+        from .ids import broken_ids
+        found = await broken_ids(self.store)
+        for user_id, problem in found:
+            self.print(user_id.encode("unicode_escape").decode("ascii"), problem)
+        if found:
+            raise CtlError(f"{len({u for u, _ in found})} user ids break the id rules (listed on stdout)")
+
+    def _xmpp_store(self):
+        from .xmpp.store import XmppStore
+        return XmppStore(self.store)
+
+    async def xmpp_pair(self, args):
+        # Same checks as PUT /admin/users/{id}/buddies/{jid} (docs/xmpp.md); the running
+        # daemon's bridge starts the subscription handshake at its next start.
+        from .xmpp.mapping import normalize_contact
+        try:
+            jid = normalize_contact(args.jid, self.config.xmpp.component_domain)
+        except ValueError as e:
+            raise CtlError(f"xmpp pair {args.user} {args.jid}: {e}") from None
+        if await self.store.get_user(args.user) is None:
+            raise CtlError(f"unknown user: {args.user}")
+        if await self.store.get_user(jid) is not None:
+            raise CtlError(f"{jid} is a web user: use 'buddy add'")
+        await self._xmpp_store().put_pair(args.user, jid, args.nick, args.group)
+        self.print(f"{args.user} and {jid} are paired")
+
+    async def xmpp_unpair(self, args):
+        from .xmpp.mapping import normalize_contact
+        try:
+            jid = normalize_contact(args.jid, self.config.xmpp.component_domain)
+        except ValueError:
+            jid = args.jid
+        if not await self._xmpp_store().delete_pair(args.user, jid):
+            raise CtlError(f"{args.user} and {args.jid} are not paired")
+        self.print(f"{args.user} and {jid} are no longer paired")
+
+    async def xmpp_list(self, args):
+        for row in await self._xmpp_store().pairs():
+            if args.user is None or row["user_id"] == args.user:
+                self.print(row["user_id"], row["jid"], row["nick"] or "", row["group"] or "",
+                           row["subscription"].label)
+
     async def migrate(self, args):
         old, new = self.store.schema_versions
         note = " (up to date)" if old == new else ""
@@ -383,7 +455,7 @@ async def _require_schema(store, db_errors):
 def _describe(args):
     """``"member add lobby carol"``: the command with its ids, to prefix a refusal."""
     words = [args.command, getattr(args, "action", None)]
-    words += [getattr(args, k, None) for k in ("id", "room", "user", "buddy")]
+    words += [getattr(args, k, None) for k in ("id", "room", "user", "buddy", "jid")]
     return " ".join(w for w in words if w)
 
 
@@ -436,24 +508,12 @@ async def run(reactor, args, out=None):
         except db_errors as e:
             raise CtlError(f"cannot open the database: {_one_line(e)}") from None
         name = args.command.replace("-", "_") + ("_" + args.action if getattr(args, "action", None) else "")
-        cluster = ctl.parts.cluster
-        if cluster is not None:
-            from .hub.redisclient import RedisUnavailable
-            try:
-                await cluster.connect_as_tool()
-            except RedisUnavailable:
-                cluster = None
-                print("nextimctl: Redis not reachable: live sessions learn the change at their "
-                      "next online", file=sys.stderr)
         try:
             await getattr(ctl, name)(args)
         except ProtocolError as e:
             raise CtlError(f"{_describe(args)}: {e.message}") from None
         except db_errors as e:
             raise CtlError(f"database error: {_one_line(e)}") from None
-        finally:
-            if cluster is not None:
-                await cluster.redis.stop()
     finally:
         await ctl.store.close()
 

@@ -63,6 +63,14 @@ class TooLarge(ProtocolError):
     code = "too_large"
 
 
+class Conflict(ProtocolError):
+    """409: the request contradicts what is stored (a ``client_id`` reused for another
+    message, docs/design.md#d17-idempotent-sends)."""
+
+    status = 409
+    code = "conflict"
+
+
 class RateLimited(ProtocolError):
     """429 with ``Retry-After`` in whole seconds (docs/design.md#d15-limits)."""
 
@@ -107,6 +115,7 @@ ERROR_CODES = {
     "unknown_endpoint": "no such webim/<name> endpoint (or webim/login without accounts auth)",
     "rate_limited": "too many calls; retry after the Retry-After seconds",
     "shutting_down": "the daemon is stopping; retry shortly (docs/design.md#d16-shutdown)",
+    "id_clash": "with the XMPP bridge on, a new user id whose XMPP form equals an existing user's (409, names it)",
     "internal_error": "an unexpected failure, logged by the daemon",
     # identity (docs/design.md#d13-identity, docs/design.md#d4-tickets)
     "not_authenticated": "no usable credentials (none offered, an expired login cookie, password login off)",
@@ -126,6 +135,10 @@ ERROR_CODES = {
     "not_buddies": "the two users are not buddies",
     "admin_only": "broadcast messages are for the admin API only",
     "id_conflict": "the id is already used by a user or a room",
+    "client_id_reused": "this client_id already names another message of the sender (409); nothing stored",
+    # the host site as the directory (docs/integration.md)
+    "directory_unavailable": "the site's directory does not answer and nothing is cached; retry shortly",
+    "directory_is_remote": "an admin directory write while the directory is the site's ([directory] provider)",
     # the admin API and the operator's routes
     "admin_disabled": "the admin API is off: no [admin] api_key",
     "bad_api_key": "a missing or wrong admin API key",
@@ -133,5 +146,6 @@ ERROR_CODES = {
     # the XMPP bridge
     "xmpp_disabled": "an XMPP feature was asked for but [xmpp] enabled is false",
     "xmpp_unavailable": "the XMPP bridge cannot take the message now; retry later",
+    "bad_id": "a new user id that is not Unicode NFC or holds bidi or other format controls (docs/xmpp.md#user-ids)",
     "bad_jid": "an XMPP buddy or room address that is not a valid bare JID",
 }

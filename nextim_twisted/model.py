@@ -45,8 +45,11 @@ def room_info(room, count, blocked=False):
 
 
 def log_item(message):
-    """logItem (docs/protocol.md#logitem) from a stored message: without the storage row id."""
-    return {
+    """logItem (docs/protocol.md#logitem) from a stored message, with its storage ``id``
+    and, when the sender gave one, its ``client_id`` (docs/design.md#d17-idempotent-sends):
+    a client matches its own retried or echoed messages by them."""
+    item = {
+        "id": message["id"],
         "type": message["type"],
         "from": message["from"],
         "to": message["to"],
@@ -55,6 +58,9 @@ def log_item(message):
         "style": message.get("style") or "",
         "timestamp": message["timestamp"],
     }
+    if message.get("client_id") is not None:
+        item["client_id"] = message["client_id"]
+    return item
 
 
 _STYLE_PROPERTIES = {

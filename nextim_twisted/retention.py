@@ -88,3 +88,59 @@ class Retention(service.Service):
     def stopService(self):
         super().stopService()
         self.stop()
+
+
+#: Seconds between two purges of idempotency keys.
+KEY_PURGE_INTERVAL = 3600
+
+
+class KeyRetention(service.Service):
+    """Forgets the ``client_id`` keys of messages (docs/design.md#d17-idempotent-sends)
+    once they are older than ``hours``, now and then every hour: a retry within
+    ``hours`` stores nothing, a key reused after them is a new message.
+
+    :param store: a started store (:mod:`nextim_twisted.store.keys` runs on it).
+    :param clock: ``IReactorTime``.
+    :param hours: ``[limits] client_id_hours`` (positive int).
+
+    A failed purge is logged and retried at the next tick. :attr:`last` as for
+    :class:`Retention`.
+    """
+
+    def __init__(self, store, clock, hours, interval=KEY_PURGE_INTERVAL):
+        if hours < 1:
+            raise ValueError("client_id_hours must be at least 1")
+        self.setName("key-retention")
+        self.store = store
+        self.clock = clock
+        self.hours = hours
+        self.last = None
+        self._loop = task.LoopingCall(self.purge_once)
+        self._loop.clock = clock
+        self.interval = interval
+
+    def purge_once(self):
+        """Purge now. Deferred → number of keys forgotten (``None`` if it failed)."""
+        from .store import keys
+        d = keys.purge(self.store, int((self.clock.seconds() - self.hours * 3600) * 1000))
+        d.addErrback(lambda f: log.error("client_id keys: purge failed: {error}", error=f.getErrorMessage()))
+        self.last = d
+        return None  # LoopingCall must not wait for it
+
+    def start(self):
+        """Purge now, then every :attr:`interval` seconds."""
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
+
+    def stop(self):
+        """Stop the timer. Idempotent."""
+        if self._loop.running:
+            self._loop.stop()
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()

@@ -1,8 +1,9 @@
-"""The daemon as one Twisted service tree: storage, the XMPP bridge, the retention
-job, the web listener, the GC schedule and the stall monitor, each a child service,
-started one after the other in that order and stopped in the reverse order
-(docs/design.md#d16-shutdown): parked polls are answered and the listener closed
-first, then the bridge, storage last.
+"""The daemon as one Twisted service tree: storage, the directory, the webhooks, the
+XMPP bridge, the retention job, the web listener, the GC schedule and the stall
+monitor, each a child service, started one after the other in that order and stopped
+in the reverse order (docs/design.md#d16-shutdown): parked polls are answered and the
+listener closed first, then the bridge, the webhooks (their last events written to the
+outbox), storage last.
 
 The parts themselves are built by :func:`nextim_twisted.compose.compose`.
 """
@@ -17,7 +18,7 @@ from . import demo as demo_data
 from . import logs
 from .compose import compose
 from .gcschedule import GcSchedule
-from .retention import Retention
+from .retention import KeyRetention, Retention
 from .store.base import SchemaError
 from .web.metrics import StallMonitor
 
@@ -51,6 +52,23 @@ class StorageService(service.Service):
         return self.store.close()
 
 
+class DirectoryService(service.Service):
+    """The directory (docs/integration.md): releases the HTTP provider's connections on
+    stop (the local one holds none)."""
+
+    def __init__(self, directory):
+        self.setName("directory")
+        self.directory = directory
+
+    def startService(self):
+        super().startService()
+        return self.directory.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.directory.stop()
+
+
 class BridgeService(service.Service):
     """The XMPP bridge: connects in the background once storage is up (the web side
     never waits for it); on stop tells XMPP every web user is gone."""
@@ -66,6 +84,24 @@ class BridgeService(service.Service):
     def stopService(self):
         super().stopService()
         return defer.ensureDeferred(self.bridge.stop())
+
+
+class DirectoryWatchService(service.Service):
+    """Reads the directory changes of ``nextimctl`` and other nodes once a second and
+    applies them to live sessions (:class:`~nextim_twisted.handlers.directory.DirectoryWatch`,
+    docs/design.md#d19-session-lifetime); starts after storage."""
+
+    def __init__(self, watch):
+        self.setName("directory-watch")
+        self.watch = watch
+
+    def startService(self):
+        super().startService()
+        return defer.ensureDeferred(self.watch.start())
+
+    def stopService(self):
+        super().stopService()
+        self.watch.stop()
 
 
 class DemoDataService(service.Service):
@@ -169,11 +205,19 @@ class NextimService(service.MultiService):
         self.ctx, self.web, self.xmpp = parts.ctx, parts.web, parts.xmpp
         self.ready = None
         StorageService(parts.store, parts.auth).setServiceParent(self)
+        DirectoryService(parts.directory).setServiceParent(self)
         if parts.cluster is not None:
             # After storage, before the listener: a node serves only once it holds its
             # id in the cluster; it stops after the listener (docs/design.md#d20-cluster).
             from .hub.cluster import ClusterService
             ClusterService(parts.cluster).setServiceParent(self)
+        if parts.webhooks is not None:
+            # After storage: delivers what the outbox kept from before the restart, and on
+            # stop writes its last events before the store closes.
+            parts.webhooks.setServiceParent(self)
+        DirectoryWatchService(parts.watch).setServiceParent(self)
+        # forget client_id keys older than [limits] client_id_hours, hourly
+        KeyRetention(parts.store, reactor, config.limits.client_id_hours).setServiceParent(self)
         if parts.xmpp is not None:
             BridgeService(parts.xmpp).setServiceParent(self)
         self.retention = None

@@ -55,18 +55,28 @@ class Harness:
         self.router, self.auth, self.ctx, self.web = (self.parts.router, self.parts.auth, self.parts.ctx,
                                                       self.parts.web)
         self.bridge = self.parts.xmpp
+        # directory changes of nextimctl (handlers/directory.py), read on the test clock
+        self.watch = self.parts.watch
         self.port = None
 
     async def start(self):
         key = await self.store.get_or_create_meta("login_cookie_key", lambda: secrets.token_hex(32))
         self.auth.set_cookie_key(key)
+        await self.watch.start()
+        self.webhooks = self.parts.webhooks  # [webhooks] url: runs on the clock (docs/integration.md)
+        if self.webhooks is not None:
+            self.webhooks.startService()
         site = self.web.site()
         self.port = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def stop(self):
+        self.watch.stop()
         self.router.shutdown()
         await self.port.stopListening()
+        if self.webhooks is not None and self.webhooks.running:
+            await self.webhooks.stopService()
+        await self.parts.directory.stop()
 
     def token(self, sub, nick=None, **claims):
         """A site JWT (docs/design.md#d13-identity) for ``sub``."""

@@ -1,4 +1,4 @@
-"""A real Prosody XMPP server for the bridge tests (issue 7), on loopback ports.
+"""A real Prosody XMPP server for the bridge tests (docs/xmpp.md), on loopback ports.
 
 :class:`Prosody` writes a config into a temporary directory (one VirtualHost, the
 daemon's XEP-0114 component with a secret, a XEP-0045 MUC component, a self-signed
@@ -13,6 +13,7 @@ import datetime
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -102,6 +103,51 @@ Component "{muc}" "muc"
 """
 
 
+def wait_listening(server, ports, timeout):
+    """Wait until every port on 127.0.0.1 accepts connections while ``server.proc`` runs.
+
+    :raises RuntimeError: the process exited, or ``timeout`` seconds passed (with the
+        server's log tail)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.proc.returncode}:\n{server.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not listen on {port}:\n{server.log_tail()}") from None
+                time.sleep(0.05)
+
+
+def descendants(pid):
+    """Process ids below ``pid`` (children, their children, …), read from ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (read from ``/proc``)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # the command name is in parentheses and may contain spaces: ppid follows it
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
 class Prosody:
     """One Prosody server in ``directory`` (created, made readable by ``prosody``).
 
@@ -144,26 +190,17 @@ class Prosody:
 
     def start(self, timeout=15):
         """Start ``prosody -F`` and wait until both ports accept connections."""
-        self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        for port in (self.c2s_port, self.component_port):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"prosody exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"prosody did not listen on {port}:\n{self.log_tail()}") from None
-                    time.sleep(0.05)
+        with open(os.path.join(self.dir, "stdout.log"), "ab") as out:  # what it says before its log is open
+            self.proc = subprocess.Popen(self._as_prosody("prosody", "--config", self.config, "-F"),
+                                         stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self, (self.c2s_port, self.component_port), timeout)
 
     def stop(self, timeout=10):
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
+        ours = descendants(proc.pid)
         if proc.poll() is None:
             # runuser forwards SIGTERM to prosody.
             proc.terminate()
@@ -172,11 +209,38 @@ class Prosody:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
+        # Prosody itself may outlive runuser for a moment; a start before it is gone fails.
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists(f"/proc/{pid}") for pid in ours):
+            if time.monotonic() > deadline:
+                for pid in ours:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                break
+            time.sleep(0.05)
+
+    def kill(self):
+        """``kill -9`` the server process itself (not ``runuser`` above it), as a crash
+        would: no stream is closed, no room saved. :meth:`start` starts it again."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        for pid in _children(proc.pid) or [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
 
     def log_tail(self, lines=40):
         """The last lines of prosody.log (for failure messages)."""
-        try:
-            with open(os.path.join(self.dir, "prosody.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        text = ""
+        for name in ("stdout.log", "prosody.log"):
+            try:
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    text += f"--- {name}\n" + "".join(f.readlines()[-lines:])
+            except OSError:
+                pass
+        return text

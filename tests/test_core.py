@@ -185,7 +185,7 @@ def test_unicast_fans_out_to_tabs_and_sender_copies():
     assert [m["body"] for m in drain(a2)["messages"]] == ["hi"]
     got = drain(b1)["messages"]
     assert [m["body"] for m in got] == ["hi"]
-    assert "id" not in got[0]                               # the storage row id stays inside
+    assert got[0]["id"] == 7 and "client_id" not in got[0]  # the storage id travels (docs/design.md#d17-idempotent-sends)
     assert [m["body"] for m in drain(b2)["messages"]] == ["hi"]
     # strangers who talked now exchange presence (docs/design.md#d8-presence)
     r.set_presence("alice", "away", "")

@@ -137,7 +137,7 @@ def test_history_export_and_purge(lite):
     lines = ctl.ok("history", "export").splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["body"] for r in rows] == ["old one", "Grüße 你好", "room talk"]
-    assert set(rows[0]) == {"id", "type", "from", "to", "nick", "body", "style", "timestamp"}
+    assert set(rows[0]) == {"id", "type", "from", "to", "nick", "body", "style", "timestamp", "client_id"}
     assert rows[0]["timestamp"] == now - 40 * DAY_MS
 
     alice = [json.loads(x)["body"] for x in ctl.ok("history", "export", "--user", "alice").splitlines()]

@@ -220,11 +220,16 @@ async def test_real_answers_of_every_operation_match_the_document(daemon):
 
     await admin("POST", "/admin/broadcast", "/admin/broadcast", {"body": "maintenance"})
     await admin("GET", "/admin/stats", "/admin/stats")
+    await admin("POST", "/admin/directory/invalidate", "/admin/directory/invalidate",
+                {"users": ["alice", "nobody"], "rooms": ["lobby"]})
+    await admin("POST", "/admin/directory/invalidate", "/admin/directory/invalidate", {"users": "alice"})  # 400
     await admin("DELETE", "/admin/rooms/den/members/alice", "/admin/rooms/{room_id}/members/{user_id}")
     await admin("DELETE", "/admin/rooms/den", "/admin/rooms/{room_id}")
     await admin("DELETE", "/admin/users/erin/buddies/alice", "/admin/users/{user_id}/buddies/{buddy_id}")
+    await admin("GET", "/admin/users/erin/export", "/admin/users/{user_id}/export")
     await admin("DELETE", "/admin/users/erin", "/admin/users/{user_id}")
     await admin("DELETE", "/admin/users/erin", "/admin/users/{user_id}")  # 404
+    await admin("GET", "/admin/users/erin/export", "/admin/users/{user_id}/export")  # 404
 
     every = {(path, m) for path, item in DOC["paths"].items() for m in item if m in METHODS}
     assert every - covered == set(), "operations no test answer exercised"

@@ -141,7 +141,8 @@ def test_service_tree_starts_in_dependency_order_and_stops_in_reverse(tmp_path):
     # docs/design.md#d16-shutdown: the listener (which answers parked polls) stops
     # first, storage last; retention runs only while storage is open.
     svc = NextimService(_config(tmp_path, retention_days=7), reactor)
-    assert [child.name for child in svc] == ["storage", "retention", "web", "stall-monitor"]
+    assert [child.name for child in svc] == ["storage", "directory", "directory-watch", "key-retention", "retention",
+                                             "web", "stall-monitor"]
     events = []
     for child in svc:
         for method in ("startService", "stopService"):
@@ -157,5 +158,7 @@ def test_service_tree_starts_in_dependency_order_and_stops_in_reverse(tmp_path):
     yield svc.stopService()
     assert not any(child.running for child in svc)
     assert events == [
-        ("start", "storage"), ("start", "retention"), ("start", "web"), ("start", "stall-monitor"),
-        ("stop", "stall-monitor"), ("stop", "web"), ("stop", "retention"), ("stop", "storage")]
+        ("start", "storage"), ("start", "directory"), ("start", "directory-watch"), ("start", "key-retention"),
+        ("start", "retention"), ("start", "web"), ("start", "stall-monitor"),
+        ("stop", "stall-monitor"), ("stop", "web"), ("stop", "retention"), ("stop", "key-retention"),
+        ("stop", "directory-watch"), ("stop", "directory"), ("stop", "storage")]

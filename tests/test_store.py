@@ -256,8 +256,8 @@ def test_rooms_members_and_all_count(store):
 def test_add_message_shape(store):
     m = yield store.add_message("unicast", "a", "b", "A", "hi <b>", None, 1700000000123,
                                 False)
-    assert set(m) == {"id", "type", "from", "to", "nick", "body", "style", "timestamp"}
-    assert isinstance(m["id"], int) and m["style"] == ""
+    assert set(m) == {"id", "type", "from", "to", "nick", "body", "style", "timestamp", "client_id"}
+    assert isinstance(m["id"], int) and m["style"] == "" and m["client_id"] is None
     assert m["timestamp"] == 1700000000123
     (got,) = yield store.undelivered("b")
     assert got == m

@@ -1,4 +1,4 @@
-"""XMPP bridge, pure parts (issue 7): the RFC 3921 subscription state machine and the
+"""XMPP bridge, pure parts (docs/xmpp.md): the RFC 3921 subscription state machine and the
 presence/show mapping, each on its own; the component's bounded queue."""
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -133,3 +133,20 @@ def test_queue_is_bounded_while_disconnected():
     assert not conn.can_send() and not conn.send(el) and conn.dropped == 1
     assert not conn.send(el, queue=False)  # presence is not queued, and not counted as dropped
     assert len(conn.queue) == 2 and conn.dropped == 1
+
+
+def test_a_refused_configuration_is_logged_as_such_not_as_a_full_queue():
+    from twisted.logger import globalLogPublisher
+    conn = ComponentConnection(MemoryReactorClock(), "127.0.0.1", 5347, "web.example.org", "secret",
+                               on_stanza=lambda el: None)
+    conn.fatal = "not-authorized"
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        el = domish.Element((None, "presence"))
+        assert not conn.send(el) and not conn.send(el) and not conn.send(el, queue=False)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    texts = [e["log_format"] for e in events if "XMPP" in e.get("log_format", "")]
+    assert len(texts) == 1 and "bridge is off" in texts[0] and "queue" not in texts[0]
+    assert conn.refused == 3 and conn.dropped == 0

@@ -39,6 +39,7 @@ class XmppUser:
     def __init__(self, jid, password, port):
         self.jid, self.password, self.port = jid, password, port
         self.messages, self.presences, self.groupchat, self.muc_presences = [], [], [], []
+        self.history = []  # groupchat replayed on join (XEP-0203 delay), like groupchat
         self.session_started = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name=f"xmpp-{jid}", daemon=True)
@@ -83,6 +84,7 @@ class XmppUser:
 
     def _groupchat(self, msg):
         if msg.xml.find("{urn:xmpp:delay}delay") is not None:
+            self.history.append({"room": msg["from"].bare, "nick": msg["mucnick"], "body": msg["body"]})
             return
         self.groupchat.append({"room": msg["from"].bare, "nick": msg["mucnick"], "body": msg["body"]})
 
@@ -127,8 +129,13 @@ class XmppUser:
     def send_presence(self, show=None, status=None, ptype=None, to=None):
         self._call(lambda: self.client.send_presence(pshow=show, pstatus=status, ptype=ptype, pto=to))
 
-    def join(self, room, nick):
-        self._call(lambda: self.client.plugin["xep_0045"].join_muc(room, nick))
+    def join(self, room, nick, history=0):
+        """Join a MUC room asking for ``history`` messages of history (XEP-0045 §7.2.15)."""
+        self._call(lambda: self.client.plugin["xep_0045"].join_muc(room, nick, maxhistory=str(history)))
+
+    def remove_contact(self, jid):
+        """Remove ``jid`` from the roster (RFC 3921 §8.6: the server cancels both subscriptions)."""
+        self._call(lambda: self.client.del_roster_item(jid))
 
     def last_presence(self, frm):
         """The last non-MUC presence received from bare JID ``frm``, or None."""

@@ -63,6 +63,8 @@ class Router:
         change to announce (:class:`~nextim_twisted.hub.arbiter.IPresenceArbiter`;
         default: this process is the whole truth).
     :param node_id: a cluster node's id, the prefix of its tickets ("" alone).
+    :param session_max: seconds a session may live however often it is polled; after
+        that its ticket is unknown (docs/design.md#d19-session-lifetime).
 
     Outside ``core/`` the live state is read through methods (:meth:`user`,
     :meth:`has_sessions`, :meth:`session`, :meth:`live_members` …), never the dicts.
@@ -70,8 +72,8 @@ class Router:
 
     def __init__(self, clock: Clock, poll_hold: float = 25, session_idle: float = 10,
                  user_grace: float = 10, max_queue: int = 1000, room_presences: bool = False,
-                 hub: HubFactory = LocalHub, arbiter: IPresenceArbiter | None = None,
-                 node_id: str = "") -> None:
+                 hub: HubFactory = LocalHub, session_max: float = 86400,
+                 arbiter: IPresenceArbiter | None = None, node_id: str = "") -> None:
         self.clock = clock
         self.timers = TimerWheel(clock)
         self.poll_hold = poll_hold
@@ -79,6 +81,7 @@ class Router:
         self.user_grace = user_grace
         self.max_queue = max_queue
         self.room_presences = room_presences
+        self.session_max = session_max
         self.users: dict[str, OnlineUser] = {}
         self.sessions: dict[str, Session] = {}  # by ticket
         self.rooms: dict[str, set[str]] = {}    # room id -> live member ids
@@ -172,6 +175,7 @@ class Router:
         ticket = new_ticket(self.node_id)
         session = Session(ticket, user.id, self.timers, self.poll_hold, self.session_idle,
                           self.max_queue, self._session_ended)
+        session.expires_at = self.clock.seconds() + self.session_max
         user.sessions[ticket] = session
         self.sessions[ticket] = session
         return session, user
@@ -179,11 +183,18 @@ class Router:
     def session(self, ticket: str | None) -> Session:
         """The live session of ``ticket``.
 
-        :raises NotFound: unknown or ended ticket (a poll answers it with 404, docs/design.md#d2-errors).
+        :raises NotFound: unknown or ended ticket (a poll answers it with 404,
+            docs/design.md#d2-errors), or a session older than ``session_max``, which
+            this ends (docs/design.md#d19-session-lifetime): the client goes online
+            again with a fresh token.
         """
         session = self.sessions.get(ticket) if ticket else None
         if session is None:
             raise NotFound("unknown or expired ticket", code="invalid_ticket")
+        if self.clock.seconds() >= session.expires_at:
+            session.stop()
+            self._forget_session(session)
+            raise NotFound("session too old: go online again", code="invalid_ticket")
         return session
 
     def end_session(self, ticket: str) -> None:
@@ -192,6 +203,20 @@ class Router:
         session = self.session(ticket)
         session.stop()
         self._forget_session(session)
+
+    def end_sessions(self, user_id: str, login: str | None = None) -> int:
+        """End the sessions of a user: all of them (a password change), or only those
+        opened with the login cookie ``login`` (its ``jti``, at ``logout``). Parked polls
+        get ``stopped``; the user goes offline after the grace if none is left
+        (docs/design.md#d19-session-lifetime). :returns: how many ended."""
+        user = self.users.get(user_id)
+        if user is None:
+            return 0
+        ended = [s for s in user.sessions.values() if login is None or s.login == login]
+        for session in ended:
+            session.stop()
+            self._forget_session(session)
+        return len(ended)
 
     def _session_ended(self, session, reason):
         if reason == "overflow":
@@ -316,11 +341,15 @@ class Router:
             self.hub.to_users(others, "presences", self._presence_packet(user, type_, None))
 
     def buddies_changed(self, user_id: str, buddy_id: str, added: bool) -> None:
-        """Keep the live buddy sets in step with the directory (admin API)."""
+        """Keep the live buddy sets in step with the directory (admin API, nextimctl).
+        A removal stops presence both ways at once, also between users who had talked
+        while online (contacts, docs/design.md#d8-presence)."""
         a, b = self.users.get(user_id), self.users.get(buddy_id)
         for one, other_id in ((a, buddy_id), (b, user_id)):
             if one is not None:
                 (one.buddies.add if added else one.buddies.discard)(other_id)
+                if not added:
+                    one.drop_contact(other_id)
 
     # -- routing (through the hub) ----------------------------------------------
     def route_unicast(self, message: Message, sender_ticket: str | None = None,
@@ -333,7 +362,7 @@ class Router:
         :returns: True if at least one recipient session took it.
         """
         self.messages_routed["unicast"] += 1
-        packet = _packet(message)
+        packet = message_packet(message)
         hub = self.hub
         to_id, from_id = message["to"], message["from"]
         recipient = self.users.get(to_id)
@@ -361,13 +390,13 @@ class Router:
         docs/protocol.md#rooms): the sender gets copies on its other sessions only.
         :returns: members reached."""
         self.messages_routed["multicast"] += 1
-        return self.hub.to_room(message["to"], "messages", _packet(message), except_ticket=sender_ticket)
+        return self.hub.to_room(message["to"], "messages", message_packet(message), except_ticket=sender_ticket)
 
     def route_broadcast(self, message: Message) -> int:
         """Deliver an admin broadcast to every online user, unicast-shaped with ``to``
         rewritten to the recipient (docs/protocol.md#broadcast). Returns the count."""
         self.messages_routed["broadcast"] += 1
-        return self.hub.to_everyone("messages", dict(_packet(message), type="unicast"))
+        return self.hub.to_everyone("messages", dict(message_packet(message), type="unicast"))
 
     def route_status(self, from_id: str, to_id: str, show: str) -> bool:
         """Relay a typing status to the recipient's sessions if online; never stored (docs/protocol.md#webimstatus)."""
@@ -468,6 +497,7 @@ class Router:
         self.rooms.clear()
 
 
-def _packet(message: Message) -> Packet:
-    """A logItem for the comet channel: the stored message without its row id."""
-    return {k: v for k, v in message.items() if k != "id"}
+def message_packet(message: Message) -> Packet:
+    """A logItem for the comet channel: the stored message with its storage ``id``, and
+    its ``client_id`` when the sender gave one (docs/design.md#d17-idempotent-sends)."""
+    return {k: v for k, v in message.items() if k != "client_id" or v is not None}

@@ -50,6 +50,16 @@ class Session:
         self._parked = None
         self._hold_timer = None
         self._idle_timer = clock.callLater(idle_s, self._idle_expired)
+        #: ``clock.seconds()`` after which the router no longer knows the ticket
+        #: (``[timers] session_max``, docs/design.md#d19-session-lifetime).
+        self.expires_at = float("inf")
+        #: The ``jti`` of the login cookie that opened the session (accounts), else None:
+        #: ``logout`` ends the sessions of its own login only.
+        self.login = None
+        #: ``callable(session)`` called at each poll once acked packets are dropped:
+        #: the offline backlog feeds its next page when there is room
+        #: (handlers/backlog.py, docs/design.md#d18-the-whole-backlog).
+        self.on_drain = None
 
     # -- feeding -----------------------------------------------------------
     def push(self, kind, packet):
@@ -91,9 +101,13 @@ class Session:
         if self.queue:
             envelope = self._take()
             self._start_idle()
+            if self.on_drain is not None:
+                self.on_drain(self)
             return defer.succeed(envelope)
         self._parked = defer.Deferred(canceller=self._poll_cancelled)
         self._hold_timer = self.clock.callLater(self.hold_s, self._hold_expired)
+        if self.on_drain is not None:
+            self.on_drain(self)
         return self._parked
 
     @property

@@ -3,7 +3,8 @@
 import re
 
 from .. import model
-from ..errors import BadRequest, Forbidden, NotFound, TooLarge
+from ..errors import BadRequest, Forbidden, NotFound, RateLimited, TooLarge
+from ..store import keys
 from . import OK
 from . import xmpp as xmpp_handlers
 from .context import parse_show, require_live, session_of
@@ -12,6 +13,19 @@ from .delivery import deliver
 #: Type names a client may send, with v5 aliases (docs/design.md#d7-messages).
 MESSAGE_TYPES = {"unicast": "unicast", "chat": "unicast", "multicast": "multicast", "grpchat": "multicast"}
 _STATUS_TOKEN = re.compile(r"^[A-Za-z_]{1,20}$")
+#: A ``client_id``: 1–64 printable ASCII characters (docs/design.md#d17-idempotent-sends).
+_CLIENT_ID = re.compile(r"^[\x20-\x7e]{1,64}$")
+
+
+def client_id_of(params):
+    """The optional ``client_id`` of a message, or None.
+    :raises BadRequest: present but empty, longer than 64 or not printable ASCII."""
+    value = params.values.get("client_id")
+    if value is None:
+        return None
+    if not _CLIENT_ID.match(value):
+        raise BadRequest("client_id: 1 to 64 printable ASCII characters", code="bad_parameter")
+    return value
 
 
 def message_type(value, default=None):
@@ -27,10 +41,10 @@ def message_type(value, default=None):
 
 async def check_room_member(ctx, room_id, user_id):
     """The room dict. :raises NotFound: no such room; :raises Forbidden: not a member."""
-    room = await ctx.store.get_room(room_id)
+    room = await ctx.directory.room(room_id)
     if room is None:
         raise NotFound("unknown room", code="unknown_room")
-    if not await ctx.store.is_member(room_id, user_id):
+    if not await ctx.directory.is_member(room_id, user_id):
         raise Forbidden("not a member of this room", code="not_member")
     return room
 
@@ -38,8 +52,12 @@ async def check_room_member(ctx, room_id, user_id):
 async def message(ctx, identity, params):
     """``webim/message`` (docs/design.md#d7-messages): commit, then route; ``ok`` only after the commit.
 
-    Params: ``ticket``, ``type``, ``to``, ``body``, optional ``style``. ``from``,
-    ``nick``, ``timestamp`` and ``offline`` are ignored: the server decides them.
+    Params: ``ticket``, ``type``, ``to``, ``body``, optional ``style`` and
+    ``client_id``. ``from``, ``nick``, ``timestamp`` and ``offline`` are ignored: the
+    server decides them. With ``client_id`` a retry of a stored message answers ``ok``
+    again and stores and routes nothing, even over the rate limit (it costs nothing);
+    the same ``client_id`` with other content is 409 ``client_id_reused``
+    (docs/design.md#d17-idempotent-sends).
     """
     session = session_of(identity)
     type_, _, body = params.required("type", "to", "body")
@@ -48,34 +66,48 @@ async def message(ctx, identity, params):
     if len(body) > ctx.config.limits.message_chars:
         raise TooLarge(f"body: at most {ctx.config.limits.message_chars} characters", code="body_too_long")
     style = model.sanitize_style(params.get("style", ""))
+    client_id = client_id_of(params)
     user = require_live(ctx, identity)
-    ctx.limiter.check("messages", identity.user_id)
-    router, store = ctx.router, ctx.store
+    try:
+        ctx.limiter.check("messages", identity.user_id)
+    except RateLimited:
+        if client_id is not None:
+            known = await keys.find(ctx.store, identity.user_id, client_id)
+            if known is not None and known[0] == keys.digest(type_, to, body, style):
+                return OK  # the retry of a stored message: answered as the first time
+        raise
+    router = ctx.router
     if type_ == "unicast" and ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         # XMPP bridge (docs/xmpp.md): to a JID buddy — stored, then sent as an XMPP chat message.
-        await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style)
+        await xmpp_handlers.send_chat(ctx, user, session.ticket, to, body, style, client_id)
     elif type_ == "unicast":
         # A live user is a directory user (deleting one takes them offline): only an
         # offline recipient costs a lookup (one SQL round trip per message costs throughput, docs/benchmarks.md).
-        if not router.is_online(to) and await store.get_user(to) is None:
+        if not router.is_online(to) and await ctx.directory.profile(to) is None:
             raise NotFound("unknown user", code="unknown_user")
         # Offline-ness is decided from live sessions by the delivery rule, never by the client.
-        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket)
+        await deliver(ctx, "unicast", identity.user_id, to, user.nick, body, style, session.ticket,
+                      client_id=client_id)
     else:
         # Live membership implies directory membership (admin removals leave the live
         # room too), so the two lookups are only needed to explain a refusal (docs/benchmarks.md).
         if not router.in_room(identity.user_id, to):
             await check_room_member(ctx, to, identity.user_id)
             raise Forbidden("room is blocked: join it first", code="room_blocked")
-        await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket)
-        if ctx.xmpp is not None:
+        msg, _ = await deliver(ctx, "multicast", identity.user_id, to, user.nick, body, style, session.ticket,
+                               client_id=client_id)
+        if ctx.xmpp is not None and msg is not None:
             ctx.xmpp.send_groupchat(to, identity.user_id, body)  # bridged room (docs/xmpp.md)
     return OK
 
 
 async def status(ctx, identity, params):
     """``webim/status``: relay a typing status (``typing``/``clear`` or another short
-    token, docs/protocol.md#a15-typing-values) to the online recipient; never stored."""
+    token, docs/protocol.md#a15-typing-values) to the online recipient; never stored,
+    dropped for an offline one.
+
+    :raises NotFound: ``unknown_user``, ``to`` is not in the directory.
+    """
     session_of(identity)
     _, show = params.required("to", "show")
     to = params.ident("to")
@@ -86,6 +118,10 @@ async def status(ctx, identity, params):
     if ctx.xmpp is not None and ctx.xmpp.is_buddy(identity.user_id, to):
         ctx.xmpp.send_chat_state(identity.user_id, to, show)  # XEP-0085 chat state
         return OK
+    # As for ``message``: a live user is a directory user, only an offline one costs a
+    # lookup; an unknown one is 404, not a silent ``ok`` (docs/guarantees.md).
+    if not ctx.router.is_online(to) and await ctx.directory.profile(to) is None:
+        raise NotFound("unknown user", code="unknown_user")
     ctx.router.route_status(identity.user_id, to, show)
     return OK
 

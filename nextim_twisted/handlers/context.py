@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
-from .live import ClusterLiveView, LiveView, apply_change
+from .live import ClusterLiveView, LiveView
 
 if TYPE_CHECKING:
     from ..auth import Authenticator
     from ..config import Config
     from ..core.router import Clock, Router
+    from ..directory.base import IDirectory
     from ..hub.base import IHub
     from ..hub.cluster import ClusterNode
     from ..store.base import Store
+    from ..webhooks.worker import Webhooks
     from ..xmpp.bridge import Bridge
 
 
@@ -30,12 +33,17 @@ class Context:
     :param clock: ``IReactorTime``.
     :param xmpp: builds the XMPP bridge from this context (``callable(ctx)``), or None
         when the bridge is off; :mod:`nextim_twisted.compose` passes it.
-    :param cluster: this node's :class:`~nextim_twisted.hub.cluster.ClusterNode` in
-        cluster mode (docs/design.md#d20-cluster), else None.
+    :param directory: where users, buddies and rooms are read
+        (:class:`~nextim_twisted.directory.base.IDirectory`); default the store's own
+        tables (:class:`~nextim_twisted.directory.local.LocalDirectory`).
+    :param webhooks: the :class:`~nextim_twisted.webhooks.worker.Webhooks` when
+        ``[webhooks] url`` is set, else None (docs/integration.md).
     """
 
     def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
-                 xmpp: Callable[[Context], Bridge] | None = None, cluster: ClusterNode | None = None) -> None:
+                 xmpp: Callable[[Context], Bridge] | None = None, directory: IDirectory | None = None,
+                 webhooks: Webhooks | None = None,
+                 cluster: ClusterNode | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -51,6 +59,15 @@ class Context:
         self.cluster = cluster
         #: Live state as the handlers ask it: this process's, or the cluster's.
         self.live = LiveView(router) if cluster is None else ClusterLiveView(router, cluster.state)
+        if directory is None:
+            from ..directory.local import LocalDirectory
+            directory = LocalDirectory(store)
+        self.directory: IDirectory = directory
+        self.webhooks = webhooks
+        #: Names this process as the origin of the directory changes it records
+        #: (handlers/directory_changes.py): a daemon skips its own rows. ``nextimctl`` sets
+        #: ``"nextimctl"``.
+        self.node_id = "daemon-" + secrets.token_hex(6)
         #: The XMPP bridge (:class:`~nextim_twisted.xmpp.bridge.Bridge`) when ``[xmpp] enabled``,
         #: else None.
         self.xmpp: Bridge | None = xmpp(self) if xmpp is not None else None
@@ -73,15 +90,6 @@ class Context:
         if self.cluster is not None:
             return f"{self.config.public_url}/n/{self.cluster.node_id}/packets"
         return self.config.public_url + "/packets"
-
-    async def apply_live(self, change: str, *args) -> None:
-        """Apply a directory change to the live state (a key of
-        :data:`~.live.CHANGES`), here and, in a cluster, on every other node: returns
-        once Redis has handed it to them (while Redis is down, their sessions end when
-        it returns and reload the directory)."""
-        apply_change(self.router, change, list(args))
-        if self.cluster is not None:
-            await self.cluster.publish_others_now({"t": "dir", "op": change, "a": list(args)})
 
     async def settings_of(self, user_id):
         """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""

@@ -1,5 +1,5 @@
-"""What the handlers ask about live state that may span several nodes, and the live
-changes a directory edit makes (docs/design.md#d20-cluster).
+"""What the handlers ask about live state that may span several nodes
+(docs/design.md#d20-cluster).
 
 :class:`LiveView` answers from this process's router: the whole truth for a single
 daemon. :class:`ClusterLiveView` answers from Redis, where every node records its
@@ -8,14 +8,13 @@ counts and members, and whether a message's recipient is live are the cluster's 
 While Redis is down it answers from this node alone (a recipient live only elsewhere
 then looks offline: their message is kept for their next ``online``, never lost).
 
-:func:`apply_change` applies a directory change (admin API) to the live state here;
-:meth:`~.context.Context.apply_live` also publishes it to every other node, which
-applies it the same way (:func:`attach_cluster`).
+Directory changes reach every node without Redis: each reads the shared
+``directory_changes`` table (handlers/directory_changes.py).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -115,52 +114,6 @@ class ClusterLiveView(LiveView):
         return {r: len(await self.room_members(r, viewer_id)) for r in room_ids}
 
 
-# -- live changes made by directory edits ------------------------------------------------
-
-def _user_offline(router: Router, user_id: str) -> None:
-    router.user_offline(user_id)
-
-
-def _buddies_changed(router: Router, user_id: str, buddy_id: str, added: bool) -> None:
-    router.buddies_changed(user_id, buddy_id, bool(added))
-
-
-def _update_profile(router: Router, user_id: str, profile: dict) -> None:
-    router.update_profile(user_id, profile)
-
-
-def _join_room(router: Router, user_id: str, room_id: str) -> None:
-    if router.is_online(user_id):
-        router.join_room(user_id, room_id)
-
-
-def _leave_room(router: Router, user_id: str, room_id: str) -> None:
-    if router.is_online(user_id):
-        router.leave_room(user_id, room_id)
-
-
-def _room_deleted(router: Router, room_id: str) -> None:
-    for member_id in router.live_members(room_id):
-        router.leave_room(member_id, room_id)
-
-
-#: Live changes by name: ``CHANGES[name](router, *args)``; the args are JSON values, so a
-#: change published to the other nodes is applied there the same way.
-CHANGES: dict[str, Callable[..., None]] = {
-    "user_offline": _user_offline,
-    "buddies_changed": _buddies_changed,
-    "update_profile": _update_profile,
-    "join_room": _join_room,
-    "leave_room": _leave_room,
-    "room_deleted": _room_deleted,
-}
-
-
-def apply_change(router: Router, name: str, args: list[Any]) -> None:
-    """Apply the live change ``name`` (a key of :data:`CHANGES`) to this node."""
-    CHANGES[name](router, *args)
-
-
 # -- a cluster node's glue ------------------------------------------------------------------
 
 class RoomMirror:
@@ -186,16 +139,10 @@ class RoomMirror:
 
 def attach_cluster(router: Router, node: ClusterNode) -> None:
     """Wire a cluster node to this node's router: room members mirrored into Redis;
-    directory changes, show changes and users reaped elsewhere applied here; the end
-    of a Redis outage ends the sessions that lived through it."""
+    show changes and users reaped elsewhere applied here; the end of a Redis outage
+    ends the sessions that lived through it. (Directory changes reach every node through
+    the ``directory_changes`` table, handlers/directory_changes.py.)"""
     router.add_observer(RoomMirror(node))
-
-    def directory(payload: dict) -> None:
-        name, args = payload.get("op"), payload.get("a")
-        if name not in CHANGES or not isinstance(args, list):
-            log.warn("dropped an unknown live change {name!r}", name=name)
-            return
-        apply_change(router, name, args)
 
     def show(payload: dict) -> None:
         # The user changed show on another node: keep this node's copy in step.
@@ -228,5 +175,5 @@ def attach_cluster(router: Router, node: ClusterNode) -> None:
         n = router.end_all_sessions()
         log.info("ended {n} sessions that lived through the Redis outage (their clients go online again)", n=n)
 
-    node.handlers.update({"dir": directory, "show": show, "gone": gone})
+    node.handlers.update({"show": show, "gone": gone})
     node.on_resync = resync

@@ -41,6 +41,6 @@ async def rooms(ctx, identity, params):
     params.required("ids")
     ids = set(params.ids("ids"))
     blocked = blocked_rooms(await ctx.settings_of(identity.user_id))
-    mine = [r for r in await ctx.store.rooms_of_user(identity.user_id) if r["id"] in ids]
+    mine = [r for r in await ctx.directory.rooms_of(identity.user_id) if r["id"] in ids]
     counts = await ctx.live.room_counts([r["id"] for r in mine], identity.user_id)
     return [model.room_info(r, counts[r["id"]], r["id"] in blocked) for r in mine]

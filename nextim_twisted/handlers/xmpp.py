@@ -18,13 +18,13 @@ v3-era client stops polling on an unknown message type, docs/protocol.md#envelop
 newer clients recognise it by its ``error`` key. It is not stored in history.
 """
 from .. import model
-from .delivery import deliver
+from .delivery import deliver, store_message
 
 #: Style of the failure packet's body (safe under docs/design.md#d15-limits).
 FAILURE_STYLE = "color:#b00"
 
 
-async def send_chat(ctx, user, ticket, jid, body, style):
+async def send_chat(ctx, user, ticket, jid, body, style, client_id=None):
     """``webim/message`` to an XMPP buddy: commit (docs/design.md#d7-messages), copy to the sender's other
     sessions, then hand to the bridge as a ``chat`` message.
 
@@ -32,7 +32,10 @@ async def send_chat(ctx, user, ticket, jid, body, style):
         bridge can take no more (stopped, or disconnected with a full queue).
     """
     ctx.xmpp.check_can_send()
-    msg = await ctx.store.add_message("unicast", user.id, jid, user.nick, body, style, ctx.now_ms(), True)
+    msg = await store_message(ctx, "unicast", user.id, jid, user.nick, body, style, ctx.now_ms(), True,
+                              client_id=client_id)
+    if msg is None:
+        return None  # a retry of a message already sent (docs/design.md#d17-idempotent-sends)
     ctx.router.route_unicast(msg, ticket)
     ctx.xmpp.send_chat(user.id, jid, body, msg)
     return msg
@@ -84,12 +87,14 @@ _REASONS = {
 }
 
 
-async def incoming_groupchat(ctx, room_id, occupant_id, nick, body):
+async def incoming_groupchat(ctx, room_id, occupant_id, nick, body, timestamp=None):
     """A groupchat message from an XMPP occupant of a bridged room: stored as a
     ``multicast`` from the occupant (``<room jid>/<nick>``) and routed to the live
-    web members (docs/design.md#d7-messages). Returns the stored message."""
+    web members (docs/design.md#d7-messages). ``timestamp`` (ms) is the room's own
+    stamp for history replayed on join (XEP-0045 §7.2.15), else now. Returns the
+    stored message."""
     body = body[: ctx.config.limits.message_chars]
-    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body)
+    msg, _ = await deliver(ctx, "multicast", occupant_id, room_id, nick, body, timestamp=timestamp)
     return msg
 
 

@@ -243,20 +243,6 @@ class ClusterNode:
         log.info("cluster node {node} up (instance {instance})", node=self.node_id,
                  instance=self.registry.instance)
 
-    async def connect_as_tool(self, timeout: float = 5.0) -> None:
-        """Connect without joining the cluster (``nextimctl``): no heartbeat, no channel,
-        and :meth:`publish_others_now` then reaches every node.
-
-        :raises RedisUnavailable: Redis not reachable within ``timeout`` seconds.
-        """
-        self.state.node_id = ""  # no node has this id: "every other node" is every node
-        self.redis.start()
-        try:
-            await self.redis.when_up(timeout=timeout)
-        except RedisUnavailable:
-            await self.redis.stop()
-            raise
-
     async def stop(self) -> None:
         """A clean stop (SIGTERM), after the router answered the parked polls and ended
         every session here: this node's users stay online for the user grace (a reload
@@ -286,15 +272,6 @@ class ClusterNode:
         """Publish ``payload`` to every other node; returns at once."""
         d = defer.ensureDeferred(self.state.publish_others(payload))
         d.addErrback(self.redis_failed, "publishing")
-
-    async def publish_others_now(self, payload: dict) -> None:
-        """Publish ``payload`` to every other node and wait until Redis took it (a
-        failure is logged and counts as a gap, never raised)."""
-        try:
-            await self.state.publish_others(payload)
-        except Exception:
-            from twisted.python.failure import Failure
-            self.redis_failed(Failure(), "publishing")
 
     def redis_failed(self, failure, doing: str) -> None:
         """Errback for fire-and-forget Redis commands: logged once per outage."""

@@ -17,6 +17,7 @@ The shapes are typed in :mod:`.rows`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -128,9 +129,12 @@ class Store:
 
     # messages (history) --------------------------------------------------
     def add_message(self, type: str, from_id: str, to_id: str, nick: str, body: str, style: str | None,
-                    timestamp: int, delivered: bool) -> Deferred[Message]:
+                    timestamp: int, delivered: bool,
+                    also: Callable[[Any, Message], None] | None = None) -> Deferred[Message]:
         """Commit one message; returns only after the commit (docs/design.md#d7-messages). ``type`` is
-        unicast, multicast or broadcast. Deferred → message dict (with ``id``)."""
+        unicast, multicast or broadcast. ``also(cursor, message)`` runs in the same
+        transaction after the insert (the webhook outbox's rows,
+        docs/design.md#d22-the-site-as-source-of-truth). Deferred → message dict (with ``id``)."""
         raise NotImplementedError
 
     def undelivered(self, user_id: str, limit: int = 50) -> Deferred[list[Message]]:
@@ -141,6 +145,11 @@ class Store:
     def mark_delivered(self, message_ids: Iterable[int]) -> Deferred[list[int]]:
         """Mark undelivered messages delivered. Deferred → sorted list of the ids this
         call changed (an id already delivered, e.g. by a concurrent call, is not in it)."""
+        raise NotImplementedError
+
+    def mark_undelivered(self, message_ids: Iterable[int]) -> Deferred[None]:
+        """Mark messages undelivered again (a backlog page that found its session ended,
+        docs/design.md#d18-the-whole-backlog). Deferred → None."""
         raise NotImplementedError
 
     def unicast_history(self, user_id: str, other_id: str, limit: int = 30) -> Deferred[list[Message]]:

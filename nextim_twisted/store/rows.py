@@ -2,7 +2,7 @@
 storage and the layers above (docs/design.md#d7-messages for the message fields)."""
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class User(TypedDict):
@@ -38,6 +38,8 @@ Message = TypedDict("Message", {
     "body": str,
     "style": str | None,
     "timestamp": int,
+    # the sender's key (docs/design.md#d17-idempotent-sends); None or absent without one
+    "client_id": NotRequired[str | None],
 })
 
 

@@ -115,14 +115,73 @@ _V2 = (
     )""",
 )
 
+# Version 3: the second round of guarantees (docs/guarantees.md).
+_V3 = (
+    # Idempotent sends (docs/design.md#d17-idempotent-sends): the sender's key, shown
+    # in history and packets ...
+    "ALTER TABLE messages ADD COLUMN client_id TEXT",
+    # ... and the key's record, unique per sender, kept [limits] client_id_hours even
+    # when the message row itself is gone (cleared from both sides, erased): a retry
+    # must never store twice. ``digest`` is of the content (type, to, body, style), so a
+    # reuse with other content is told apart; ``message_id`` is NULL only inside the
+    # storing transaction.
+    """CREATE TABLE message_keys (
+        sender_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        message_id BIGINT,
+        created BIGINT NOT NULL,
+        PRIMARY KEY (sender_id, client_id)
+    )""",
+    "CREATE INDEX message_keys_created ON message_keys (created)",
+    # Session lifetime (docs/design.md#d19-session-lifetime): a login cookie carries the
+    # epoch it was issued in; a password change moves the epoch on, so older cookies fail.
+    "ALTER TABLE users ADD COLUMN login_epoch INTEGER NOT NULL DEFAULT 0",
+    # Directory changes made outside a daemon (nextimctl, another node): each daemon
+    # reads the rows after the last one it saw, about once a second, and applies them
+    # to its live sessions. ``origin`` names the writer, so a daemon skips its own.
+    """CREATE TABLE directory_changes (
+        id {autoid},
+        origin TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        a TEXT NOT NULL,
+        b TEXT,
+        time BIGINT NOT NULL
+    )""",
+)
+
+# Version 4: the webhook outbox (nextim_twisted/webhooks/outbox.py, docs/integration.md#webhooks).
+_V4 = (
+    # One row per event not yet taken by the site (answered 2xx). ``body`` is the JSON
+    # POSTed, kept verbatim so every attempt sends the same bytes; ``created`` and
+    # ``next_attempt`` are ms. A row is claimed by pushing ``next_attempt`` past the
+    # request's timeout, so two daemons on one database do not send it at once.
+    """CREATE TABLE webhook_outbox (
+        id {autoid},
+        event_id TEXT NOT NULL UNIQUE,
+        event TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt BIGINT NOT NULL,
+        last_error TEXT
+    )""",
+    # the worker's "what is due": WHERE next_attempt <= now ORDER BY id
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt, id)",
+    # dropping what is older than [webhooks] max_age
+    "CREATE INDEX webhook_outbox_created ON webhook_outbox (created)",
+)
+
 #: ``[(version, (statement, ...)), ...]`` in increasing version order. Append only.
 MIGRATIONS = [
     (1, _V1),
     (2, _V2),
+    (3, _V3),
+    (4, _V4),
 ]
 
 #: The schema version this code writes and understands.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 assert [v for v, _ in MIGRATIONS] == sorted({v for v, _ in MIGRATIONS})

@@ -29,7 +29,7 @@ _ROOM_SELECT = (
     "SELECT r.id, r.nick, r.pic_url, r.url, "
     "(SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id) AS all_count "
     "FROM rooms r")
-_MSG_COLS = "id, type, from_id, to_id, nick, body, style, timestamp"
+_MSG_COLS = "id, type, from_id, to_id, nick, body, style, timestamp, client_id"
 
 
 def translate(sql, dialect):
@@ -54,7 +54,7 @@ def _room(row):
 def _message(row):
     return {"id": int(row[0]), "type": row[1], "from": row[2], "to": row[3],
             "nick": row[4], "body": row[5], "style": row[6] or "",
-            "timestamp": int(row[7])}
+            "timestamp": int(row[7]), "client_id": row[8]}
 
 
 def _notification(row):
@@ -336,9 +336,11 @@ class SQLStore(Store):
         return self._run(q)
 
     def set_password_hash(self, user_id, password_hash):
-        """Set (None clears) the hash. Deferred → bool (the user exists)."""
+        """Set (None clears) the hash and move the user's login epoch on, so that login
+        cookies issued before no longer count (docs/design.md#d19-session-lifetime).
+        Deferred → bool (the user exists)."""
         def q(c):
-            return c.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+            return c.execute("UPDATE users SET password_hash = ?, login_epoch = login_epoch + 1 WHERE id = ?",
                              (password_hash, user_id)).rowcount > 0
         return self._run(q)
 
@@ -468,9 +470,12 @@ class SQLStore(Store):
         return self._run(q)
 
     # messages ------------------------------------------------------------
-    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered):
+    def add_message(self, type, from_id, to_id, nick, body, style, timestamp, delivered, also=None):
         """Insert and commit one message (docs/design.md#d7-messages); ``timestamp`` in ms, ``style`` None
-        stored as "". Deferred (fires after COMMIT) → message dict with int ``id``."""
+        stored as "". ``also(cursor, message)``, when given, runs in the same
+        transaction after the insert (the webhook outbox's rows,
+        docs/design.md#d22-the-site-as-source-of-truth). Deferred (fires after COMMIT)
+        → message dict with int ``id``."""
         style = style or ""
         timestamp = int(timestamp)
 
@@ -480,8 +485,12 @@ class SQLStore(Store):
                 "timestamp, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (type, from_id, to_id, nick, body, style, timestamp,
                  1 if delivered else 0)).one()
-            return {"id": int(row[0]), "type": type, "from": from_id, "to": to_id,
-                    "nick": nick, "body": body, "style": style, "timestamp": timestamp}
+            message = {"id": int(row[0]), "type": type, "from": from_id, "to": to_id,
+                       "nick": nick, "body": body, "style": style, "timestamp": timestamp,
+                       "client_id": None}
+            if also is not None:
+                also(c, message)
+            return message
         return self._run(q)
 
     def undelivered(self, user_id, limit=50):
@@ -510,6 +519,19 @@ class SQLStore(Store):
             return sorted(taken)
         if not ids:
             return defer.succeed([])
+        return self._run(q)
+
+    def mark_undelivered(self, message_ids):
+        """Give messages back for a later ``online``: a backlog page marked for a session
+        that ended before it could be queued (docs/design.md#d18-the-whole-backlog).
+        Deferred → None."""
+        ids = sorted({int(i) for i in message_ids})
+
+        def q(c):
+            for part in _chunks(ids):
+                c.execute("UPDATE messages SET delivered = 0 WHERE id IN (%s)" % _marks(len(part)), part)
+        if not ids:
+            return defer.succeed(None)
         return self._run(q)
 
     def unicast_history(self, user_id, other_id, limit=30):

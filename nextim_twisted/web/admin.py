@@ -12,7 +12,7 @@ from klein import Klein
 from twisted.internet import defer
 
 from ..errors import BadRequest, Forbidden, Unauthorized
-from ..handlers import admin
+from ..handlers import admin, directory
 from .answer import all_storable, answer, bearer
 
 
@@ -69,7 +69,13 @@ def add_routes(app: Klein, ctx) -> None:
 
         @sub.route("/users/<string:user_id>", methods=["DELETE"])
         def delete_user(request, user_id):
-            return call(request, admin.delete_user, user_id)
+            # ?erase=true: everything stored about the user goes (docs/operations.md#erasure-and-export)
+            erase = (request.args or {}).get(b"erase", [b""])[0].lower() in (b"true", b"1", b"yes")
+            return call(request, admin.delete_user, user_id, erase)
+
+        @sub.route("/users/<string:user_id>/export", methods=["GET"])
+        def export_user(request, user_id):
+            return call(request, admin.export_user, user_id)
 
         @sub.route("/users/<string:user_id>/buddies/<string:buddy_id>", methods=["PUT"])
         def put_buddy(request, user_id, buddy_id):
@@ -102,6 +108,11 @@ def add_routes(app: Klein, ctx) -> None:
         @sub.route("/broadcast", methods=["POST"])
         def broadcast(request):
             return call(request, admin.broadcast, body=True)
+
+        @sub.route("/directory/invalidate", methods=["POST"])
+        def invalidate(request):
+            """The site changed users or rooms (docs/integration.md#invalidation)."""
+            return call(request, directory.invalidate, body=True)
 
         @sub.route("/stats", methods=["GET"])
         def stats(request):

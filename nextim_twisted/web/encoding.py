@@ -40,19 +40,28 @@ def _common_headers(request):
 
 def render(request, value, callback=None, status=200):
     """Write ``value`` as the answer: JSON (or ``ok``) in plain mode, ``/**/cb(json);``
-    under JSONP (docs/design.md#d1-plain-and-jsonp). Returns the body bytes."""
+    under JSONP (docs/design.md#d1-plain-and-jsonp). Returns the body bytes.
+
+    Every answer carries ``Content-Length``, also those written later (a parked poll, a
+    call that waited for storage): an HTTP/1.0 client, such as nginx talking to its
+    upstream by default, gets no chunked encoding and would otherwise have to read to
+    the connection's end."""
     _common_headers(request)
     if callback is not None:
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/javascript; charset=utf-8")
         payload = b'"ok"' if value is OK else dumps(value)
-        return b"/**/" + callback.encode("ascii") + b"(" + payload + b");"
-    request.setResponseCode(status)
-    if value is OK:
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"ok"
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    return dumps(value)
+        body = b"/**/" + callback.encode("ascii") + b"(" + payload + b");"
+    else:
+        request.setResponseCode(status)
+        if value is OK:
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            body = b"ok"
+        else:
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            body = dumps(value)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def render_error(request, error, callback=None):

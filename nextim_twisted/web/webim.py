@@ -71,14 +71,20 @@ async def _login(webim, request, params, callback):
     if creds.origin and not ctx.auth.origin_allowed(creds):
         raise Forbidden("origin not allowed", code="csrf")
     user_id, result = await online.login(ctx, params)
-    webim.set_login_cookie(request, ctx.auth.make_login_cookie(user_id), ctx.config.auth.session_ttl)
+    webim.set_login_cookie(request, await ctx.auth.login_cookie(user_id), ctx.config.auth.session_ttl)
     return result
 
 
 async def _logout(webim, request, params, callback):
-    """``POST webim/logout``: clear the login cookie."""
+    """``POST webim/logout``: end the sessions this login opened and clear the login
+    cookie (docs/design.md#d19-session-lifetime)."""
     if request.method != b"POST":
         raise Forbidden("log out with a POST", code="csrf")
+    creds = webim.credentials(request, params, callback)
+    # A foreign page must not end the user's sessions (the cookie goes along).
+    if creds.origin and not webim.ctx.auth.origin_allowed(creds):
+        raise Forbidden("origin not allowed", code="csrf")
+    online.logout(webim.ctx, creds.session_cookie)
     webim.set_login_cookie(request, "", 0)
     return OK
 

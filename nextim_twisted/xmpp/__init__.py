@@ -1,4 +1,4 @@
-"""XMPP bridge (issue 7, DESIGN.md "storage & bridges"): the daemon as a XEP-0114
+"""XMPP bridge: the daemon as a XEP-0114
 external component, so web users are ``<id>@<component_domain>`` to XMPP users.
 
 - :mod:`.mapping`: show/presence mapping and JID <-> user id (pure).

@@ -1,5 +1,5 @@
 """The XMPP bridge: glue between the component connection, the live router and the
-handlers (issue 7; operator docs in ``docs/xmpp.md``).
+handlers (operator docs in ``docs/xmpp.md``).
 
 Data flows one way, as everywhere in the daemon: web → handlers → core/store and the
 bridge (this module sends stanzas); XMPP in → this module parses stanzas → the
@@ -15,7 +15,8 @@ What it keeps in memory (rebuilt from storage at start, from XMPP after reconnec
   (web users in the MUC through the component); ``occupants``: ``{room_id: {nick: show}}``
   (the XMPP occupants).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,6 +25,7 @@ from twisted.words.xish import domish
 
 from ..core.observers import ILiveStateObserver
 from ..errors import BadRequest, NotFound, ProtocolError
+from ..ids import XmppForms, xmpp_forms
 from ..handlers import xmpp as entry
 from . import mapping, subscriptions
 from .component import ComponentConnection
@@ -48,9 +50,31 @@ _STATE_TO_STATUS = {"composing": "typing", "paused": "clear", "active": "clear",
                     "gone": "clear"}
 _STATUS_TO_STATE = {"typing": "composing", "clear": "paused"}
 
+# Bridged rooms (docs/xmpp.md "Rooms"). A web user's join to a MUC room is retried after
+# these delays (seconds) when refused or unanswered; after the last one it has failed
+# for good: about 30 s of retries, plus JOIN_TIMEOUT per unanswered attempt.
+JOIN_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
+#: Seconds a join may go unanswered before it counts as refused.
+JOIN_TIMEOUT = 10
+#: Seconds to wait for the answer to an instant-room configuration before letting the others join.
+CONFIG_TIMEOUT = 5
+#: Multicasts held per web user and room while the user is not in the XMPP room; beyond it,
+#: each further one gets a failure packet at once.
+HOLD_MESSAGES = 100
+#: Seconds after the first held multicast at which everything still held gets failure packets.
+HOLD_SECONDS = 120
+#: Seconds the room may take to reflect a multicast (XEP-0045 §7.4) before its sender is told
+#: that XMPP may not have got it.
+ACK_SECONDS = 30
+#: Join errors that retrying cannot cure (XEP-0045 §7.2.6–§7.2.8, §7.2.10).
+PERMANENT_JOIN_ERRORS = frozenset({"forbidden", "not-authorized", "registration-required", "not-allowed",
+                                   "jid-malformed", "not-acceptable"})
+WAITING, JOINING, BACKOFF, INSIDE = "waiting", "joining", "backoff", "inside"
+
 
 class XmppUnavailable(ProtocolError):
-    """503: the bridge cannot take a message now (issue 7: a clear failure answer)."""
+    """503: the bridge cannot take a message now; refused before anything is stored, so
+    the sender knows (docs/design.md#d7-messages: ``ok`` only for what will be delivered)."""
 
     status = 503
     code = "xmpp_unavailable"
@@ -68,11 +92,27 @@ class Pair:
 
 @dataclass
 class Occupancy:
-    """A web user in a MUC room through the component."""
+    """A web user who is, or should be, in a MUC room through the component.
+
+    ``held``: bodies of the user's multicasts waiting for the join (at most
+    :data:`HOLD_MESSAGES`, for at most :data:`HOLD_SECONDS`); ``unacked``: ``{stanza id:
+    (body, IDelayedCall)}`` sent but not yet reflected by the room.
+    """
 
     nick: str
-    inside: bool = False     # the room confirmed the join (self-presence)
-    retried: bool = False    # already retried with another nick after a conflict
+    state: str = WAITING
+    nick_retried: bool = False   # already retried with "<nick> (<id>)" after a conflict
+    attempts: int = 0            # refused or unanswered joins in a row
+    timer: object = None         # the join's answer timeout or its retry
+    history_since: int | None = None  # ms: this join asked for the room's history newer than this
+    held: list = field(default_factory=list)
+    hold_timer: object = None
+    unacked: dict = field(default_factory=dict)
+
+    @property
+    def inside(self):
+        """The room confirmed the join (XEP-0045 §7.2.3 self-presence)."""
+        return self.state == INSIDE
 
 
 def _bare(jid):
@@ -91,6 +131,22 @@ def _error_condition(element):
                     condition = c.name
             return condition, text
     return "undefined-condition", None
+
+
+def _xmpp_stamp(ms):
+    """XEP-0082 date-time (UTC, seconds) of an epoch time in ms."""
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_stamp(text):
+    """Epoch ms of a XEP-0082 date-time (XEP-0203 ``stamp``), or None."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
 
 
 def _child(element, name, uri=None):
@@ -120,9 +176,18 @@ class Bridge(ILiveStateObserver):
         self.rooms = {}
         self.joined = {}
         self.occupants = {}
-        self._nodes = {}          # lower-case JID localpart → web user id (Prosody lower-cases nodes)
+        self._nodes = {}          # nodeprep'd JID localpart → web user id (the server prepares nodes)
+        self.forms = XmppForms()  # every directory id's XMPP forms, for the id-clash rule (ids.py)
+        self._jids = set()        # user ids whose localpart is in _nodes
         self._writes = defer.DeferredLock()
-        self._configured = set()  # rooms whose configuration we submitted on this connection
+        self._history = defer.DeferredLock()  # MUC history imports, one at a time, in order
+        self.clock = reactor              # retries, holds and acknowledgement timeouts
+        self._room_state = {}             # room_id → None / "opening" / "open", per connection
+        self._opener = {}                 # room_id → the user whose join opens the room
+        self._config_wait = {}            # room_id → (iq id, timeout) of the instant-room configuration
+        self._config_ids = 0
+        self._stanza_ids = 0
+        self._seen_until = {}             # room_id → ms up to which the web side has the room's messages
         self.conn = connection_factory(reactor, cfg.host, cfg.port, cfg.component_domain, cfg.secret,
                                        self._stanza, self._connected, self._disconnected,
                                        min_backoff=cfg.min_backoff, max_backoff=cfg.max_backoff,
@@ -130,11 +195,14 @@ class Bridge(ILiveStateObserver):
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self):
-        """Load pairs and bridged rooms, observe the router, start connecting."""
+        """Load user ids, pairs and bridged rooms, observe the router, start connecting."""
+        await self.forms.load(self.ctx.store)
         for row in await self.store.pairs():
             self._cache_pair(row["user_id"], Pair(row["jid"], row["nick"] or mapping.nick_of(row["jid"]),
                                                   row["group"] or "", row["subscription"]))
         self.rooms = await self.store.rooms()
+        for room_id in self.rooms:
+            await self._load_seen_until(room_id)
         self.ctx.router.add_observer(self)
         self.conn.start()
 
@@ -149,22 +217,45 @@ class Bridge(ILiveStateObserver):
                         self._send_presence(user_id, pair.jid, "unavailable")
             for room_id, occupancies in self.joined.items():
                 for user_id, occ in occupancies.items():
-                    self._send_presence(user_id, f"{self.rooms[room_id]}/{occ.nick}", "unavailable")
+                    if occ.state in (JOINING, INSIDE):
+                        self._send_presence(user_id, f"{self.rooms[room_id]}/{occ.nick}", "unavailable")
+        for occupancies in self.joined.values():
+            for occ in occupancies.values():
+                self._cancel(occ, acks=True)
+        for _, timer in self._config_wait.values():
+            if timer.active():
+                timer.cancel()
+        self._config_wait.clear()
         self.joined.clear()
         await self.conn.stop()
+
+    async def _load_seen_until(self, room_id):
+        """What the web side has of a room, for the history asked on join: the newest
+        stored multicast's time plus 2 s (our own last messages are stamped a little
+        later by the room; XMPP messages within those 2 s were stored when they came)."""
+        rows = await self.ctx.store.room_history(room_id, 1)
+        self._seen_until[room_id] = rows[-1]["timestamp"] + 2000 if rows else 0
+
+    def _xmpp_now(self):
+        """Now in ms on the bridge's clock (the one compared with the XMPP server's
+        history stamps, XEP-0203)."""
+        return int(self.clock.seconds() * 1000)
 
     # -- addresses -----------------------------------------------------------
     def jid_of(self, user_id, resource=RESOURCE):
         """The full JID of a web user on the XMPP side."""
-        node = mapping.escape_node(user_id)
-        self._nodes[node.lower()] = user_id
+        if user_id not in self._jids:
+            self._jids.add(user_id)
+            prepped = xmpp_forms(user_id)[0]
+            if prepped is not None:
+                self._nodes[prepped] = user_id
         return mapping.user_jid(user_id, self.domain, resource)
 
     def _user_of(self, jid):
         """The web user id a JID of the component domain stands for, or None."""
         if jid.host != self.domain or not jid.user:
             return None
-        return self._nodes.get(jid.user.lower()) or mapping.unescape_node(jid.user)
+        return self._nodes.get(jid.user) or self.forms.node_user(jid.user) or mapping.unescape_node(jid.user)
 
     def parse_contact(self, value):
         """A bare JID of an XMPP contact, normalized (stringprep).
@@ -172,12 +263,9 @@ class Bridge(ILiveStateObserver):
         :raises BadRequest: not a bare ``user@domain`` JID, or one of the component domain.
         """
         try:
-            jid = JID(value)
-        except (InvalidFormat, UnicodeError):
-            raise BadRequest("not a valid JID", code="bad_jid") from None
-        if not jid.user or jid.resource or jid.host == self.domain:
-            raise BadRequest("an XMPP buddy must be a bare JID user@domain of another domain", code="bad_jid")
-        return jid.full()
+            return mapping.normalize_contact(value, self.domain)
+        except ValueError as e:
+            raise BadRequest(str(e), code="bad_jid") from None
 
     def muc_jid(self, value):
         """A MUC room JID from ``"room"`` (+ ``[xmpp] muc_domain``) or ``"room@service"``.
@@ -239,6 +327,7 @@ class Bridge(ILiveStateObserver):
         for jid in list(self.pairs.get(user_id, ())):
             await self.remove_buddy(user_id, jid)
         self.pairs.pop(user_id, None)
+        self.forms.remove(user_id)
 
     async def set_room(self, room_id, muc):
         """Bridge a room to a MUC room (``"muc"`` of ``PUT /admin/rooms/{id}``; ``None``
@@ -256,11 +345,13 @@ class Bridge(ILiveStateObserver):
         if old is not None:
             self._leave_all(room_id)
         await self.store.put_room(room_id, muc)
+        await self._load_seen_until(room_id)
         self.rooms[room_id] = muc
         for member_id in self.ctx.router.live_members(room_id):
             user = self.ctx.router.user(member_id)
             if user is not None and user.visible:
-                self._join_muc(user, room_id)
+                self.joined.setdefault(room_id, {}).setdefault(member_id, Occupancy(user.nick))
+        self._advance(room_id)  # one opener; the others once the room is open
 
     async def room_deleted(self, room_id):
         """A room left the directory: forget its bridge."""
@@ -268,7 +359,7 @@ class Bridge(ILiveStateObserver):
 
     # -- what handlers ask -------------------------------------------------------
     def remote_buddies(self, user_id):
-        """The user's XMPP buddies as buddyInfo dicts (§2.2) with their live presence,
+        """The user's XMPP buddies as buddyInfo dicts (docs/protocol.md) with their live presence,
         ordered by JID: ``{jid: info}``."""
         result = {}
         for jid, pair in sorted(self.pairs.get(user_id, {}).items()):
@@ -315,21 +406,33 @@ class Bridge(ILiveStateObserver):
         self.conn.send(el, queue=False)
 
     def send_groupchat(self, room_id, user_id, body):
-        """A web multicast in a bridged room as a groupchat from the sender's occupant.
-        Only for senders inside the MUC (an invisible sender is not, D8)."""
-        muc = self.rooms.get(room_id)
-        occ = self.joined.get(room_id, {}).get(user_id)
-        if muc is None or occ is None:
+        """A stored web multicast in a bridged room, as a groupchat from the sender's
+        occupant. Never silence after ``ok``: sent now when the sender is inside the
+        MUC; held (bounded, see :data:`HOLD_MESSAGES`) while their join is under way or
+        the XMPP server is away, and sent once they are in; otherwise (invisible, join
+        failed for good, hold full or expired, no reflection within
+        :data:`ACK_SECONDS`) the sender gets a failure packet for it."""
+        if room_id not in self.rooms:
             return
-        el = self._stanza_el("message", user_id, muc, "groupchat")
-        el.addElement("body", content=body)
-        if not self.conn.send(el):
-            entry.delivery_failed(self.ctx, user_id, room_id, room_id, "remote-server-timeout",
-                                  "the XMPP server is unreachable and the send queue is full")
+        occ = self.joined.get(room_id, {}).get(user_id)
+        if occ is None:
+            user = self.ctx.router.user(user_id)
+            if user is not None and user.visible:
+                self._join_muc(user, room_id)
+                occ = self.joined.get(room_id, {}).get(user_id)
+        if occ is None:
+            # Invisible users are not in the MUC (docs/design.md#d8-presence).
+            self._fail_one(room_id, user_id, "not-acceptable", "you are invisible, so not in the XMPP room", body)
+        elif occ.state == INSIDE and self.conn.connected:
+            self._send_groupchat_now(room_id, user_id, occ, body)
+        elif self.conn.fatal:
+            self._fail_one(room_id, user_id, "service-unavailable", "the XMPP bridge is off", body)
+        else:
+            self._hold(room_id, user_id, occ, body)
 
     # -- router observer (web presence → XMPP) ---------------------------------------
     def user_presence(self, user, type_):
-        """Router event: ``online``/``show``/``offline`` as others see the user (D8:
+        """Router event: ``online``/``show``/``offline`` as others see the user (docs/design.md#d8-presence:
         invisible arrives as offline). Presence goes to every contact allowed to see it;
         MUC rooms are joined, updated or left."""
         # The user is still in the router while "offline" is announced: use type_.
@@ -344,12 +447,12 @@ class Bridge(ILiveStateObserver):
         else:
             for room_id in list(user.rooms):
                 if room_id in self.rooms:
-                    if user.id in self.joined.get(room_id, {}):
-                        occ = self.joined[room_id][user.id]
+                    occ = self.joined.get(room_id, {}).get(user.id)
+                    if occ is None:
+                        self._join_muc(user, room_id)
+                    elif occ.state == INSIDE:
                         self._send_presence(user.id, f"{self.rooms[room_id]}/{occ.nick}", None, user.show,
                                             user.status, queue=False)
-                    else:
-                        self._join_muc(user, room_id)
 
     def room_joined(self, user, room_id):
         """Router event: live-joined a room; a visible user joins its MUC (XEP-0045 §7.2)."""
@@ -372,13 +475,23 @@ class Bridge(ILiveStateObserver):
                     self._send_presence(user_id, pair.jid, "probe", queue=False)
                 if subscriptions.may_see(pair.sub):
                     self._send_current_presence(user_id, pair.jid)
-        self.joined.clear()
-        self._configured.clear()
+        # Rooms: every live visible member joins again, one room opener first (the room
+        # may be gone with the server's restart); what they held is sent once inside.
+        self._room_state.clear()
+        self._opener.clear()
         for room_id in self.rooms:
+            occupancies = self.joined.setdefault(room_id, {})
             for member_id in self.ctx.router.live_members(room_id):
                 user = self.ctx.router.user(member_id)
-                if user is not None and user.visible:
-                    self._join_muc(user, room_id)
+                if user is not None and user.visible and member_id not in occupancies:
+                    occupancies[member_id] = Occupancy(user.nick)
+            if not occupancies:
+                del self.joined[room_id]
+                continue
+            for occ in occupancies.values():
+                self._cancel(occ)
+                occ.state, occ.attempts = WAITING, 0
+            self._advance(room_id)
 
     def _disconnected(self):
         """The stream is gone: XMPP contacts and occupants are unknown until we are back,
@@ -392,9 +505,27 @@ class Bridge(ILiveStateObserver):
             for nick in list(occupants):
                 entry.room_occupant(self.ctx, room_id, f"{muc}/{nick}", nick, False, "unavailable")
         self.occupants.clear()
-        for occupancies in self.joined.values():
-            for occ in occupancies.values():
-                occ.inside = False
+        now = self._xmpp_now()
+        for _, timer in self._config_wait.values():
+            if timer.active():
+                timer.cancel()
+        self._config_wait.clear()
+        self._room_state.clear()
+        self._opener.clear()
+        for room_id, occupancies in self.joined.items():
+            if any(o.state == INSIDE for o in occupancies.values()):
+                self._seen_until[room_id] = now
+            for user_id, occ in occupancies.items():
+                self._cancel(occ)
+                occ.state = WAITING
+                # Sent, but the room never confirmed it before the stream died: it may or
+                # may not have reached the occupants, and is not sent twice.
+                for _stanza_id, (body, timer) in list(occ.unacked.items()):
+                    if timer.active():
+                        timer.cancel()
+                    self._fail_one(room_id, user_id, "remote-server-timeout",
+                                   "the XMPP server went away before the room confirmed it", body)
+                occ.unacked.clear()
 
     # -- stanzas in -------------------------------------------------------------------------
     def _stanza(self, el):
@@ -429,6 +560,9 @@ class Bridge(ILiveStateObserver):
 
     def _iq(self, el, frm, to):
         type_ = el.getAttribute("type")
+        if type_ in ("result", "error"):
+            self._config_answered(el.getAttribute("id", ""))
+            return
         if type_ not in ("get", "set"):
             return
         reply = domish.Element((None, "iq"))
@@ -500,7 +634,10 @@ class Bridge(ILiveStateObserver):
                     log.info("refused an XMPP subscription request to a web user from a JID that is not "
                              "their buddy")
             else:
+                before = pair.sub
                 self._apply(user_id, pair, new, actions)
+                if type_ in ("unsubscribe", "unsubscribed") and before.state != "none" and new.state == "none":
+                    self._removed_there(user_id, pair)
             return
         if pair is None:
             return
@@ -527,6 +664,18 @@ class Bridge(ILiveStateObserver):
             return
         self._contact_changed(user_id, jid, resources)
 
+    def _removed_there(self, user_id, pair):
+        """The contact's side cancelled every subscription the pair had: they removed the
+        web user from their roster (RFC 3921 §8.6 sends ``unsubscribe`` and
+        ``unsubscribed``). The pair leaves the directory too, so the bridge does not ask
+        again at every reconnect; the web user already sees the buddy offline, and no
+        longer in the list at the next ``online``."""
+        if self.pairs.get(user_id, {}).pop(pair.jid, None) is None:
+            return
+        log.info("an XMPP contact removed a web user from their roster; the pair is removed")
+        d = self._writes.run(self.store.delete_pair, user_id, pair.jid)
+        d.addErrback(lambda f: log.failure("removing an XMPP pair failed", f))
+
     def _contact_changed(self, user_id, jid, resources):
         """Store a contact's resources and tell the web user when what they see changes."""
         before = mapping.aggregate(self.presence.get((user_id, jid), {}))
@@ -546,27 +695,163 @@ class Bridge(ILiveStateObserver):
         entry.buddy_presence(self.ctx, user_id, jid, self._nick(user_id, jid), type_, after[0], after[1])
 
     # -- MUC (XEP-0045) -------------------------------------------------------------------------
-    def _join_muc(self, user, room_id, nick=None, retried=False):
+    #
+    # Joins to one room are serialised per connection (XEP-0045 §10.1.1: the first join
+    # creates the room, which stays locked until its owner configures it, and refuses
+    # everybody else with item-not-found meanwhile). ``_room_state[room_id]`` is None
+    # (nobody of ours has tried on this connection), "opening" (the opener's join, or the
+    # instant-room configuration, is under way) or "open" (others may join at once).
+    # Every Occupancy is WAITING (for the room to open, or for the connection), JOINING
+    # (join sent, answer due within JOIN_TIMEOUT), BACKOFF (refused; retried later) or
+    # INSIDE (self-presence seen, XEP-0045 §7.2.3).
+
+    def _join_muc(self, user, room_id):
+        """A live visible member should be in the bridged room: add an Occupancy (it keeps
+        whatever is held for it) and let :meth:`_advance` send the join when it may."""
         occupancies = self.joined.setdefault(room_id, {})
-        if user.id in occupancies and nick is None:
+        if user.id not in occupancies:
+            occupancies[user.id] = Occupancy(user.nick)
+        self._advance(room_id)
+
+    def _advance(self, room_id):
+        """Send the joins the room's state allows: the opener's when nobody has tried yet,
+        everyone else's once the room is open."""
+        if not self.conn.connected or room_id not in self.rooms:
             return
-        nick = nick or user.nick
-        occupancies[user.id] = Occupancy(nick, retried=retried)
-        el = self._presence_el(user.id, f"{self.rooms[room_id]}/{nick}", None, user.show, user.status)
+        waiting = sorted(u for u, o in self.joined.get(room_id, {}).items() if o.state == WAITING)
+        if not waiting:
+            return
+        state = self._room_state.get(room_id)
+        if state == "open":
+            for user_id in waiting:
+                self._send_join(room_id, user_id)
+        elif state is None:
+            self._room_state[room_id] = "opening"
+            self._opener[room_id] = waiting[0]
+            self._send_join(room_id, waiting[0], history=True)
+
+    def _send_join(self, room_id, user_id, history=False):
+        occ = self.joined[room_id][user_id]
+        user = self.ctx.router.user(user_id)
+        if user is None or not user.visible:
+            self._drop_occupancy(room_id, user_id, "not-acceptable", "you are not online and visible")
+            return
+        el = self._presence_el(user_id, f"{self.rooms[room_id]}/{occ.nick}", None, user.show, user.status)
         x = el.addElement((NS_MUC, "x"))
-        x.addElement("history")["maxstanzas"] = "0"
-        self.conn.send(el, queue=False)
+        h = x.addElement("history")
+        if history:
+            # Only what the web side does not have yet (XEP-0045 §7.2.15), so nothing shows twice.
+            since = self._seen_until.get(room_id, 0)
+            h["since"] = _xmpp_stamp(since)
+            h["maxstanzas"] = str(self.ctx.config.limits.history)
+            occ.history_since = since
+        else:
+            h["maxstanzas"] = "0"
+            occ.history_since = None
+        occ.state = JOINING
+        self._cancel(occ)
+        occ.timer = self.clock.callLater(JOIN_TIMEOUT, self._join_refused, room_id, user_id, occ,
+                                         "remote-server-timeout", "the XMPP room did not answer the join")
+        if not self.conn.send(el, queue=False):
+            self._cancel(occ)
+            occ.state = WAITING
+
+    def _join_refused(self, room_id, user_id, occ, condition, text):
+        """A join was refused (or went unanswered): retry with backoff, or give up."""
+        if self.joined.get(room_id, {}).get(user_id) is not occ:
+            return
+        self._cancel(occ)
+        opener = self._opener.get(room_id) == user_id and self._room_state.get(room_id) == "opening"
+        user = self.ctx.router.user(user_id)
+        if condition == "conflict" and not occ.nick_retried and user is not None:
+            # Nick taken in the room: once more as "<nick> (<id>)" (XEP-0045 §7.2.9).
+            occ.nick, occ.nick_retried = f"{user.nick} ({user_id})", True
+            self._send_join(room_id, user_id, history=opener)
+            return
+        inside = [o for o in self.joined[room_id].values() if o.state == INSIDE]
+        if opener or (condition == "item-not-found" and not inside):
+            # The room is not there (destroyed, or the server restarted): whoever joins
+            # next creates it again.
+            self._room_state.pop(room_id, None)
+            self._opener.pop(room_id, None)
+        elif condition == "item-not-found" and self._room_state.get(room_id) == "open":
+            # One of ours is inside, yet the room refuses: it is still locked (restored
+            # unconfigured). Configure it from inside, then let the others in again.
+            self._configure_instant_room(room_id, min(u for u, o in self.joined[room_id].items()
+                                                       if o.state == INSIDE))
+        occ.attempts += 1
+        if condition in PERMANENT_JOIN_ERRORS or occ.attempts > len(JOIN_RETRY_DELAYS) or user is None:
+            log.warn("XMPP room {muc} refused web user {user_id} for good: {condition}", muc=self.rooms[room_id],
+                     user_id=user_id, condition=condition)
+            self._drop_occupancy(room_id, user_id, condition, text or f"could not join the XMPP room ({condition})")
+        else:
+            occ.state = BACKOFF
+            occ.timer = self.clock.callLater(JOIN_RETRY_DELAYS[occ.attempts - 1], self._retry_join, room_id,
+                                             user_id, occ)
+        self._advance(room_id)
+
+    def _retry_join(self, room_id, user_id, occ):
+        if self.joined.get(room_id, {}).get(user_id) is occ and occ.state == BACKOFF:
+            occ.timer = None
+            occ.state = WAITING
+            self._advance(room_id)
+
+    def _drop_occupancy(self, room_id, user_id, condition, reason):
+        """The user will not be in the XMPP room: forget the Occupancy and tell the sender
+        of every held multicast (or, with none held, the user once) that XMPP did not get it."""
+        occ = self.joined.get(room_id, {}).pop(user_id, None)
+        if occ is None:
+            return
+        self._cancel(occ, acks=True)
+        if occ.held:
+            self._fail_held(room_id, user_id, occ, condition, reason)
+        else:
+            entry.delivery_failed(self.ctx, user_id, room_id, room_id, condition, reason)
+        if not self.joined[room_id]:
+            self._room_emptied(room_id)
+
+    def _room_emptied(self, room_id):
+        del self.joined[room_id]
+        self._room_state.pop(room_id, None)
+        self._opener.pop(room_id, None)
+        self._seen_until[room_id] = self._xmpp_now()
+        # Nobody of ours is left inside: we no longer learn who is there.
+        for nick in list(self.occupants.pop(room_id, {})):
+            entry.room_occupant(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick, False, "unavailable")
+
+    def _cancel(self, occ, acks=False):
+        if occ.timer is not None and occ.timer.active():
+            occ.timer.cancel()
+        occ.timer = None
+        if acks:
+            if occ.hold_timer is not None and occ.hold_timer.active():
+                occ.hold_timer.cancel()
+            occ.hold_timer = None
+            for _, timer in occ.unacked.values():
+                if timer.active():
+                    timer.cancel()
+            occ.unacked.clear()
 
     def _leave_muc(self, user_id, room_id):
         occ = self.joined.get(room_id, {}).pop(user_id, None)
         if occ is None:
             return
+        was_in = occ.state in (JOINING, INSIDE)
+        # A multicast sent before the leave was handled by the room before it (one stream,
+        # in order): it counts as delivered; a held one was never sent.
+        held = list(occ.held)
+        self._cancel(occ, acks=True)
+        if held:
+            self._fail_held(room_id, user_id, occ, "not-acceptable", "you left the room before XMPP got it",
+                            held)
+        if self._opener.get(room_id) == user_id and self._room_state.get(room_id) == "opening":
+            self._room_state.pop(room_id, None)
+            self._opener.pop(room_id, None)
         if not self.joined[room_id]:
-            del self.joined[room_id]
-            # Nobody of ours is left inside: we no longer learn who is there.
-            for nick in list(self.occupants.pop(room_id, {})):
-                entry.room_occupant(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick, False, "unavailable")
-        if room_id in self.rooms:
+            self._room_emptied(room_id)
+        elif room_id in self.rooms:
+            self._advance(room_id)
+        if was_in and room_id in self.rooms:
             self._send_presence(user_id, f"{self.rooms[room_id]}/{occ.nick}", "unavailable", queue=False)
 
     def _leave_all(self, room_id):
@@ -576,7 +861,7 @@ class Bridge(ILiveStateObserver):
     def _listener(self, room_id):
         """The one web occupant whose copy of each room message we take (every one of our
         occupants gets a copy): the smallest user id among those inside."""
-        inside = [u for u, occ in self.joined.get(room_id, {}).items() if occ.inside]
+        inside = [u for u, occ in self.joined.get(room_id, {}).items() if occ.state == INSIDE]
         return min(inside) if inside else None
 
     def _muc_presence(self, el, room_id, frm, user_id):
@@ -589,30 +874,20 @@ class Bridge(ILiveStateObserver):
         x = _child(el, "x", NS_MUC_USER)
         codes = {s.getAttribute("code") for s in x.elements() if s.name == "status"} if x is not None else set()
         if type_ == "error":
-            if occ is None or occ.nick != nick:
-                return
-            condition, text = _error_condition(el)
-            user = self.ctx.router.user(user_id)
-            if condition == "conflict" and not occ.retried and user is not None:
-                # Nick taken in the room: once more as "<nick> (<id>)".
-                self._join_muc(user, room_id, nick=f"{user.nick} ({user_id})", retried=True)
-                return
-            occupancies.pop(user_id, None)
-            entry.delivery_failed(self.ctx, user_id, room_id, room_id, condition,
-                                  text or f"could not join the XMPP room ({condition})")
+            if occ is not None and occ.nick == nick and occ.state == JOINING:
+                condition, text = _error_condition(el)
+                self._join_refused(room_id, user_id, occ, condition, text)
             return
+        if occ is None:
+            return  # we learn who is in the room only through our own occupants
         ours = {o.nick: u for u, o in occupancies.items()}
         if nick in ours:
-            if "110" in codes or ours[nick] == user_id:
-                mine = occupancies[ours[nick]]
-                if type_ != "unavailable":
-                    mine.inside = True
-                    if ours[nick] == user_id and room_id not in self._configured:
-                        # Once per room and connection: a room we created (status 201), or
-                        # one the server restored still locked, opens only once its owner
-                        # submits a configuration; a non-owner's submit is refused, harmlessly.
-                        self._configured.add(room_id)
-                        self._configure_instant_room(user_id, self.rooms[room_id])
+            if ours[nick] != user_id:
+                return  # another of our web users, as this one sees them
+            if type_ == "unavailable":
+                self._self_unavailable(room_id, user_id, occ, codes, x)
+            elif occ.state == JOINING:
+                self._inside(room_id, user_id, occ, "201" in codes)
             return
         show_el = _child(el, "show")
         show = mapping.xmpp_to_web(None, str(show_el) if show_el is not None else None) \
@@ -628,34 +903,182 @@ class Bridge(ILiveStateObserver):
             if joined:
                 entry.room_occupant(self.ctx, room_id, occupant_id, nick, True, show)
 
-    def _configure_instant_room(self, user_id, muc):
-        """We created the room: accept the default configuration (XEP-0045 §10.1.2)."""
+    def _inside(self, room_id, user_id, occ, created):
+        """The room confirmed a join (self-presence): send what was held; the opener of a
+        room we created submits the instant-room configuration first (XEP-0045 §10.1.2)."""
+        self._cancel(occ)
+        occ.state, occ.attempts = INSIDE, 0
+        if self._room_state.get(room_id) == "opening" and self._opener.get(room_id) == user_id:
+            if created:
+                self._configure_instant_room(room_id, user_id)
+            else:
+                self._room_open(room_id)
+        held, occ.held = occ.held, []
+        if occ.hold_timer is not None and occ.hold_timer.active():
+            occ.hold_timer.cancel()
+        occ.hold_timer = None
+        for body in held:
+            self._send_groupchat_now(room_id, user_id, occ, body)
+
+    def _self_unavailable(self, room_id, user_id, occ, codes, x):
+        """The room let one of ours out without our asking: kicked or banned (XEP-0045
+        §9.1, XEP-0045 §9.4: given up, the user is told) or the room went away
+        (XEP-0045 §10.9, or a shutdown): joined again with backoff."""
+        if occ.state != INSIDE:
+            return
+        occ.state = JOINING
+        if codes & {"301", "307", "321", "322"}:
+            self._drop_occupancy(room_id, user_id, "forbidden", "removed from the XMPP room by its moderators")
+        else:
+            self._room_state.pop(room_id, None)
+            self._join_refused(room_id, user_id, occ, "item-not-found", "the XMPP room went away")
+
+    def _configure_instant_room(self, room_id, user_id):
+        """Accept the default configuration of a room we created (XEP-0045 §10.1.2); the
+        room opens for the others when the server answers, or after CONFIG_TIMEOUT."""
+        self._config_ids += 1
+        iq_id = f"nextim-config-{self._config_ids}"
         iq = domish.Element((None, "iq"))
-        iq["type"], iq["id"] = "set", "nextim-create"
-        iq["from"], iq["to"] = self.jid_of(user_id), muc
+        iq["type"], iq["id"] = "set", iq_id
+        iq["from"], iq["to"] = self.jid_of(user_id), self.rooms[room_id]
         query = iq.addElement((NS_MUC_OWNER, "query"))
         query.addElement(("jabber:x:data", "x"))["type"] = "submit"
+        self._room_state[room_id] = "opening"
+        old = self._config_wait.pop(room_id, None)
+        if old is not None and old[1].active():
+            old[1].cancel()
+        self._config_wait[room_id] = (iq_id, self.clock.callLater(CONFIG_TIMEOUT, self._room_open, room_id))
         self.conn.send(iq, queue=False)
+
+    def _room_open(self, room_id):
+        wait = self._config_wait.pop(room_id, None)
+        if wait is not None and wait[1].active():
+            wait[1].cancel()
+        if room_id in self.joined:
+            self._room_state[room_id] = "open"
+            self._advance(room_id)
+
+    def _config_answered(self, iq_id):
+        """An answer (result or error) to our instant-room configuration."""
+        for room_id, (wanted, _) in list(self._config_wait.items()):
+            if wanted == iq_id:
+                self._room_open(room_id)
+                return True
+        return False
+
+    # -- multicasts to XMPP: held until joined, acknowledged by the room's reflection ----------
+    def _hold(self, room_id, user_id, occ, body):
+        if len(occ.held) >= HOLD_MESSAGES:
+            self._fail_one(room_id, user_id, "resource-constraint",
+                           f"more than {HOLD_MESSAGES} messages are waiting for the XMPP room", body)
+            return
+        occ.held.append(body)
+        if occ.hold_timer is None:
+            occ.hold_timer = self.clock.callLater(HOLD_SECONDS, self._hold_expired, room_id, user_id, occ)
+
+    def _hold_expired(self, room_id, user_id, occ):
+        occ.hold_timer = None
+        if self.joined.get(room_id, {}).get(user_id) is occ and occ.held:
+            self._fail_held(room_id, user_id, occ, "remote-server-timeout",
+                            f"could not join the XMPP room within {HOLD_SECONDS} s")
+
+    def _fail_held(self, room_id, user_id, occ, condition, reason, held=None):
+        held = occ.held if held is None else held
+        bodies, occ.held = list(held), []
+        for body in bodies:
+            self._fail_one(room_id, user_id, condition, reason, body)
+
+    def _fail_one(self, room_id, user_id, condition, reason, body):
+        """One failure packet for one multicast that XMPP did not (or may not) get."""
+        snippet = body if len(body) <= 60 else body[:59] + "…"
+        entry.delivery_failed(self.ctx, user_id, room_id, room_id, condition,
+                              f"not sent to the XMPP room: {reason} (“{snippet}”)")
+
+    def _send_groupchat_now(self, room_id, user_id, occ, body):
+        self._stanza_ids += 1
+        stanza_id = f"nextim-g{self._stanza_ids}"
+        el = self._stanza_el("message", user_id, self.rooms[room_id], "groupchat")
+        el["id"] = stanza_id
+        el.addElement("body", content=body)
+        if not self.conn.send(el, queue=False):
+            self._hold(room_id, user_id, occ, body)
+            return
+        occ.unacked[stanza_id] = (body, self.clock.callLater(ACK_SECONDS, self._unconfirmed, room_id, user_id,
+                                                              occ, stanza_id))
+
+    def _unconfirmed(self, room_id, user_id, occ, stanza_id):
+        item = occ.unacked.pop(stanza_id, None)
+        if item is not None and self.joined.get(room_id, {}).get(user_id) is occ:
+            self._fail_one(room_id, user_id, "remote-server-timeout",
+                           f"the XMPP room did not confirm it within {ACK_SECONDS} s", item[0])
+
+    def _acked(self, occ, el, body):
+        """True if ``el`` is the room's reflection of one of ``occ``'s multicasts
+        (XEP-0045 §7.4: the sender gets its own message back, with its id)."""
+        stanza_id = el.getAttribute("id")
+        if stanza_id not in occ.unacked:
+            # A room that rewrites ids: the oldest unconfirmed message with this body.
+            stanza_id = next((i for i, (b, _) in occ.unacked.items() if b == body), None)
+            if stanza_id is None:
+                return False
+        _, timer = occ.unacked.pop(stanza_id)
+        if timer.active():
+            timer.cancel()
+        return True
 
     def _muc_message(self, el, room_id, frm, user_id):
         type_ = el.getAttribute("type", "normal")
+        occ = self.joined.get(room_id, {}).get(user_id)
         if type_ == "error":
             condition, text = _error_condition(el)
-            entry.delivery_failed(self.ctx, user_id, room_id, room_id, condition, text)
+            item = occ.unacked.pop(el.getAttribute("id"), None) if occ is not None else None
+            if item is not None:
+                if item[1].active():
+                    item[1].cancel()
+                self._fail_one(room_id, user_id, condition, text or condition.replace("-", " "), item[0])
+            else:
+                entry.delivery_failed(self.ctx, user_id, room_id, room_id, condition, text)
             return
         if type_ != "groupchat" or frm.resource is None:
             return
         body = _child(el, "body")
-        if body is None or not str(body).strip() or _child(el, "delay", NS_DELAY) is not None:
-            return  # subjects, chat states and history replays are not bridged
-        if user_id != self._listener(room_id):
+        if body is None or not str(body).strip():
+            return  # subjects and chat states are not bridged
+        body, nick = str(body), frm.resource
+        if occ is not None and nick == occ.nick and self._acked(occ, el, body):
+            self._seen_until[room_id] = self._xmpp_now()
             return
-        nick = frm.resource
         if nick in {o.nick for o in self.joined.get(room_id, {}).values()}:
             return  # the room reflecting a web user's own message: already routed
-        d = defer.ensureDeferred(entry.incoming_groupchat(self.ctx, room_id, f"{self.rooms[room_id]}/{nick}", nick,
-                                                          str(body)))
+        delay = _child(el, "delay", NS_DELAY)
+        occupant_id = f"{self.rooms[room_id]}/{nick}"
+        if delay is not None:
+            # History replayed on join: only to the join that asked for it, and only what
+            # is newer than what the web side has (XEP-0045 §7.2.15).
+            stamp = _parse_stamp(delay.getAttribute("stamp", ""))
+            if occ is None or occ.history_since is None or stamp is None:
+                return
+            since = occ.history_since
+            if stamp < since - since % 1000:
+                return
+            # Rooms stamp in whole seconds: one stamped in the second of ``since`` may be
+            # one the web side stored already; the lock keeps the room's order.
+            d = self._history.run(self._import_history, room_id, occupant_id, nick, body, stamp,
+                                  stamp <= since)
+        else:
+            if user_id != self._listener(room_id):
+                return
+            d = defer.ensureDeferred(entry.incoming_groupchat(self.ctx, room_id, occupant_id, nick, body))
+        self._seen_until[room_id] = max(self._seen_until.get(room_id, 0), self._xmpp_now())
         d.addErrback(lambda f: log.failure("storing an XMPP room message failed", f))
+
+    async def _import_history(self, room_id, occupant_id, nick, body, stamp, maybe_stored):
+        if maybe_stored:
+            recent = await self.ctx.store.room_history(room_id, 50)
+            if any(m["from"] == occupant_id and m["body"] == body[: self.ctx.config.limits.message_chars]
+                   for m in recent):
+                return
+        await entry.incoming_groupchat(self.ctx, room_id, occupant_id, nick, body, timestamp=stamp)
 
     # -- stanzas out ----------------------------------------------------------------------------
     def _nick(self, user_id, jid):

@@ -5,7 +5,8 @@ Built on ``twisted.words.protocols.jabber`` (component authenticator, XmlStream)
 ``twisted.application.internet.ClientService`` (reconnect with a backoff policy).
 A refusal of the handshake (``not-authorized``: wrong secret; ``host-unknown``: the
 server has no such component) is logged once, critically, and the connection stops
-for good: retrying with the same secret cannot help (issue 7, "one clear log line").
+for good: retrying with the same secret cannot help, and an operator needs one clear
+log line rather than a loop.
 """
 from collections import deque
 
@@ -48,6 +49,7 @@ class ComponentConnection:
         self.fatal = None         # the configuration error that stopped us, or None
         self.connections = 0      # successful handshakes so far
         self.dropped = 0          # stanzas refused because the queue was full
+        self.refused = 0          # stanzas not sent because the configuration was refused
         self._was_up = False
         factory = component.componentFactory(domain, secret)
         factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._authenticated)
@@ -94,10 +96,20 @@ class ComponentConnection:
         if self.xs is not None:
             self.xs.send(element)
             return True
-        if not queue or not self.can_send():
-            if queue:
-                self.dropped += 1
-                log.warn("XMPP queue full ({n} stanzas); dropping one", n=len(self.queue))
+        if self.fatal is not None:
+            # Say the real cause, once: the bridge is off, not full.
+            if not self.refused:
+                log.warn("XMPP bridge is off ({condition}: {hint}); stanzas for XMPP are not sent until the "
+                         "configuration is fixed and the daemon restarted", condition=self.fatal,
+                         hint=FATAL_CONDITIONS[self.fatal])
+            self.refused += 1
+            return False
+        if not queue:
+            return False
+        if len(self.queue) >= self.max_queue:
+            self.dropped += 1
+            log.warn("XMPP server unreachable and the send queue is full ({n} stanzas); dropping one",
+                     n=len(self.queue))
             return False
         self.queue.append(element)
         return True

@@ -1,7 +1,8 @@
-"""Presence/show mapping between the web side (D8) and XMPP (RFC 3921 §2.2, §5), and
-the mapping of web user ids to JIDs of the component domain (XEP-0106 escaping).
+"""Presence/show mapping between the web side (docs/design.md#d8-presence) and XMPP
+(RFC 3921 §2.2, §5), and the mapping of web user ids to JIDs of the component domain
+(XEP-0106 escaping).
 
-Everything here is pure: no I/O, no Twisted.
+Everything here is pure: no I/O (Twisted's JID class only for stringprep).
 """
 
 #: Web show → XMPP ``<show/>`` text (``None``: no ``<show/>`` element, i.e. plain available).
@@ -13,13 +14,13 @@ _RANK = {"chat": 0, "available": 1, "away": 2, "dnd": 3}
 
 
 def web_to_xmpp(show):
-    """The XMPP presence for a web user's ``show`` (D8).
+    """The XMPP presence for a web user's ``show`` (docs/design.md#d8-presence).
 
-    :param show: a D8 show (``available``, ``away``, ``chat``, ``dnd``, ``invisible``) or
+    :param show: a web show (``available``, ``away``, ``chat``, ``dnd``, ``invisible``) or
         ``unavailable`` (offline).
     :returns: ``(type, show_text)``: ``type`` is ``None`` (available) or ``"unavailable"``;
         ``show_text`` is the ``<show/>`` text or ``None``. Invisible users are unavailable
-        to XMPP (D8: others see them offline). Unknown values count as ``available``.
+        to XMPP (others see them offline). Unknown values count as ``available``.
     """
     if show in ("invisible", "unavailable", "offline"):
         return "unavailable", None
@@ -31,7 +32,7 @@ def xmpp_to_web(type_, show_text):
 
     :param type_: the presence ``type`` attribute (``None`` for available).
     :param show_text: the ``<show/>`` text or ``None``.
-    :returns: a D8 show, or ``"unavailable"`` for ``unavailable``/``error`` presences.
+    :returns: a web show, or ``"unavailable"`` for ``unavailable``/``error`` presences.
         An unknown ``<show/>`` value counts as ``available`` (RFC 3921 §2.2.2.1 lists
         only away, chat, dnd, xa).
     """
@@ -94,6 +95,22 @@ def user_jid(user_id, component_domain, resource=None):
     """The JID of a web user on the XMPP side: ``<escaped id>@<component_domain>[/resource]``."""
     jid = f"{escape_node(user_id)}@{component_domain}"
     return f"{jid}/{resource}" if resource else jid
+
+
+def normalize_contact(value, component_domain=None):
+    """The bare JID of an XMPP contact, normalised (stringprep, RFC 3920 §3).
+
+    :raises ValueError: (with a message for the operator) not a bare ``user@domain``
+        JID, or one of the component domain (a web user's own address).
+    """
+    from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+    try:
+        jid = JID(value)
+    except (InvalidFormat, UnicodeError):
+        raise ValueError("not a valid JID") from None
+    if not jid.user or jid.resource or (component_domain and jid.host == component_domain):
+        raise ValueError("an XMPP buddy must be a bare JID user@domain of another domain")
+    return jid.full()
 
 
 def nick_of(jid):

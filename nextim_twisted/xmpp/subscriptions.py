@@ -94,9 +94,9 @@ def inbound(sub, type_, paired):
     - ``subscribed``: our request was approved (state gains ``to``) — only if we
       asked or the pair wants it; an unsolicited one is ignored (RFC 3921 §9.3).
     - ``unsubscribe``: the contact no longer wants our presence: state loses
-      ``from``; acknowledge (``unsubscribed``) and send ``unavailable`` (§8.4).
+      ``from``; acknowledge (``unsubscribed``) and send ``unavailable`` (RFC 3921 §8.4).
     - ``unsubscribed``: our subscription was cancelled or refused: loses ``to``,
-      the request is no longer pending, the contact's presence is forgotten (§8.2.1, §8.5).
+      the request is no longer pending, the contact's presence is forgotten (RFC 3921 §8.2.1, §8.5).
     """
     if type_ == "subscribe":
         if not paired:

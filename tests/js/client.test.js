@@ -33,7 +33,7 @@ function setup(opts = {}) {
   let n = 0;
   transport.answer("online", (p) => onlineAnswer("T" + (++n), opts.online ? opts.online(p, n) : {}));
   transport.answer("history", () => []);
-  const client = new Client({ transport, timers, storage, random: () => 0, getToken: opts.getToken, tokenMode: opts.tokenMode });
+  const client = new Client({ transport, timers, storage, random: opts.random || (() => 0), getToken: opts.getToken, tokenMode: opts.tokenMode });
   const events = { screens: [], beeps: 0, notices: [] };
   client.on("screen", (name, detail) => events.screens.push(detail ? name + ":" + detail : name));
   client.on("beep", () => events.beeps++);
@@ -312,16 +312,74 @@ test("sending: shown at once as sending, then sent; a failure shows failed and c
   assert.equal(m.timestamp, s.timers.now() + s.client.skew, "stamped in server time");
   await sent;
   assert.equal(m.state, "sent");
-  assert.deepEqual(s.transport.callsTo("message"), [{ ticket: "T1", type: "unicast", to: "bob", body: "hello", style: "" }]);
+  const cid = m.client_id;
+  assert.ok(/^[\x20-\x7e]{1,64}$/.test(cid), "a client_id the server accepts: " + cid);
+  assert.deepEqual(s.transport.callsTo("message"), [{ ticket: "T1", type: "unicast", to: "bob", body: "hello", style: "", client_id: cid }]);
 
   refuse = true;
   await s.client.sendMessage(chat, "again");
   const failed = chat.messages[chat.messages.length - 1];
   assert.equal(failed.state, "failed");
   assert.equal(failed.error, "Slow down");
+  assert.equal(s.transport.callsTo("message").length, 2, "a refusal is not sent again by itself");
   refuse = false;
   await s.client.retryMessage(chat, failed);
   assert.deepEqual(chat.messages.map((x) => x.body + ":" + x.state), ["hello:sent", "again:sent"]);
+  const calls = s.transport.callsTo("message");
+  assert.equal(calls[2].client_id, calls[1].client_id, "a manual retry keeps the client_id");
+});
+
+test("sending after a network error: sent again with the same client_id, with backoff, until ok", async () => {
+  const s = setup({ random: () => 0.5 });
+  await online(s);
+  const chat = s.client.openTab("unicast:bob", true);
+  await s.timers.tick(0);
+  let lose = 2;  // the first two calls get no answer (stored or not, the client cannot tell)
+  s.transport.answer("message", () => { if (lose-- > 0) throw ApiError(0, "network", "Cannot reach the server"); return "ok"; });
+  const sent = s.client.sendMessage(chat, "hello");
+  const m = chat.messages[chat.messages.length - 1];
+  await s.timers.tick(0);
+  assert.equal(m.state, "sending");
+  assert.equal(s.transport.callsTo("message").length, 1);
+  await s.timers.tick(5000);
+  await sent;
+  assert.equal(m.state, "sent");
+  const calls = s.transport.callsTo("message");
+  assert.equal(calls.length, 3);
+  assert.ok(calls.every((c) => c.client_id === m.client_id), "one client_id for every attempt");
+});
+
+test("sending gives up after SEND_ATTEMPTS network errors and shows failed", async () => {
+  const s = setup();
+  await online(s);
+  const chat = s.client.openTab("unicast:bob", true);
+  await s.timers.tick(0);
+  s.transport.answer("message", () => { throw ApiError(0, "timeout", "The server did not answer"); });
+  const sent = s.client.sendMessage(chat, "lost");
+  await s.timers.tick(120000);
+  await sent;
+  assert.equal(chat.messages[chat.messages.length - 1].state, "failed");
+  assert.equal(s.transport.callsTo("message").length, TIMING.SEND_ATTEMPTS);
+});
+
+test("client_ids do not repeat", () => {
+  const ids = new Set();
+  for (let i = 0; i < 1000; i++) ids.add(NextimClient.newClientId(Date.now(), Math.random));
+  assert.equal(ids.size, 1000);
+});
+
+test("a lost session goes online again after a random spread, not at once (a restart's herd)", async () => {
+  const s = setup({ random: () => 0.75 });
+  await online(s);
+  s.transport.current.reject(ApiError(404, "invalid_ticket", "gone"));
+  await s.timers.tick(0);
+  assert.equal(s.transport.callsTo("online").length, 1, "not at once");
+  assert.equal(s.client.conn, "reconnecting");
+  await s.timers.tick(0.75 * TIMING.RECONNECT_SPREAD_MS - 1);
+  assert.equal(s.transport.callsTo("online").length, 1);
+  await s.timers.tick(1);
+  assert.equal(s.transport.callsTo("online").length, 2);
+  assert.equal(s.client.ticket, "T2");
 });
 
 test('typing: "typing" once per burst, "clear" after 6 s without keys, nothing to offline buddies', async () => {

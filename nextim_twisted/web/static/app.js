@@ -52,6 +52,8 @@ var NextimClient = (function () {
     TYPING_SHOW_MS: 10000,      // show "X is typing" at most this long
     BACKOFF_BASE_MS: 1000,
     BACKOFF_MAX_MS: 30000,
+    RECONNECT_SPREAD_MS: 4000,  // a lost session goes online again after 0..this (a restart's herd spreads)
+    SEND_ATTEMPTS: 5,           // a message is sent again after a network error, this many times in all
     ROOM_COUNTS_DELAY_MS: 800,  // coalesce presence changes into one members call
     ROOM_REFRESH_MS: 60000      // room counts have no push; refresh now and then
   };
@@ -84,6 +86,21 @@ var NextimClient = (function () {
     return Math.round(cap / 2 + r * cap / 2);
   }
 
+  /** A fresh client_id for a message (docs/design.md#d17-idempotent-sends): the
+   *  server stores one message per (sender, client_id), so resending after a lost
+   *  answer cannot store it twice. Time and randomness in base 36, < 30 chars. */
+  function newClientId(now, random) {
+    var r = random || Math.random;
+    return "c" + Math.floor(now).toString(36) + "-" + Math.floor(r() * 2176782336).toString(36) +
+      Math.floor(r() * 2176782336).toString(36);
+  }
+
+  /** A network failure (no answer at all): the call may or may not have arrived,
+   *  so a message is sent again with the same client_id. A refusal is final. */
+  function isNetworkError(err) {
+    return !!err && err.status === 0 && err.code !== "aborted" && err.code !== "bad_answer";
+  }
+
   function csv(list) { return list.filter(Boolean).join(","); }
 
   function chatKey(type, id) { return type + ":" + id; }
@@ -98,6 +115,9 @@ var NextimClient = (function () {
 
   /** What makes two messages the same one (history and live copies). */
   function msgKey(m) {
+    // The storage id when the server gives one (docs/design.md#d17-idempotent-sends);
+    // older servers: the content.
+    if (m.id !== undefined && m.id !== null) return "id\u0001" + m.id;
     return [normalizeType(m.type), m.from, m.to, m.timestamp, m.body].join("\u0001");
   }
 
@@ -681,10 +701,12 @@ var NextimClient = (function () {
   Model.prototype.setHistory = function (chat, list, requestedAt) {
     var msgs = (Array.isArray(list) ? list : []).slice();
     var keys = {};
-    msgs.forEach(function (m) { keys[msgKey(m)] = true; });
+    var stored = {};  // client_ids the history holds: those local sends are in it
+    msgs.forEach(function (m) { keys[msgKey(m)] = true; if (m.client_id) stored[m.client_id] = true; });
     chat.pending.forEach(function (m) { var k = msgKey(m); if (!keys[k]) { keys[k] = true; msgs.push(m); } });
     chat.messages.forEach(function (m) {
-      if (m.local && (m.state !== "sent" || m.confirmedAt > requestedAt)) msgs.push(m);
+      if (m.local && !(m.client_id && stored[m.client_id]) &&
+          (m.state !== "sent" || m.confirmedAt > requestedAt)) msgs.push(m);
     });
     msgs.sort(function (a, b) { return parseFloat(a.timestamp) - parseFloat(b.timestamp); });
     chat.messages = msgs;
@@ -899,7 +921,10 @@ var NextimClient = (function () {
       random: this.random,
       onBatch: function (d, fresh) { self.handleBatch(d, fresh); },
       onState: function (state, detail) { if (self.ticket) self.setConn(state, detail); },
-      onGone: function () { self.reonline(); }
+      // A lost session goes online again after a random 0..RECONNECT_SPREAD_MS:
+      // after a daemon restart every client learns it at the same moment (404 on
+      // its next poll), and coming back all at once makes every online slow.
+      onGone: function () { self.reonlineSpread(); }
     });
     this.conn = "offline";
     this.connDetail = "";
@@ -1048,6 +1073,16 @@ var NextimClient = (function () {
   Client.prototype.reonline = function () {
     this.setConn("reconnecting");
     return this.goOnline(this.model.show, false);
+  };
+
+  /** reonline() after a random delay of 0..RECONNECT_SPREAD_MS (a cancelled
+   *  session, e.g. after a logout, does not come back). */
+  Client.prototype.reonlineSpread = function () {
+    var self = this;
+    var gen = this.gen;
+    this.setConn("reconnecting");
+    this.timers.setTimeout(function () { if (gen === self.gen) self.reonline(); },
+      Math.floor(this.random() * TIMING.RECONNECT_SPREAD_MS));
   };
 
   /** The user chose "offline": end this tab's session; stay offline on reload. */
@@ -1205,13 +1240,18 @@ var NextimClient = (function () {
 
   /** Send a message. It is in the chat at once (state "sending"): the
    *  server does not echo it to this tab (docs/design.md#d7-messages).
-   *  Returns the promise of the call (never rejects). */
-  Client.prototype.sendMessage = function (chat, body) {
+   *  Every message carries a client_id; after a network error (no answer:
+   *  stored or not, we cannot tell) it is sent again with the same client_id,
+   *  with backoff, up to SEND_ATTEMPTS calls in all: the server stores it once
+   *  (docs/design.md#d17-idempotent-sends). A refusal is final ("failed").
+   *  clientId: reuse one (a manual retry). Returns the promise (never rejects). */
+  Client.prototype.sendMessage = function (chat, body, clientId) {
     var m = this.model;
     if (!body || !this.ticket) return Promise.resolve();
     var msg = {
       type: chat.type, from: m.user.id, to: chat.id, nick: m.user.nick,
       body: body, style: "", timestamp: this.now() + this.skew,
+      client_id: clientId || newClientId(this.now(), this.random),
       local: true, state: "sending"
     };
     chat.messages.push(msg);
@@ -1219,23 +1259,37 @@ var NextimClient = (function () {
     this.stopTyping(chat, false);
     m.changed("chat");
     var self = this;
-    return this.transport.call("message", { ticket: this.ticket, type: chat.type, to: chat.id, body: body, style: "" }).then(function () {
-      msg.state = "sent";
-      msg.confirmedAt = self.now();
-      chat.rev++;
-      m.changed("chat");
-    }).catch(function (err) {
-      msg.state = "failed";
-      msg.error = err.message;
-      chat.rev++;
-      m.changed("chat");
-    });
+    var attempts = 0;
+    function attempt() {
+      attempts++;
+      var params = { ticket: self.ticket, type: chat.type, to: chat.id, body: body, style: "",
+                     client_id: msg.client_id };
+      return self.transport.call("message", params).then(function () {
+        msg.state = "sent";
+        msg.confirmedAt = self.now();
+        chat.rev++;
+        m.changed("chat");
+      }).catch(function (err) {
+        if (isNetworkError(err) && attempts < TIMING.SEND_ATTEMPTS && self.ticket) {
+          return new Promise(function (resolve) {
+            self.timers.setTimeout(resolve, backoffDelay(attempts, self.random));
+          }).then(attempt);
+        }
+        msg.state = "failed";
+        msg.error = err.message;
+        chat.rev++;
+        m.changed("chat");
+      });
+    }
+    return attempt();
   };
 
+  /** Send a failed message again, with its client_id: if an earlier call did
+   *  store it after all, the server answers ok and stores nothing. */
   Client.prototype.retryMessage = function (chat, msg) {
     var i = chat.messages.indexOf(msg);
     if (i >= 0) chat.messages.splice(i, 1);
-    return this.sendMessage(chat, msg.body);
+    return this.sendMessage(chat, msg.body, msg.client_id);
   };
 
   /** Typing notifications (docs/protocol.md#webimstatus): "typing" once per
@@ -1384,6 +1438,7 @@ var NextimClient = (function () {
     checkEnvelope: checkEnvelope,
     parseBody: parseBody,
     backoffDelay: backoffDelay,
+    newClientId: newClientId,
     chatKey: chatKey,
     normalizeType: normalizeType,
     msgKey: msgKey,
