@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from nextim_twisted.handlers.directory_changes import POLL_INTERVAL
 from tests.cluster import Cluster
 from tests.daemon import REPO_ROOT, Daemon, DaemonError, to_toml, wait_until
 
@@ -154,6 +155,7 @@ def test_directory_changes_reach_every_node(two):
     assert b.find("messages", body="after removal") == []
     # a removed buddy: presence stops both ways
     assert two.admin("DELETE", "/admin/users/alice/buddies/bob", node=0).status == 200
+    time.sleep(POLL_INTERVAL + 0.5)  # n2 reads the change from directory_changes
     mark_a, mark_b = a.mark(), b.mark()
     b.call("presence", show="away")
     a.call("presence", show="away")
@@ -318,6 +320,7 @@ def test_nextimctl_changes_reach_live_sessions_on_every_node(tmp_path):
                                "buddy", "delete", "alice", "bob"], capture_output=True, text=True,
                               timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr
+        time.sleep(POLL_INTERVAL + 0.5)  # each node reads the change from directory_changes
         mark_a, mark_b = a.mark(), b.mark()
         b.call("presence", show="away")
         a.call("presence", show="dnd")
