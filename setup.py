@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
+        # several nodes over Redis (docs/scaling.md); its gaps are closed in hub/redisclient.py
+        "cluster": ["txredisapi>=1.4.10"],
         "test": [
             "pytest>=8,<9.1",  # schemathesis 4.32 breaks on pytest 9.2 (Function._nodeid)
             "pytest-twisted>=1.14",

@@ -335,10 +335,11 @@ def write_report(res):
             if s.get("command"):
                 lines.append(f"\n{s['server']}: `{s['command']}`")
     lines += ["", "![latency against load](benchmarks.png)", ""]
-    notes = os.path.join(servers.HERE, "notes.md")
-    if os.path.exists(notes):  # hand-written reading of the figures, kept with the bench
-        with open(notes) as f:
-            lines += [f.read()]
+    for name in ("notes.md", "cluster.md"):  # hand-written: the reading of the figures, the cluster rows
+        notes = os.path.join(servers.HERE, name)
+        if os.path.exists(notes):
+            with open(notes) as f:
+                lines += [f.read()]
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(lines))
 

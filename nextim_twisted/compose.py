@@ -4,7 +4,9 @@ Dependency order (each part gets only what is built before it):
 
 1. the store (``[storage]``, :func:`~nextim_twisted.store.make_store`), unless given;
 2. the router with its hub (``[timers]``, ``[limits]``; the hub defaults to
-   :class:`~nextim_twisted.hub.local.LocalHub`, docs/design.md#d20-cluster);
+   :class:`~nextim_twisted.hub.local.LocalHub`; with ``[cluster]`` it is the
+   :class:`~nextim_twisted.hub.cluster.ClusterNode`'s hub and arbiter,
+   docs/design.md#d20-cluster);
 3. the authenticator (docs/design.md#d13-identity);
 4. the directory (``[directory] provider``: the store's tables or the host site over
    HTTP) and the webhooks (``[webhooks] url``; a router observer), docs/integration.md;
@@ -44,6 +46,7 @@ from .store.base import Store
 
 if TYPE_CHECKING:
     from .config import Config
+    from .hub.cluster import ClusterNode
     from .webhooks.worker import Webhooks
     from .web.app import WebApp
     from .xmpp.bridge import Bridge
@@ -67,6 +70,7 @@ class Components:
     directory: IDirectory
     webhooks: Webhooks | None
     watch: DirectoryWatch
+    cluster: ClusterNode | None = None
 
 
 def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: Any = None,
@@ -93,9 +97,16 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         def blocking(f, *args):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
     timers, limits = config.timers, config.limits
+    node = None
+    arbiter = None
+    node_id = ""
+    if config.cluster.enabled:
+        from .hub.cluster import ClusterNode
+        node = ClusterNode(config.cluster, timers.user_grace, reactor)
+        hub, arbiter, node_id = node.hub_factory, node.arbiter, node.node_id
     router = Router(clock, timers.poll_hold, timers.session_idle, timers.user_grace,
                     limits.queue_packets, config.server.room_presences, hub=hub,
-                    session_max=timers.session_max)
+                    session_max=timers.session_max, arbiter=arbiter, node_id=node_id)
     auth = Authenticator(config, store, router, blocking, clock)
     directory = make_directory(config, store, reactor, clock)
     webhooks = None
@@ -110,7 +121,10 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         def bridge_factory(ctx: Context) -> Bridge:
             return Bridge(ctx, config.xmpp, reactor)
     ctx = Context(config, store, router, auth, clock, xmpp=bridge_factory, directory=directory,
-                  webhooks=webhooks)
+                  webhooks=webhooks, cluster=node)
+    if node is not None:
+        from .handlers.live import attach_cluster
+        attach_cluster(router, node)
     app = None
     if web:
         from .hostsite.metrics import SiteCollector
@@ -119,4 +133,4 @@ def compose(config: Config, reactor: Any, *, store: Store | None = None, clock: 
         app.metrics.registry.register(SiteCollector(directory, webhooks))
     return Components(config=config, store=store, router=router, hub=router.hub, auth=auth, ctx=ctx,
                       xmpp=ctx.xmpp, web=app, directory=directory, webhooks=webhooks,
-                      watch=DirectoryWatch(ctx, clock))
+                      watch=DirectoryWatch(ctx, clock), cluster=node)

@@ -106,6 +106,14 @@ SCHEMA = {
         "max_backoff": ((int, float), 60),  # longest wait between reconnects, seconds
         "queue_stanzas": (int, 1000),       # stanzas kept while disconnected
     },
+    # Several nodes over Redis and PostgreSQL (docs/scaling.md, docs/design.md#d20-cluster).
+    # Absent: one node, no Redis, as always.
+    "cluster": {
+        "node_id": (str, None),             # 1-16 of [a-z0-9], unique in the cluster
+        "redis_url": (str, "redis://127.0.0.1:6379/0"),
+        "redis_prefix": (str, "nextim"),    # key/channel prefix: clusters can share one Redis
+        "node_timeout": ((int, float), 15),  # seconds without a heartbeat before a node is dead
+    },
 }
 
 
@@ -219,6 +227,21 @@ class XmppSection(Protocol):
     queue_stanzas: int
 
 
+class ClusterSection(Protocol):
+    """``[cluster]`` (docs/scaling.md); ``enabled`` is derived: the section or
+    ``--node-id`` is present."""
+
+    node_id: str | None
+    redis_url: str
+    redis_prefix: str
+    node_timeout: float
+
+    @property
+    def enabled(self) -> bool:
+        """Derived at load, not a key: the section (or ``--node-id``) is present."""
+        ...
+
+
 class DirectorySection(Protocol):
     """``[directory]`` (docs/integration.md)."""
 
@@ -256,6 +279,7 @@ class Config:
     directory: DirectorySection
     webhooks: WebhooksSection
     xmpp: XmppSection
+    cluster: ClusterSection
 
     def __init__(self, sections):
         self._sections = sections
@@ -402,6 +426,7 @@ def from_dict(data, demo=False, overrides=None):
         raise ConfigError("[xmpp] min_backoff, max_backoff: need 0 < min_backoff <= max_backoff <= 3600 seconds")
     if x["queue_stanzas"] < 1:
         raise ConfigError(f"[xmpp] queue_stanzas: must be a positive integer, got {x['queue_stanzas']!r}")
+    _check_cluster(s, clustered="cluster" in data or "cluster.node_id" in (overrides or {}))
     _check_site(s["directory"], s["webhooks"], s["auth"])
     if s["server"]["max_body_bytes"] < 1024:
         raise ConfigError("[server] max_body_bytes: must be at least 1024")
@@ -419,6 +444,32 @@ def from_dict(data, demo=False, overrides=None):
             raise ConfigError(f"[{section}] {key}: still the example value from etc/nextim.toml; set a "
                               "random one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return Config(sections)
+
+
+NODE_ID = re.compile(r"^[a-z0-9]{1,16}$")
+REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _check_cluster(s, clustered):
+    """Validate ``[cluster]``; ``s["cluster"]["enabled"]`` says whether it is on (the
+    section, or ``--node-id``, is present). :raises ConfigError: naming the key."""
+    c = s["cluster"]
+    c["enabled"] = clustered
+    if not clustered:
+        return
+    if c["node_id"] is None or not NODE_ID.match(c["node_id"]):
+        raise ConfigError(f"[cluster] node_id: 1 to 16 characters of a-z and 0-9 required, got {c['node_id']!r}")
+    if s["storage"]["backend"] != "postgres":
+        raise ConfigError("[cluster]: needs [storage] backend = \"postgres\" (every node must share the "
+                          "durable state; a SQLite file belongs to one process)")
+    if importlib.util.find_spec("txredisapi") is None:
+        raise ConfigError("[cluster]: needs the Redis client: pip install 'nextim-twisted[cluster]' (txredisapi)")
+    if not c["redis_url"].startswith("redis://"):
+        raise ConfigError(f"[cluster] redis_url: must start with redis://, got {c['redis_url']!r}")
+    if not REDIS_PREFIX.match(c["redis_prefix"]):
+        raise ConfigError("[cluster] redis_prefix: 1 to 64 of letters, digits, _ . : -")
+    if not 1 <= c["node_timeout"] <= 3600:
+        raise ConfigError(f"[cluster] node_timeout: must be between 1 and 3600 seconds, got {c['node_timeout']!r}")
 
 
 #: Events ``[webhooks] events`` may list (docs/integration.md#webhooks).

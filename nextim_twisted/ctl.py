@@ -11,7 +11,9 @@ room id may not equal a user id). Every directory change is also recorded in the
 ``directory_changes`` table, which running daemons read about once a second, so a
 deleted user's sessions end, a removed buddy stops seeing presence and a removed
 member leaves the live room at once, as with the admin HTTP API
-(docs/design.md#d19-session-lifetime).
+(docs/design.md#d19-session-lifetime). With ``[cluster]``
+the shared file may leave ``node_id`` out (each node gets ``--node-id``; nextimctl is no
+node, docs/scaling.md).
 
 Like the daemon, every command upgrades an older schema first; but only ``migrate``
 creates one: any other command refuses a database without nextim's tables (or a
@@ -30,6 +32,7 @@ import json
 import os
 import sqlite3
 import sys
+import tomllib
 import traceback
 from datetime import datetime, timezone
 
@@ -456,6 +459,22 @@ def _describe(args):
     return " ".join(w for w in words if w)
 
 
+def _tool_node_id(path):
+    """Overrides for loading the daemon's config as a tool: a shared cluster file
+    usually has no ``node_id`` (each node gets ``--node-id``), and nextimctl is no node."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # config_module.load reports it
+    section = data.get("cluster")
+    if isinstance(section, dict) and "node_id" not in section:
+        return {"cluster.node_id": "ctl"}
+    return None
+
+
 def _one_line(exc):
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -466,7 +485,7 @@ async def run(reactor, args, out=None):
     raises ``SystemExit(1 or 2)`` after writing one line to stderr on failure."""
     out = out or sys.stdout
     try:
-        config = config_module.load(args.config)
+        config = config_module.load(args.config, overrides=_tool_node_id(args.config))
     except config_module.ConfigError as e:
         raise CtlError(f"configuration error: {e}", status=2) from None
     if args.command == "check-config":

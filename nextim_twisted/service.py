@@ -206,6 +206,11 @@ class NextimService(service.MultiService):
         self.ready = None
         StorageService(parts.store, parts.auth).setServiceParent(self)
         DirectoryService(parts.directory).setServiceParent(self)
+        if parts.cluster is not None:
+            # After storage, before the listener: a node serves only once it holds its
+            # id in the cluster; it stops after the listener (docs/design.md#d20-cluster).
+            from .hub.cluster import ClusterService
+            ClusterService(parts.cluster).setServiceParent(self)
         if parts.webhooks is not None:
             # After storage: delivers what the outbox kept from before the restart, and on
             # stop writes its last events before the store closes.

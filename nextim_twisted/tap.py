@@ -14,6 +14,8 @@ class Options(usage.Options):
         ["listen", "l", None, "strports endpoint to listen on, overriding [server] listen "
                               "(e.g. tcp:8000:interface=127.0.0.1)."],
         ["public-url", None, None, "Public base URL, overriding [server] public_url."],
+        ["node-id", None, None, "This node's id in a cluster, overriding [cluster] node_id "
+                                "(etc/nextim@.service passes its instance name)."],
     ]
     optFlags = [
         ["demo", None, "Demo mode: SQLite file in the working directory, accounts auth, "
@@ -28,6 +30,8 @@ def load_config(options):
         overrides["server.listen"] = options["listen"]
     if options["public-url"]:
         overrides["server.public_url"] = options["public-url"]
+    if options["node-id"]:
+        overrides["cluster.node_id"] = options["node-id"]
     try:
         return config_module.load(options["config"], demo=options["demo"], overrides=overrides)
     except config_module.ConfigError as e:

@@ -92,8 +92,14 @@ def nginx_config(tmp, listen_port, upstream_port):
     sample, n_up = re.subn(r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};", sample)
     sample, n_listen = re.subn(r"^(\s*)listen 80;", rf"\1listen 127.0.0.1:{listen_port};", sample, flags=re.M)
     assert (n_up, n_listen) == (1, 1), "the sample's upstream/listen lines changed; update this test"
+    return nginx_main_conf(tmp, sample)
+
+
+def nginx_main_conf(tmp, site_text):
+    """A complete nginx.conf in ``tmp`` whose http block includes ``site_text``; runs in the
+    foreground with every path under ``tmp``."""
     site = tmp / "nextim-site.conf"
-    site.write_text(sample)
+    site.write_text(site_text)
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / d).mkdir(exist_ok=True)
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from ..errors import NotFound
+from ..hub.arbiter import IPresenceArbiter, LocalArbiter
 from ..hub.base import IHub, LocalSessions, Packet
 from ..hub.local import LocalHub
 from .observers import ILiveStateObserver, PresenceChange
@@ -39,9 +40,11 @@ class Clock(Protocol):
 HubFactory = Callable[[LocalSessions], IHub]
 
 
-def new_ticket() -> str:
-    """An opaque random ticket of 192 bits (docs/design.md#d4-tickets)."""
-    return secrets.token_urlsafe(24)
+def new_ticket(node_id: str = "") -> str:
+    """An opaque random ticket of 192 bits (docs/design.md#d4-tickets); in a cluster ``<node_id>.<random>``, so
+    any node can tell which node holds its session (docs/design.md#d20-cluster)."""
+    random = secrets.token_urlsafe(24)
+    return f"{node_id}.{random}" if node_id else random
 
 
 class Router:
@@ -56,6 +59,10 @@ class Router:
     :param room_presences: send v5-style room ``join``/``leave`` presences (docs/design.md#d9-rooms).
     :param hub: builds the :class:`~nextim_twisted.hub.base.IHub` every packet leaves
         through, given this router (docs/design.md#d20-cluster).
+    :param arbiter: decides whether a user coming online or going offline here is a
+        change to announce (:class:`~nextim_twisted.hub.arbiter.IPresenceArbiter`;
+        default: this process is the whole truth).
+    :param node_id: a cluster node's id, the prefix of its tickets ("" alone).
     :param session_max: seconds a session may live however often it is polled; after
         that its ticket is unknown (docs/design.md#d19-session-lifetime).
 
@@ -65,7 +72,8 @@ class Router:
 
     def __init__(self, clock: Clock, poll_hold: float = 25, session_idle: float = 10,
                  user_grace: float = 10, max_queue: int = 1000, room_presences: bool = False,
-                 hub: HubFactory = LocalHub, session_max: float = 86400) -> None:
+                 hub: HubFactory = LocalHub, session_max: float = 86400,
+                 arbiter: IPresenceArbiter | None = None, node_id: str = "") -> None:
         self.clock = clock
         self.timers = TimerWheel(clock)
         self.poll_hold = poll_hold
@@ -83,6 +91,12 @@ class Router:
         self.messages_routed = {"unicast": 0, "multicast": 0, "broadcast": 0}
         #: Where every packet goes out (docs/design.md#d20-cluster).
         self.hub: IHub = hub(self)
+        #: Who decides presence transitions (docs/design.md#d20-cluster).
+        self.arbiter: IPresenceArbiter = arbiter if arbiter is not None else LocalArbiter()
+        #: True when the hub also reaches users live on other nodes (a cluster): then
+        #: packets go to the hub for users not live here too.
+        self.hub_reaches_other_nodes: bool = bool(getattr(self.hub, "reaches_other_nodes", False))
+        self.node_id = node_id
 
     def add_observer(self, observer: ILiveStateObserver) -> None:
         """Tell ``observer`` about presence and room changes from now on (:mod:`.observers`)."""
@@ -145,11 +159,12 @@ class Router:
             self.users[user.id] = user
             for room_id in room_ids:
                 self._join(user, room_id, announce=False)
-            if user.visible:
-                self._announce(user, "online")
+            self.arbiter.came_online(user, lambda: self._announce_online(user))
             log.debug("user {user_id} online", user_id=user.id)
         else:
             self._cancel_grace(user)
+            if not user.sessions:
+                self.arbiter.sessions_changed(user, True)
             user.profile = profile
             user.buddies = set(buddy_ids)
             for room_id in room_ids:
@@ -157,7 +172,7 @@ class Router:
                     self._join(user, room_id, announce=False)
             if show is not None and show != user.show:
                 self.set_presence(user.id, show, user.status if status is None else status)
-        ticket = new_ticket()
+        ticket = new_ticket(self.node_id)
         session = Session(ticket, user.id, self.timers, self.poll_hold, self.session_idle,
                           self.max_queue, self._session_ended)
         session.expires_at = self.clock.seconds() + self.session_max
@@ -213,7 +228,8 @@ class Router:
         user = self.users.get(session.user_id)
         if user is None:
             return
-        user.sessions.pop(session.ticket, None)
+        if user.sessions.pop(session.ticket, None) is not None and not user.sessions:
+            self.arbiter.sessions_changed(user, False)
         if not user.sessions and user.grace_timer is None:
             user.grace_timer = self.clock.callLater(self.user_grace, self._grace_expired, user.id)
 
@@ -232,8 +248,7 @@ class Router:
     def _go_offline(self, user):
         for room_id in list(user.rooms):
             self._leave(user, room_id, announce=False)
-        if user.visible:
-            self._announce(user, "offline")
+        self.arbiter.went_offline(user, lambda: user.visible and self._announce(user, "offline"))
         del self.users[user.id]
         for other_id in user.contacts:
             other = self.users.get(other_id)
@@ -286,6 +301,7 @@ class Router:
         if status is not None:
             user.status = status
         user.status_time = self.now_ms()
+        self.arbiter.show_changed(user)
         if was_visible and user.visible:
             self._announce(user, "show")
         elif was_visible:
@@ -310,10 +326,17 @@ class Router:
             except Exception:
                 log.failure("router observer {event} failed", event=event)
 
+    def _announce_online(self, user: OnlineUser) -> None:
+        # Called by the arbiter, maybe later: only if the user is still live here.
+        if self.users.get(user.id) is user and user.visible:
+            self._announce(user, "online")
+
     def _announce(self, user: OnlineUser, type_: PresenceChange) -> None:
-        # online/show/offline as others see it (invisible is already offline here, docs/design.md#d8-presence)
+        # online/show/offline as others see it (invisible is already offline here, docs/design.md#d8-presence).
+        # A hub that reaches other nodes gets every related user, live here or not.
         self._notify("user_presence", user, type_)
-        others = [i for i in user.related() if i != user.id and i in self.users]
+        remote = self.hub_reaches_other_nodes
+        others = [i for i in user.related() if i != user.id and (remote or i in self.users)]
         if others:
             self.hub.to_users(others, "presences", self._presence_packet(user, type_, None))
 
@@ -341,20 +364,25 @@ class Router:
         self.messages_routed["unicast"] += 1
         packet = message_packet(message)
         hub = self.hub
-        recipient = self.users.get(message["to"])
-        sender = self.users.get(message["from"])
-        delivered = False
-        if recipient is not None and recipient is sender:
+        to_id, from_id = message["to"], message["from"]
+        recipient = self.users.get(to_id)
+        sender = self.users.get(from_id)
+        # A hub that reaches other nodes gets users not live here too.
+        remote = self.hub_reaches_other_nodes
+        if to_id == from_id:
+            if recipient is None and not remote:
+                return False
             # A note to oneself: each *other* session once, never the sending one (docs/design.md#d7-messages).
-            return hub.to_user(recipient.id, "messages", packet, except_ticket=sender_ticket)
-        if recipient is not None and to_recipient:
-            delivered = hub.to_user(recipient.id, "messages", packet)
-        if sender is not None and sender is not recipient:
-            hub.to_user(sender.id, "messages", packet, except_ticket=sender_ticket)
-            if recipient is not None:
-                # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence).
-                sender.add_contact(recipient.id)
-                recipient.add_contact(sender.id)
+            return hub.to_user(to_id, "messages", packet, except_ticket=sender_ticket)
+        delivered = False
+        if to_recipient and (recipient is not None or remote):
+            delivered = hub.to_user(to_id, "messages", packet)
+        if sender is not None or remote:
+            hub.to_user(from_id, "messages", packet, except_ticket=sender_ticket)
+        if sender is not None and recipient is not None:
+            # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence).
+            sender.add_contact(recipient.id)
+            recipient.add_contact(sender.id)
         return delivered
 
     def route_multicast(self, message: Message, sender_ticket: str | None = None) -> int:
@@ -373,8 +401,7 @@ class Router:
     def route_status(self, from_id: str, to_id: str, show: str) -> bool:
         """Relay a typing status to the recipient's sessions if online; never stored (docs/protocol.md#webimstatus)."""
         sender = self.users.get(from_id)
-        recipient = self.users.get(to_id)
-        if recipient is None or sender is None:
+        if sender is None or (to_id not in self.users and not self.hub_reaches_other_nodes):
             return False
         packet = {"from": from_id, "nick": sender.nick, "to": to_id, "show": show}
         return self.hub.to_user(to_id, "statuses", packet)
@@ -444,6 +471,18 @@ class Router:
             "parked_polls": sum(1 for s in self.sessions.values() if s.parked),
             "queue_overflows": self.overflows,
         }
+
+    def end_all_sessions(self) -> int:
+        """End every session so that its next poll is 404 and the client goes online
+        again (a parked poll is answered empty first); the users stay live through the
+        grace. For a cluster node whose routing had a gap (docs/design.md#d20-cluster).
+        :returns: the number of sessions ended."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.stop({"status": "ok", "messages": [], "presences": [], "statuses": [],
+                          "seq": session.last_seq})
+            self._forget_session(session)
+        return len(sessions)
 
     def shutdown(self) -> None:
         """Answer every parked poll with an empty batch and cancel all timers (docs/design.md#d16-shutdown)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..core.presence import normalize_show
 from ..core.ratelimit import RateLimiter
 from ..errors import BadRequest, Forbidden
+from .live import ClusterLiveView, LiveView
 
 if TYPE_CHECKING:
     from ..auth import Authenticator
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ..core.router import Clock, Router
     from ..directory.base import IDirectory
     from ..hub.base import IHub
+    from ..hub.cluster import ClusterNode
     from ..store.base import Store
     from ..webhooks.worker import Webhooks
     from ..xmpp.bridge import Bridge
@@ -40,7 +42,8 @@ class Context:
 
     def __init__(self, config: Config, store: Store, router: Router, auth: Authenticator, clock: Clock,
                  xmpp: Callable[[Context], Bridge] | None = None, directory: IDirectory | None = None,
-                 webhooks: Webhooks | None = None) -> None:
+                 webhooks: Webhooks | None = None,
+                 cluster: ClusterNode | None = None) -> None:
         self.config = config
         self.store = store
         self.router = router
@@ -52,6 +55,10 @@ class Context:
             "onlines": config.limits.onlines_per_minute,
         })
         self.shutting_down = False
+        #: The cluster node, or None for a single daemon.
+        self.cluster = cluster
+        #: Live state as the handlers ask it: this process's, or the cluster's.
+        self.live = LiveView(router) if cluster is None else ClusterLiveView(router, cluster.state)
         if directory is None:
             from ..directory.local import LocalDirectory
             directory = LocalDirectory(store)
@@ -77,7 +84,11 @@ class Context:
 
     @property
     def poll_url(self):
-        """``connection.server``: the full long-poll URL (docs/design.md#d3-online)."""
+        """``connection.server``: the full long-poll URL (docs/design.md#d3-online); a cluster node's own path
+        ``/n/<node_id>/packets``, which a balancer sends to this node
+        (docs/design.md#d20-cluster)."""
+        if self.cluster is not None:
+            return f"{self.config.public_url}/n/{self.cluster.node_id}/packets"
         return self.config.public_url + "/packets"
 
     async def settings_of(self, user_id):

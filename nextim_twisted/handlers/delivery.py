@@ -1,6 +1,6 @@
 """The one delivery rule of a message, whatever its source (docs/design.md#d7-messages):
 
-1. is the recipient live (a session open now)?
+1. is the recipient live (a session open now, on any node of a cluster)?
 2. store the message, ``delivered`` set to that answer; ``ok`` only after the commit;
 3. re-check: a recipient who came online while the message was being stored may have
    taken it already as one of ``online``'s ``new_messages``. Whoever marks it delivered
@@ -84,7 +84,7 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
     router, store, hooks = ctx.router, ctx.store, ctx.webhooks
     when = ctx.now_ms() if timestamp is None else timestamp
     if type_ == "unicast":
-        live = router.has_sessions(to)
+        live = await ctx.live.has_sessions(to)
         also = hooks.message_rows(offline=not live) if hooks is not None else None
         msg = await store_message(ctx, "unicast", from_id, to, nick, body, style, when, live, also, client_id)
         if msg is None:
@@ -92,7 +92,7 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
         if hooks is not None and also is not None:
             hooks.kick()
         to_recipient = True
-        if not live and to != from_id and router.has_sessions(to):
+        if not live and to != from_id and await ctx.live.has_sessions(to):
             to_recipient = bool(await store.mark_delivered([msg["id"]]))
         reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
         return msg, int(reached)

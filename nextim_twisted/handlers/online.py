@@ -111,6 +111,8 @@ async def online(ctx, identity, params):
             profiles = {**known, **await ctx.directory.profiles(unread)}
     else:
         profiles = await ctx.directory.profiles(wanted)
+    # Presence of every listed buddy, on whichever node they are (docs/design.md#d8-presence).
+    presence = await ctx.live.presences([i for i in wanted if i in profiles], uid)
     # XMPP bridge (docs/xmpp.md): the user's JID buddies, with the presence XMPP gave them.
     remote = ctx.xmpp.remote_buddies(uid) if ctx.xmpp is not None else {}
     wanted += [jid for jid in remote if jid not in wanted]
@@ -121,15 +123,16 @@ async def online(ctx, identity, params):
             continue
         # Not a directory buddy: the UI sorts the "stranger" group last (docs/protocol.md#buddyinfo).
         info = remote.get(buddy_id) or model.buddy_info(buddy, groups.get(buddy_id, "stranger"),
-                                                        router.presence_of(buddy_id, uid))
+                                                        presence[buddy_id])
         if buddy_id in active:
             info["history"] = [model.log_item(m) for m in
                                await store.unicast_history(uid, buddy_id, ctx.config.limits.history)]
         buddy_list.append(info)
 
     room_list = []
+    counts = await ctx.live.room_counts([r["id"] for r in rooms], uid)
     for room in rooms:
-        info = model.room_info(room, router.room_count(room["id"], uid), room["id"] in blocked)
+        info = model.room_info(room, counts[room["id"]], room["id"] in blocked)
         if room["id"] in room_ids:
             info["history"] = [model.log_item(m) for m in
                                await store.room_history(room["id"], ctx.config.limits.history)]
@@ -197,8 +200,9 @@ async def buddies(ctx, identity, params):
     profiles = await ctx.directory.profiles(ids)
     groups = dict(await ctx.directory.buddies(identity.user_id))
     remote = ctx.xmpp.remote_buddies(identity.user_id) if ctx.xmpp is not None else {}  # XMPP buddies (docs/xmpp.md)
+    presence = await ctx.live.presences([i for i in ids if i in profiles and i not in remote], identity.user_id)
     return [remote[i] if i in remote else
-            model.buddy_info(profiles[i], groups.get(i, "stranger"), ctx.router.presence_of(i, identity.user_id))
+            model.buddy_info(profiles[i], groups.get(i, "stranger"), presence[i])
             for i in ids if i in profiles or i in remote]
 
 

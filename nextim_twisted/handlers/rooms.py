@@ -13,7 +13,8 @@ async def join(ctx, identity, params):
     room = await check_room_member(ctx, room_id, identity.user_id)
     require_live(ctx, identity)
     ctx.router.join_room(identity.user_id, room_id)
-    return model.room_info(room, ctx.router.room_count(room_id, identity.user_id), False)
+    counts = await ctx.live.room_counts([room_id], identity.user_id)
+    return model.room_info(room, counts[room_id], False)
 
 
 async def leave(ctx, identity, params):
@@ -29,7 +30,7 @@ async def members(ctx, identity, params):
     """``webim/members``: online members ``[{id, nick, presence, show}]`` (docs/protocol.md#a9-the-members-answer)."""
     room_id = params.ident("id")
     await check_room_member(ctx, room_id, identity.user_id)
-    members = ctx.router.room_members(room_id, identity.user_id)
+    members = await ctx.live.room_members(room_id, identity.user_id)
     if ctx.xmpp is not None:
         members += ctx.xmpp.room_occupants(room_id)  # XMPP occupants of a bridged room (docs/xmpp.md)
     return members
@@ -40,5 +41,6 @@ async def rooms(ctx, identity, params):
     params.required("ids")
     ids = set(params.ids("ids"))
     blocked = blocked_rooms(await ctx.settings_of(identity.user_id))
-    return [model.room_info(r, ctx.router.room_count(r["id"], identity.user_id), r["id"] in blocked)
-            for r in await ctx.directory.rooms_of(identity.user_id) if r["id"] in ids]
+    mine = [r for r in await ctx.directory.rooms_of(identity.user_id) if r["id"] in ids]
+    counts = await ctx.live.room_counts([r["id"] for r in mine], identity.user_id)
+    return [model.room_info(r, counts[r["id"]], r["id"] in blocked) for r in mine]

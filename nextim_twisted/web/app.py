@@ -104,6 +104,8 @@ class WebApp:
         self.ctx = ctx
         self.metrics = Metrics(ctx.router, ctx.store)
         self.webim = Webim(ctx, self.metrics)
+        if ctx.cluster is not None:
+            ctx.cluster.run_call = self.webim.run_forwarded  # calls other nodes forward here
         self.klein = routes(ctx, ops.Ops(ctx, self.metrics), static_dir)
 
     def resource(self):

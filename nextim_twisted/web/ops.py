@@ -71,6 +71,13 @@ class Ops:
         except Exception as e:  # any storage failure is "not healthy", never a 500
             log.warn("health check failed: storage {error}", error=type(e).__name__)
             return render(request, {"status": "error", "storage": "error"}, status=503)
+        cluster = self.ctx.cluster
+        if cluster is not None:
+            # A node that cannot reach Redis cannot route to or from the other nodes
+            # (docs/design.md#d20-cluster): out of the balancer until it can.
+            if not cluster.routing:
+                return render(request, {"status": "error", "storage": "ok", "redis": "error"}, status=503)
+            return render(request, {"status": "ok", "storage": "ok", "redis": "ok"})
         return render(request, {"status": "ok", "storage": "ok"})
 
     @staticmethod

@@ -10,7 +10,7 @@ by plain string tests, and everything else is passed to the Klein app of
 :mod:`.app`. :data:`WEBIM` is the one table of ``webim/*`` endpoints: the dispatch
 below, the metrics labels and tests/test_openapi.py all read it.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Union
 from urllib.parse import unquote_to_bytes
 
@@ -20,7 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..auth import Credentials
-from ..errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ProtocolError, ShuttingDown
+from ..errors import (BadRequest, Forbidden, InternalError, MethodNotAllowed, NotFound, ProtocolError,
+                      ShuttingDown)
+from ..hub.forward import OwnerUnreachable
 from ..handlers import OK, chat, online, rooms, settings
 from ..handlers.params import Params
 from .answer import answer, bearer, decode_params, header, raw_callback
@@ -111,8 +113,10 @@ WEBIM = {
 }
 
 #: The long-poll paths and their methods: ``/packets``, and the bare ``/`` with a
-#: ``ticket`` parameter (configs that poll the server URL itself).
+#: ``ticket`` parameter (configs that poll the server URL itself). A cluster node also
+#: serves ``/n/<its node id>/packets`` (docs/design.md#d20-cluster).
 POLL_PATH = "/packets"
+NODE_POLL_PREFIX, NODE_POLL_SUFFIX = "/n/", "/packets"
 POLL_METHODS = (b"GET", b"POST")
 
 
@@ -169,6 +173,9 @@ class Webim:
             if not endpoint.identified:
                 return await endpoint.handler(self, request, params, callback)
             creds = self.credentials(request, params, callback)
+            owner = self._owner_elsewhere(name, params)
+            if owner is not None:
+                return await self._forward(owner, name, creds, params)
             identity = await self.ctx.auth.identify(creds, endpoint.changes_state(params),
                                                     endpoint.allow_password)
             request.nextim_user_id = identity.user_id  # for the access log
@@ -178,6 +185,59 @@ class Webim:
             return result
 
         return defer.ensureDeferred(answer(self.ctx, request, work))
+
+    # -- calls whose session lives on another node ------------------------------------
+    def _owner_elsewhere(self, name, params):
+        """The node id of the call's ticket when that is another node, else None. In a
+        cluster every identified call whose ticket names another node is run by that
+        node (docs/design.md#d20-cluster): only it can resolve the ticket."""
+        cluster = self.ctx.cluster
+        if cluster is None:
+            return None
+        node_id, dot, _ = (params.get("ticket") or "").partition(".")
+        return node_id if dot and node_id != cluster.node_id else None
+
+    async def _forward(self, owner, name, creds, params):
+        """Run the call on the node that holds its session and answer what it answers
+        (identification included: the owner applies every rule, so "never back to the
+        sending session" holds across nodes). A node that does not answer is a dead
+        ticket: 404, and the client goes online again."""
+        try:
+            answer = await self.ctx.cluster.forwarder.forward(
+                owner, name, {"values": params.values, "creds": asdict(creds)})
+        except OwnerUnreachable:
+            raise NotFound("unknown or expired ticket", code="invalid_ticket") from None
+        if answer.get("ok") is True:
+            return OK
+        if "result" in answer:
+            return answer["result"]
+        error = answer.get("error")
+        if isinstance(error, dict) and isinstance(error.get("status"), int):
+            # The owner's refusal as it raised it (its code is one of its literals).
+            refusal = ProtocolError(str(error.get("message")), headers=error.get("headers") or {})
+            refusal.code, refusal.status = str(error.get("code")), error["status"]
+            raise refusal
+        raise InternalError("the owning node failed to run the call")
+
+    async def run_forwarded(self, name, payload):
+        """Run a call another node forwarded to this one (``ClusterNode.run_call``):
+        ``{"ok": true}``, ``{"result": answer}`` or ``{"error": {status, code, message,
+        headers}}``."""
+        endpoint = WEBIM.get(name)
+        if endpoint is None or not endpoint.identified:
+            return {"error": {"status": 404, "code": "unknown_endpoint", "message": f"unknown endpoint webim/{name}"}}
+        params = Params(dict(payload.get("values") or {}))
+        try:
+            if self.ctx.shutting_down:
+                raise ShuttingDown("the server is shutting down; try again shortly")
+            creds = Credentials(**(payload.get("creds") or {}))
+            identity = await self.ctx.auth.identify(creds, endpoint.changes_state(params),
+                                                    endpoint.allow_password)
+            result = await endpoint.handler(self.ctx, identity, params)
+        except ProtocolError as error:
+            return {"error": {"status": error.status, "code": error.code, "message": error.message,
+                              "headers": error.headers}}
+        return {"ok": True} if result is OK else {"result": result}
 
     # -- the long poll -----------------------------------------------------------
     def poll(self, request):
@@ -254,6 +314,9 @@ class HotPathRoot(Resource):
         super().__init__()
         self.webim = webim
         self.rest = rest
+        cluster = webim.ctx.cluster
+        #: This node's own poll path in a cluster, else None.
+        self.node_poll = f"{NODE_POLL_PREFIX}{cluster.node_id}{NODE_POLL_SUFFIX}" if cluster is not None else None
 
     def render(self, request):
         try:
@@ -263,6 +326,16 @@ class HotPathRoot(Resource):
         if path.startswith("/webim/") and len(path) > 7 and "/" not in path[7:]:
             result = self.webim.call(request, path[7:])
         elif path == POLL_PATH:
+            if request.method not in POLL_METHODS:
+                return render_error(request, MethodNotAllowed("use GET or POST"))
+            result = self.webim.poll(request)
+        elif self.node_poll is not None and path.startswith(NODE_POLL_PREFIX) and path.endswith(NODE_POLL_SUFFIX):
+            if path != self.node_poll:
+                # Another node's path: its sessions are not here. 404, so the client goes
+                # online again rather than polling a node that cannot answer it.
+                request.setResponseCode(404)
+                return render_error(request, NotFound("this poll belongs to another node; go online again",
+                                                      code="invalid_ticket"))
             if request.method not in POLL_METHODS:
                 return render_error(request, MethodNotAllowed("use GET or POST"))
             result = self.webim.poll(request)
