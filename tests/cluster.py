@@ -28,14 +28,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.parse
 
-from tests.daemon import Client, Daemon, DaemonError, free_port, wait_until
+from tests.daemon import Client, Daemon, DaemonError, PacketLog, free_port, wait_until
 from tests.storefixtures import POSTGRES_DSN, _drop_schema
 
 POLL_TIMEOUT = 15  # client-side socket timeout of one poll (hold is 3 s)
-WAIT = 8           # default deadline for "this packet arrives"
 
 
 class RedisServer:
@@ -208,7 +206,7 @@ class Cluster:
         return tab
 
 
-class ClusterTab:
+class ClusterTab(PacketLog):
     """One browser tab of a cluster: online on one node, polling the URL that ``online``
     answered (``<public_url>/n/<node>/packets``), each call on the node of the test's
     choice (``via=``). Packets are kept in :attr:`packets` as ``(kind, packet)``; the
@@ -297,39 +295,3 @@ class ClusterTab:
         if self.ended is None:
             self.call("offline", via=via)
 
-    # -- looking at what arrived --
-    def mark(self):
-        with self.cond:
-            return len(self.packets)
-
-    def find(self, kind=None, since=0, **fields):
-        with self.cond:
-            return [p for k, p in self.packets[since:]
-                    if (kind is None or k == kind) and all(p.get(f.rstrip("_")) == v for f, v in fields.items())]
-
-    def wait_for(self, kind, since=0, timeout=WAIT, **fields):
-        """The first packet of ``kind`` after index ``since`` whose fields match
-        (``from_=`` for ``from``); fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = self.find(kind, since, **fields)
-                if found:
-                    return found[0]
-                if self.ended is not None:
-                    raise AssertionError(f"{self.user_id}'s tab ended ({self.ended}) while waiting for "
-                                         f"{kind} {fields}; got {self.packets[since:]}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.user_id}'s tab: no {kind} {fields} within {timeout} s; "
-                                         f"got {self.packets[since:]}")
-                self.cond.wait(left)
-
-    def wait_ended(self, timeout=WAIT):
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.ended is not None, timeout):
-                raise AssertionError(f"{self.user_id}'s poll loop did not end within {timeout} s")
-            return self.ended
-
-    def check(self):
-        assert not self.errors, f"{self.user_id}'s tab: {self.errors}"

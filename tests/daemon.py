@@ -355,3 +355,50 @@ def wait_until(predicate, timeout=10, what="condition", interval=0.05):
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 
+
+class PacketLog:
+    """What a test tab received, and waiting for it: a mixin for the tab classes of the
+    real-daemon tests. The tab sets ``user_id``, ``cond`` (a ``threading.Condition``),
+    ``packets`` (``[(kind, packet)]``, appended under ``cond``), ``ended`` (None while its
+    poll loop runs) and ``errors``."""
+
+    WAIT = 8  # seconds: default deadline for "this packet arrives"
+
+    # -- looking at what arrived --
+    def mark(self):
+        with self.cond:
+            return len(self.packets)
+
+    def find(self, kind=None, since=0, **fields):
+        with self.cond:
+            return [p for k, p in self.packets[since:]
+                    if (kind is None or k == kind) and all(p.get(f.rstrip("_")) == v for f, v in fields.items())]
+
+    def wait_for(self, kind, since=0, timeout=None, **fields):
+        """The first packet of ``kind`` after index ``since`` whose fields match
+        (``from_=`` for ``from``); fails after ``timeout`` seconds."""
+        timeout = self.WAIT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = self.find(kind, since, **fields)
+                if found:
+                    return found[0]
+                if self.ended is not None:
+                    raise AssertionError(f"{self.user_id}'s tab ended ({self.ended}) while waiting for "
+                                         f"{kind} {fields}; got {self.packets[since:]}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self.user_id}'s tab: no {kind} {fields} within {timeout} s; "
+                                         f"got {self.packets[since:]}")
+                self.cond.wait(left)
+
+    def wait_ended(self, timeout=None):
+        timeout = self.WAIT if timeout is None else timeout
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ended is not None, timeout):
+                raise AssertionError(f"{self.user_id}'s poll loop did not end within {timeout} s")
+            return self.ended
+
+    def check(self):
+        assert not self.errors, f"{self.user_id}'s tab: {self.errors}"

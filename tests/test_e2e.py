@@ -15,11 +15,10 @@ import time
 import jwt
 import pytest
 
-from tests.daemon import Daemon, wait_until
+from tests.daemon import Daemon, PacketLog, wait_until
 from tests.storefixtures import POSTGRES_DSN, STORE_KINDS, _drop_schema, skip_unless_enabled
 
 POLL_TIMEOUT = 15  # client-side socket timeout of one poll (hold is 3 s)
-WAIT = 8           # default deadline for "this packet arrives"
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -50,7 +49,7 @@ def assert_error(resp, status, code=None):
     assert_envelope(resp.json(), code)
 
 
-class Tab:
+class Tab(PacketLog):
     """One browser tab: ``webim/online`` → ticket, then a long-poll loop in a thread.
 
     Every packet received is kept in :attr:`packets` as ``(kind, packet)`` in ``seq``
@@ -140,43 +139,6 @@ class Tab:
         self.closing = True
         if self.ended is None:
             self.call("offline")
-
-    # -- looking at what arrived --
-    def mark(self):
-        with self.cond:
-            return len(self.packets)
-
-    def find(self, kind=None, since=0, **fields):
-        with self.cond:
-            return [p for k, p in self.packets[since:]
-                    if (kind is None or k == kind) and all(p.get(f.rstrip("_")) == v for f, v in fields.items())]
-
-    def wait_for(self, kind, since=0, timeout=WAIT, **fields):
-        """The first packet of ``kind`` after index ``since`` whose fields match
-        (``from_=`` for ``from``); fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = self.find(kind, since, **fields)
-                if found:
-                    return found[0]
-                if self.ended is not None:
-                    raise AssertionError(f"{self.user_id}'s tab ended ({self.ended}) while waiting for "
-                                         f"{kind} {fields}; got {self.packets[since:]}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.user_id}'s tab: no {kind} {fields} within {timeout} s; "
-                                         f"got {self.packets[since:]}")
-                self.cond.wait(left)
-
-    def wait_ended(self, timeout=WAIT):
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.ended is not None, timeout):
-                raise AssertionError(f"{self.user_id}'s poll loop did not end within {timeout} s")
-            return self.ended
-
-    def check(self):
-        assert not self.errors, f"{self.user_id}'s tab: {self.errors}"
 
 
 @pytest.fixture(scope="module", params=STORE_KINDS)
