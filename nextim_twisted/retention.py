@@ -17,7 +17,46 @@ PURGE_INTERVAL = 24 * 3600
 DAY_MS = 24 * 3600 * 1000
 
 
-class Retention(service.Service):
+class _Periodic(service.Service):
+    """A child service that calls :meth:`_tick` now and then every ``interval`` seconds
+    on the injected clock, without waiting for a tick's Deferred (the grid stays fixed
+    however long a purge takes)."""
+
+    def __init__(self, name, store, clock, interval):
+        self.setName(name)
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.last = None
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def _tick(self):
+        self.purge_once()
+
+    def purge_once(self):
+        raise NotImplementedError
+
+    def start(self):
+        """Purge now, then every :attr:`interval` seconds."""
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
+
+    def stop(self):
+        """Stop the timer (a purge already running finishes). Idempotent."""
+        if self._loop.running:
+            self._loop.stop()
+
+    def startService(self):
+        super().startService()
+        self.start()
+
+    def stopService(self):
+        super().stopService()
+        self.stop()
+
+
+class Retention(_Periodic):
     """Purges messages older than ``days`` days on a timer; a child service of the
     daemon (:class:`~nextim_twisted.service.NextimService`), started once storage is.
 
@@ -34,14 +73,8 @@ class Retention(service.Service):
     def __init__(self, store, clock, days, interval=PURGE_INTERVAL):
         if days < 1:
             raise ValueError("retention days must be at least 1")
-        self.setName("retention")
-        self.store = store
-        self.clock = clock
+        super().__init__("retention", store, clock, interval)
         self.days = days
-        self.interval = interval
-        self.last = None
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = clock
 
     def cutoff_ms(self):
         """Epoch ms before which messages are deleted now."""
@@ -66,35 +99,11 @@ class Retention(service.Service):
         self.last = d
         return d
 
-    def _tick(self):
-        # Not returning the Deferred: the next purge is scheduled at once, on the
-        # 24 h grid, however long this one takes.
-        self.purge_once()
-
-    def start(self):
-        """Purge now, then every :attr:`interval` seconds."""
-        if not self._loop.running:
-            self._loop.start(self.interval, now=True)
-
-    def stop(self):
-        """Stop the timer (a purge already running finishes). Idempotent."""
-        if self._loop.running:
-            self._loop.stop()
-
-    def startService(self):
-        super().startService()
-        self.start()
-
-    def stopService(self):
-        super().stopService()
-        self.stop()
-
-
 #: Seconds between two purges of idempotency keys.
 KEY_PURGE_INTERVAL = 3600
 
 
-class KeyRetention(service.Service):
+class KeyRetention(_Periodic):
     """Forgets the ``client_id`` keys of messages (docs/design.md#d17-idempotent-sends)
     once they are older than ``hours``, now and then every hour: a retry within
     ``hours`` stores nothing, a key reused after them is a new message.
@@ -110,14 +119,8 @@ class KeyRetention(service.Service):
     def __init__(self, store, clock, hours, interval=KEY_PURGE_INTERVAL):
         if hours < 1:
             raise ValueError("client_id_hours must be at least 1")
-        self.setName("key-retention")
-        self.store = store
-        self.clock = clock
+        super().__init__("key-retention", store, clock, interval)
         self.hours = hours
-        self.last = None
-        self._loop = task.LoopingCall(self.purge_once)
-        self._loop.clock = clock
-        self.interval = interval
 
     def purge_once(self):
         """Purge now. Deferred → number of keys forgotten (``None`` if it failed)."""
@@ -125,22 +128,4 @@ class KeyRetention(service.Service):
         d = keys.purge(self.store, int((self.clock.seconds() - self.hours * 3600) * 1000))
         d.addErrback(lambda f: log.error("client_id keys: purge failed: {error}", error=f.getErrorMessage()))
         self.last = d
-        return None  # LoopingCall must not wait for it
-
-    def start(self):
-        """Purge now, then every :attr:`interval` seconds."""
-        if not self._loop.running:
-            self._loop.start(self.interval, now=True)
-
-    def stop(self):
-        """Stop the timer. Idempotent."""
-        if self._loop.running:
-            self._loop.stop()
-
-    def startService(self):
-        super().startService()
-        self.start()
-
-    def stopService(self):
-        super().stopService()
-        self.stop()
+        return d
