@@ -140,6 +140,18 @@ def make_config(**sections):
     return config_module.from_dict(data)
 
 
+async def seed_directory(store):
+    """The directory every ``daemon`` fixture starts with: users alice, bob (buddies),
+    carol (bob's buddy), dave (no buddies); room ``lobby`` with alice, bob, carol."""
+    for uid in ("alice", "bob", "carol", "dave"):
+        await store.put_user(uid, uid.title())
+    await store.put_buddy("alice", "bob", "Friends")
+    await store.put_buddy("bob", "carol", "Work")
+    await store.put_room("lobby", "Lobby")
+    for uid in ("alice", "bob", "carol"):
+        await store.put_member("lobby", uid)
+
+
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request):
     skip_unless_enabled(request.param)
@@ -155,13 +167,7 @@ async def daemon(store_kind, tmp_path, request):
     store, drop = await make_store(store_kind, tmp_path)
     h = Harness(store, config)
     await h.start()
-    for uid in ("alice", "bob", "carol", "dave"):
-        await store.put_user(uid, uid.title())
-    await store.put_buddy("alice", "bob", "Friends")
-    await store.put_buddy("bob", "carol", "Work")
-    await store.put_room("lobby", "Lobby")
-    for uid in ("alice", "bob", "carol"):
-        await store.put_member("lobby", uid)
+    await seed_directory(store)
     try:
         yield h
     finally:

@@ -26,7 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from tests.conftest import Harness, Response, make_config
+from tests.conftest import Harness, Response, make_config, seed_directory
 from tests.storefixtures import make_store
 
 #: The address the in-memory server and clients pretend to have.
@@ -180,21 +180,13 @@ class MemoryHarness(Harness):
 
 @pytest_twisted.async_yield_fixture
 async def daemon(store_kind, tmp_path, request):
-    """A started :class:`MemoryHarness`, seeded like ``tests/conftest.py``'s ``daemon``:
-    users alice, bob (buddies), carol (bob's buddy), dave, room ``lobby`` with alice,
-    bob, carol."""
+    """A started :class:`MemoryHarness` with the directory of :func:`tests.conftest.seed_directory`."""
     marker = request.node.get_closest_marker("config")
     config = make_config(**(marker.kwargs if marker else {}))
     store, drop = await make_store(store_kind, tmp_path)
     h = MemoryHarness(store, config)
     await h.start()
-    for uid in ("alice", "bob", "carol", "dave"):
-        await store.put_user(uid, uid.title())
-    await store.put_buddy("alice", "bob", "Friends")
-    await store.put_buddy("bob", "carol", "Work")
-    await store.put_room("lobby", "Lobby")
-    for uid in ("alice", "bob", "carol"):
-        await store.put_member("lobby", uid)
+    await seed_directory(store)
     try:
         yield h
     finally:
