@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import secrets
 import shutil
 import subprocess
@@ -43,7 +42,7 @@ import orjson  # noqa: E402
 
 import loadgen  # noqa: E402
 from servers import (ADMIN_KEY, HOST, ROOM_SIZE, ROOT, TOKEN_SECRET, WORK, proc_cpu_seconds,  # noqa: E402
-                     proc_rss_kb, room_of, wait_port)
+                     proc_rss_kb, raise_fd_limit, room_of, wait_port)
 
 POSTGRES_DSN = os.environ.get("NEXTIM_BENCH_POSTGRES_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 RESULTS = os.path.join(WORK, "cluster-results.json")
@@ -243,8 +242,7 @@ def cpu_of(pids):
 
 
 async def run(args):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    raise_fd_limit()
     schema = "nextim_bench_" + secrets.token_hex(4)
     prefix = "bench" + secrets.token_hex(3)
     redis = Redis(args.server_cpu, args.redis_port) if args.nodes > 1 else None

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import servers  # noqa: E402
 from loadgen import Generator  # noqa: E402
-from servers import proc_cpu_seconds, proc_rss_kb  # noqa: E402
+from servers import proc_cpu_seconds, proc_rss_kb, raise_fd_limit  # noqa: E402
 
 RESULTS = os.path.join(servers.HERE, "results.json")  # committed: --report-only rebuilds docs/
 DOCS = os.path.join(servers.ROOT, "docs")
@@ -342,18 +341,6 @@ def write_report(res):
                 lines += [f.read()]
     with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
         f.write("\n".join(lines))
-
-
-def raise_fd_limit():
-    """10 000 users need more than the default 1024 descriptors on both sides; the
-    servers inherit this limit from us."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 async def main(args):

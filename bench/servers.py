@@ -15,6 +15,7 @@ generator talks to. Nothing here is imported by the daemon.
 import base64
 import json
 import os
+import resource
 import shutil
 import socket
 import sqlite3
@@ -66,6 +67,19 @@ def proc_cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError):
         return None
+
+
+def raise_fd_limit():
+    """Tens of thousands of users need more than the default 1024 descriptors on both sides; the
+    servers inherit this limit from us. Root may raise the hard
+    limit too (up to fs.nr_open); anyone else gets the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def proc_rss_kb(pid):
