@@ -107,6 +107,28 @@ def test_a_reload_onto_another_node_does_not_flap(two):
     assert len(offline_packets(a, "bob", mark)) == 1
 
 
+def test_a_second_tab_on_another_node_keeps_or_changes_the_show(two):
+    a = two.tab(0, "alice")
+    b = two.tab(0, "bob")
+    a.wait_for("presences", from_="bob", type="online")
+    assert b.call("presence", show="away", status="lunch").status == 200
+    a.wait_for("presences", from_="bob", type="show", show="away")
+    mark = a.mark()
+    # a tab on n2 that asks for no show: bob stays away there too, nothing announced
+    b2 = two.tab(1, "bob")
+    carol = two.tab(1, "carol")  # on n2, where bob's second tab is
+    assert [m for m in carol.call("members", id="lobby").json() if m["id"] == "bob"][0]["show"] == "away"
+    # a tab on n2 that asks for "dnd": one show change, seen on both nodes
+    two.tab(1, "bob", show="dnd")
+    a.wait_for("presences", mark, from_="bob", type="show", show="dnd")
+    wait_until(lambda: [m for m in carol.call("members", id="lobby").json() if m["id"] == "bob"][0]["show"] == "dnd",
+               timeout=8, what="bob dnd in the room's members on n2")
+    time.sleep(0.5)
+    assert [p["type"] for p in a.find("presences", mark, from_="bob")] == ["show"]
+    assert a.call("buddies", ids="bob").json()[0]["show"] == "dnd"
+    b2.check()
+
+
 def test_calls_with_a_ticket_from_another_node(two):
     a = two.tab(0, "alice")
     a2 = two.tab(1, "alice")   # alice's second tab, on n2

@@ -15,10 +15,12 @@ class HeldArbiter:
     def __init__(self):
         self.asked = []
         self.pending = []
+        self.joined = []
 
-    def came_online(self, user, announce):
+    def came_online(self, user, announce, joined):
         self.asked.append(("online", user.id))
         self.pending.append(announce)
+        self.joined.append(joined)
 
     def went_offline(self, user, announce):
         self.asked.append(("offline", user.id))
@@ -67,6 +69,38 @@ def test_an_online_decided_after_the_user_left_is_not_announced():
     r.user_offline("bob")
     late()
     assert ("online", "bob") not in presences(sa)
+
+
+def test_a_user_held_elsewhere_takes_the_cluster_show_unless_online_asked_for_one():
+    arbiter = HeldArbiter()
+    clock, r = router(arbiter=arbiter)
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
+    arbiter.pending.pop()()
+    drain(sb)
+    # alice is away on another node; a tab here that asks for no show stays away, silently
+    r.open_session(profile("alice"), None, None, ["bob"], [])
+    arbiter.joined.pop()("away", "lunch")
+    assert r.presence_of("alice", "bob") == ("online", "away", "lunch")
+    assert presences(sb) == []
+    # a tab here that asks for "available" changes her show cluster-wide, once
+    r.user_offline("alice")
+    r.open_session(profile("alice"), "available", None, ["bob"], [])
+    arbiter.joined.pop()("away", "lunch")
+    assert r.presence_of("alice", "bob") == ("online", "available", "lunch")
+    assert presences(sb) == [("show", "alice")]  # (her offline waited for the arbiter)
+    assert arbiter.asked[-1] == ("show", "alice", "available")
+
+
+def test_a_user_invisible_elsewhere_stays_hidden_on_a_new_node():
+    arbiter = HeldArbiter()
+    clock, r = router(arbiter=arbiter)
+    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
+    arbiter.pending.pop()()
+    drain(sb)
+    r.open_session(profile("alice"), None, None, ["bob"], [])
+    arbiter.joined.pop()("invisible", "")
+    assert r.presence_of("alice", "bob")[0] == "offline"
+    assert presences(sb) == []
 
 
 def test_back_from_the_grace_and_show_changes_are_reported():

@@ -39,8 +39,9 @@ def nodes():
 @pytest_twisted.ensureDeferred
 async def test_online_and_offline_are_decided_once(nodes):
     n1, n2, _ = nodes
-    assert await n1.state.user_up("alice", "available", "", "Alice") is True
-    assert await n2.state.user_up("alice", "away", "", "Alice") is False  # a reload onto n2
+    assert await n1.state.user_up("alice", "available", "", "Alice") == (True, "available", "")
+    # a reload onto n2 asking for "away": n2 learns the cluster's show, which is unchanged
+    assert await n2.state.user_up("alice", "away", "", "Alice") == (False, "available", "")
     assert await n1.state.user_down("alice") is False  # n1's grace ends: still on n2
     assert await n1.state.presences(["alice", "bob"]) == {"alice": ("available", "", "Alice")}
     assert await n2.state.user_down("alice") is True

@@ -159,7 +159,9 @@ class Router:
             self.users[user.id] = user
             for room_id in room_ids:
                 self._join(user, room_id, announce=False)
-            self.arbiter.came_online(user, lambda: self._announce_online(user))
+            self.arbiter.came_online(user, lambda: self._announce_online(user),
+                                     lambda held_show, held_status: self._joined(user, show, status,
+                                                                                 held_show, held_status))
             log.debug("user {user_id} online", user_id=user.id)
         else:
             self._cancel_grace(user)
@@ -179,6 +181,17 @@ class Router:
         user.sessions[ticket] = session
         self.sessions[ticket] = session
         return session, user
+
+    def _joined(self, user: OnlineUser, show: str | None, status: str | None,
+                held_show: str, held_status: str) -> None:
+        # Another node already held the user (a second tab or a reload that landed
+        # elsewhere): take the cluster's show, then apply this online's own show as a
+        # change, as a second tab on one node does (docs/design.md#d20-cluster).
+        if self.users.get(user.id) is not user:
+            return
+        user.show, user.status = held_show, held_status
+        if show is not None and show != held_show:
+            self.set_presence(user.id, show, held_status if status is None else status)
 
     def session(self, ticket: str | None) -> Session:
         """The live session of ``ticket``.

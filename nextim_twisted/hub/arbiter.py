@@ -30,14 +30,18 @@ class LiveUser(Protocol):
 
 #: ``announce()``: send the presence change now; it checks visibility itself.
 Announce = Callable[[], None]
+#: ``joined(show, status)``: another node already held the user, with this show and
+#: status; the router adopts them, or announces its own as a change.
+Joined = Callable[[str, str], None]
 
 
 class IPresenceArbiter(Protocol):
     """Decides presence transitions for the router. Every method returns at once."""
 
-    def came_online(self, user: LiveUser, announce: Announce) -> None:
+    def came_online(self, user: LiveUser, announce: Announce, joined: Joined) -> None:
         """``user`` got their first session on this node (they were not live here).
-        Call ``announce`` if they were not online anywhere else."""
+        Call ``announce`` if they were not online anywhere else, else ``joined`` with
+        the show and status the other nodes hold."""
         ...
 
     def went_offline(self, user: LiveUser, announce: Announce) -> None:
@@ -58,7 +62,7 @@ class IPresenceArbiter(Protocol):
 class LocalArbiter:
     """:class:`IPresenceArbiter` of a single daemon: this process is the whole truth."""
 
-    def came_online(self, user: LiveUser, announce: Announce) -> None:
+    def came_online(self, user: LiveUser, announce: Announce, joined: Joined) -> None:
         announce()
 
     def went_offline(self, user: LiveUser, announce: Announce) -> None:

@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .arbiter import Announce, LiveUser
+from .arbiter import Announce, Joined, LiveUser
 from .base import IHub, Kind, LocalSessions, Packet
 from .cluster_state import ClusterState, decode
 from .forward import CallForwarder
@@ -114,10 +114,10 @@ class ClusterArbiter:
         self.node = node
         self.held: dict[str, LiveUser] = {}
 
-    def came_online(self, user: LiveUser, announce: Announce) -> None:
+    def came_online(self, user: LiveUser, announce: Announce, joined: Joined) -> None:
         self.held[user.id] = user
         d = defer.ensureDeferred(self.node.state.user_up(user.id, user.show, user.status, user.nick))
-        d.addCallbacks(lambda first: announce() if first else None, self._unsure, errbackArgs=(announce,))
+        d.addCallbacks(_first_or_joined, self._unsure, callbackArgs=(announce, joined), errbackArgs=(announce,))
 
     def went_offline(self, user: LiveUser, announce: Announce) -> None:
         if self.held.get(user.id) is user:
@@ -161,6 +161,14 @@ class ClusterArbiter:
             for room_id in sorted(getattr(user, "rooms", ())):
                 await self.node.state.room_join(room_id, user.id)
         return gone
+
+
+def _first_or_joined(up: tuple[bool, str, str], announce: Announce, joined: Joined) -> None:
+    first, show, status = up
+    if first:
+        announce()
+    else:
+        joined(show, status)
 
 
 #: ``handler(payload)`` for one payload kind published to this node (``payload["t"]``).

@@ -32,7 +32,9 @@ from typing import Any
 from .redisclient import RedisClient
 
 # user_up: KEYS[1]=p:u:<user> KEYS[2]=p:nu:<node>; ARGV: node, instance, user, show, status, nick.
-# Returns 1 when no node held the user before (the user came online cluster-wide).
+# Returns {first, show, status}: first is 1 when no node held the user before (the user
+# came online cluster-wide, and their show is this node's), else 0 with the show and
+# status the other nodes hold, which this node adopts or changes.
 _USER_UP = """
 local first = 1
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -43,7 +45,7 @@ if first == 1 then
   redis.call('HSET', KEYS[1], 'show', ARGV[4], 'status', ARGV[5], 'nick', ARGV[6])
 end
 redis.call('SADD', KEYS[2], ARGV[3])
-return first
+return {first, redis.call('HGET', KEYS[1], 'show') or ARGV[4], redis.call('HGET', KEYS[1], 'status') or ''}
 """
 
 # user_down: same KEYS; ARGV: node, instance, user. Returns 1 when this was the last node
@@ -191,13 +193,17 @@ class ClusterState:
         return f"{self.prefix}:r:{room_id}"
 
     # -- users ----------------------------------------------------------------------
-    async def user_up(self, user_id: str, show: str, status: str, nick: str) -> bool:
-        """This node now holds ``user_id``. :returns: True when no node held them before:
-        the caller announces ``online`` (once, cluster-wide)."""
-        first = await self.redis.execute(
+    async def user_up(self, user_id: str, show: str, status: str, nick: str) -> tuple[bool, str, str]:
+        """This node now holds ``user_id``, whose show here is ``show``.
+
+        :returns: ``(first, show, status)``: ``first`` is True when no node held them
+            before (the caller announces ``online``, once cluster-wide, and the cluster
+            records ``show``); otherwise ``show`` and ``status`` are what the other nodes
+            hold, which the caller adopts or changes (docs/design.md#d8-presence)."""
+        first, held_show, held_status = await self.redis.execute(
             "EVAL", _USER_UP, 2, self._user(user_id), f"{self.prefix}:nu:{self.node_id}",
             self.node_id, self.instance, user_id, show, status, nick)
-        return first == 1
+        return first == 1, held_show, held_status
 
     async def user_down(self, user_id: str) -> bool:
         """This node no longer holds ``user_id`` (their grace ended here). :returns: True
