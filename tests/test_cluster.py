@@ -129,6 +129,27 @@ def test_a_second_tab_on_another_node_keeps_or_changes_the_show(two):
     b2.check()
 
 
+def test_strangers_who_talk_across_nodes_see_each_others_presence(two):
+    # bob and carol are not buddies (tests' roster: alice-bob, alice-carol)
+    b = two.tab(0, "bob")
+    c = two.tab(1, "carol")
+    b.send("carol", "hello stranger")
+    c.wait_for("messages", body="hello stranger")
+    mark_b, mark_c = b.mark(), c.mark()
+    assert c.call("presence", show="away").status == 200
+    b.wait_for("presences", mark_b, from_="carol", type="show", show="away")
+    assert b.call("presence", show="dnd").status == 200
+    c.wait_for("presences", mark_c, from_="bob", type="show", show="dnd")
+    c.close()
+    b.wait_for("presences", mark_b, from_="carol", type="offline", timeout=10)
+    # no longer contacts: carol back online (on n1 now) hears nothing of bob
+    c2 = two.tab(0, "carol")
+    assert b.call("presence", show="away").status == 200
+    time.sleep(1.0)
+    assert c2.find("presences", from_="bob") == []
+    b.check()
+
+
 def test_calls_with_a_ticket_from_another_node(two):
     a = two.tab(0, "alice")
     a2 = two.tab(1, "alice")   # alice's second tab, on n2

@@ -366,12 +366,15 @@ class Router:
 
     # -- routing (through the hub) ----------------------------------------------
     def route_unicast(self, message: Message, sender_ticket: str | None = None,
-                      to_recipient: bool = True) -> bool:
+                      to_recipient: bool = True, recipient_live: bool = False) -> bool:
         """Deliver a committed unicast (or broadcast-shaped) message (docs/design.md#d7-messages): to every
         session of the recipient and to the sender's other sessions.
 
         :param to_recipient: False to send only the sender's copies (the recipient
             already got the message as one of ``online``'s ``new_messages``).
+        :param recipient_live: the recipient has a session on some node (a cluster
+            knows it, handlers/delivery.py): a sender live here makes them a contact
+            even when they are live on another node only (docs/design.md#d8-presence).
         :returns: True if at least one recipient session took it.
         """
         self.messages_routed["unicast"] += 1
@@ -392,11 +395,28 @@ class Router:
             delivered = hub.to_user(to_id, "messages", packet)
         if sender is not None or remote:
             hub.to_user(from_id, "messages", packet, except_ticket=sender_ticket)
+        # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence);
+        # a recipient on another node adds the sender there (:meth:`met`).
+        if sender is not None and (recipient is not None or recipient_live):
+            sender.add_contact(to_id)
         if sender is not None and recipient is not None:
-            # Strangers who talk see each other's presence from now on (docs/design.md#d8-presence).
-            sender.add_contact(recipient.id)
             recipient.add_contact(sender.id)
         return delivered
+
+    def met(self, user_id: str, other_id: str) -> None:
+        """``user_id``, live here, exchanged a unicast message with ``other_id``, live on
+        another node: they are contacts (docs/design.md#d8-presence). Nothing if
+        ``user_id`` is not live here."""
+        user = self.users.get(user_id)
+        if user is not None and other_id != user_id:
+            user.add_contact(other_id)
+
+    def parted(self, user_id: str, other_id: str) -> None:
+        """``other_id``, live on another node, went offline for ``user_id``, live here:
+        they are no longer contacts (as :meth:`_go_offline` does for users of one node)."""
+        user = self.users.get(user_id)
+        if user is not None:
+            user.drop_contact(other_id)
 
     def route_multicast(self, message: Message, sender_ticket: str | None = None) -> int:
         """Deliver a committed room message to the live members (docs/design.md#d7-messages,

@@ -93,8 +93,9 @@ async def deliver(ctx: Context, type_: MessageType, from_id: str, to: str, nick:
             hooks.kick()
         to_recipient = True
         if not live and to != from_id and await ctx.live.has_sessions(to):
+            live = True
             to_recipient = bool(await store.mark_delivered([msg["id"]]))
-        reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient)
+        reached = router.route_unicast(msg, sender_ticket, to_recipient=to_recipient, recipient_live=live)
         return msg, int(reached)
     also = hooks.message_rows(offline=False) if hooks is not None and type_ == "multicast" else None
     msg = await store_message(ctx, type_, from_id, to, nick, body, style, when, True, also, client_id)

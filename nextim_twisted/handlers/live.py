@@ -175,5 +175,22 @@ def attach_cluster(router: Router, node: ClusterNode) -> None:
         n = router.end_all_sessions()
         log.info("ended {n} sessions that lived through the Redis outage (their clients go online again)", n=n)
 
+    def contacts(kind: str, recipients: list[str], packet: dict) -> None:
+        # What a node of one process learns in route_unicast and _go_offline, learnt
+        # from packets of the other nodes: strangers who talk become contacts, and stop
+        # being contacts when one goes offline (docs/design.md#d8-presence).
+        type_, from_id = packet.get("type"), packet.get("from")
+        if not isinstance(from_id, str):
+            return
+        if kind == "messages" and type_ == "unicast" and isinstance(packet.get("to"), str):
+            for user_id in recipients:
+                # The recipient's copy, or the sender's copy on their other node.
+                router.met(user_id, packet["to"] if user_id == from_id else from_id)
+        elif kind == "presences" and type_ == "offline":
+            for user_id in recipients:
+                router.parted(user_id, from_id)
+
     node.handlers.update({"show": show, "gone": gone})
+    if node.hub is not None:
+        node.hub.observe = contacts
     node.on_resync = resync

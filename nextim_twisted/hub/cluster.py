@@ -53,6 +53,10 @@ class ClusterHub(IHub):
     def __init__(self, sessions: LocalSessions, node: ClusterNode) -> None:
         self.local = LocalHub(sessions)
         self.node = node
+        #: ``observe(kind, recipients, packet)`` after a packet another node published to
+        #: users here (``t`` ``u`` or ``us``) was delivered: the live state learns from
+        #: it who talked with whom (handlers/live.py).
+        self.observe: Callable[[Kind, list[str], Packet], None] | None = None
 
     def to_user(self, user_id: str, kind: Kind, packet: Packet, except_ticket: str | None = None) -> bool:
         delivered = self.local.to_user(user_id, kind, packet, except_ticket)
@@ -87,9 +91,15 @@ class ClusterHub(IHub):
                 or not isinstance(packet, dict):
             return False
         if t == "u":
-            self.local.to_user(str(payload.get("u")), kind, packet, payload.get("x"))
+            user_id = str(payload.get("u"))
+            self.local.to_user(user_id, kind, packet, payload.get("x"))
+            if self.observe is not None:
+                self.observe(kind, [user_id], packet)
         elif t == "us" and isinstance(payload.get("u"), list):
-            self.local.to_users([str(u) for u in payload["u"]], kind, packet)
+            ids = [str(u) for u in payload["u"]]
+            self.local.to_users(ids, kind, packet)
+            if self.observe is not None:
+                self.observe(kind, ids, packet)
         elif t == "r":
             self.local.to_room(str(payload.get("r")), kind, packet, payload.get("xu"), payload.get("x"))
         elif t == "all":
