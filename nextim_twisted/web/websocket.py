@@ -176,7 +176,7 @@ class SocketEndpoint:
     def close_all(self, code: int = GOING_AWAY) -> int:
         """Close every open socket (on shutdown 1001, docs/design.md#d16-shutdown);
         :returns: how many."""
-        sockets = list(self.open)
+        sockets = [socket for socket in self.open if not socket.closed]
         for socket in sockets:
             socket.close(code, "server shutting down")
         return len(sockets)
