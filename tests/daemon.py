@@ -429,14 +429,16 @@ class SocketTab(PacketLog):
 
     :param base_url: ``http://host:port`` to connect to (a daemon or nginx).
     :param path: the socket path (``/ws``, ``/n/<node_id>/ws``).
+    :param subscribe: False to send no subscribe frame (a stand-in server's socket);
+        every text frame is kept in :attr:`frames` either way.
     :raises SocketRejected: the handshake was refused.
     """
 
-    def __init__(self, base_url, path, ticket, user_id, ack=True, headers=(), domain="test.local"):
+    def __init__(self, base_url, path, ticket, user_id, ack=True, headers=(), domain="test.local", subscribe=True):
         parts = urllib.parse.urlsplit(base_url)
         self.user_id, self.ticket, self.ack = user_id, ticket, ack
         self.cond = threading.Condition()
-        self.packets, self.errors, self.replies = [], [], {}
+        self.packets, self.errors, self.replies, self.frames = [], [], {}, []
         self.ended = None
         self.close_code = None
         self.last_seq = 0
@@ -447,7 +449,9 @@ class SocketTab(PacketLog):
         self._write(Request(host=parts.netloc, target=path, extra_headers=list(headers)))
         self._handshake()
         self.sock.settimeout(None)
-        self._write(TextMessage(f"subscribe {domain} {ticket}" + (" 0" if ack else "")))
+        self.subscribed = subscribe
+        if subscribe:
+            self._write(TextMessage(f"subscribe {domain} {ticket}" + (" 0" if ack else "")))
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -478,13 +482,9 @@ class SocketTab(PacketLog):
     def _read(self):
         text = ""
         try:
+            with self._lock:
+                events = list(self.ws.events())  # what came with the handshake's answer
             while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    self.ws.receive_data(data)
-                    events = list(self.ws.events())
                 for event in events:
                     if isinstance(event, TextMessage):
                         text += event.data
@@ -499,13 +499,22 @@ class SocketTab(PacketLog):
                             if self.ws.state is not ConnectionState.CLOSED:
                                 self.sock.sendall(self.ws.send(event.response()))
                         return self._end(f"closed {event.code}")
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    self.ws.receive_data(data)
+                    events = list(self.ws.events())
         except OSError as e:
             return self._end(f"error: {e!r}")
         self._end("dropped")
 
     def _frame(self, frame):
         with self.cond:
-            if "reply" in frame:
+            self.frames.append(frame)
+            if not self.subscribed:
+                pass
+            elif "reply" in frame:
                 self.replies[frame["reply"]] = frame
             else:
                 got = sorted(((p.get("seq"), kind, p) for kind in ("messages", "presences", "statuses")
@@ -518,7 +527,7 @@ class SocketTab(PacketLog):
                 if frame.get("seq") != self.last_seq:
                     self.errors.append(f"envelope seq {frame.get('seq')} but last packet seq {self.last_seq}")
             self.cond.notify_all()
-        if self.ack and "reply" not in frame and frame.get("seq"):
+        if self.subscribed and self.ack and "reply" not in frame and frame.get("seq"):
             self._write(TextMessage(f"ack {frame['seq']}"))
 
     def _end(self, reason):
