@@ -2,6 +2,7 @@
 docs/design.md#d21-websocket): the socket is used when the daemon offers it, a
 dropped socket resumes from its ack, a refused handshake falls back to the
 JSONP long poll, and a daemon without WebSocket is long-polled as before."""
+import json
 import re
 
 import pytest
@@ -25,8 +26,15 @@ class Traffic:
     def __init__(self, page):
         self.sockets = []
         self.polls = []
+        self.calls = []  # webim/<name> over HTTP (fetch or JSONP)
         page.on("websocket", self._socket)
-        page.on("request", lambda r: self.polls.append(r.url) if "/packets" in r.url else None)
+        page.on("request", self._request)
+
+    def _request(self, request):
+        if "/packets" in request.url:
+            self.polls.append(request.url)
+        elif "/webim/" in request.url:
+            self.calls.append(request.url.split("/webim/")[1].split("?")[0])
 
     def _socket(self, ws):
         entry = {"url": ws.url, "sent": [], "error": None}
@@ -104,6 +112,12 @@ def test_two_users_chat_over_the_websocket(pages, demo_daemon):
     assert delivered(bob) == ["over the socket 🧦"]
     assert delivered(alice) == ["我收到了"]
     assert alice_traffic.polls == [] and bob_traffic.polls == []
+    # Messages and typing went over the socket as call frames, not as HTTP calls.
+    for traffic in (alice_traffic, bob_traffic):
+        assert "message" not in traffic.calls and "status" not in traffic.calls, traffic.calls
+    calls = [json.loads(f) for f in bob_traffic.sockets[0]["sent"] if f.startswith("{")]
+    assert [c["call"] for c in calls if c["call"] == "message"] == ["message"]
+    assert {"typing"} <= {c["params"].get("show") for c in calls if c["call"] == "status"}
     bob.wait_for_function("() => true")  # let the frame events in
     assert any(f.startswith("ack ") for f in bob_traffic.sockets[0]["sent"]), bob_traffic.sockets[0]["sent"]
 

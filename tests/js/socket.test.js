@@ -428,3 +428,100 @@ test("client: leaving the page ends the session by beacon and closes the socket 
   await s.timers.tick(60000);
   assert.equal(s.transport.sockets.length, 1);
 });
+
+// ---------------------------------------------------------------------------
+// Calls over the socket: message and status as JSON frames with replies.
+
+/** The JSON call frames a socket carried. */
+const callFrames = (ws) => ws.sent.filter((f) => f.startsWith("{")).map((f) => JSON.parse(f));
+
+async function subscribedClient(opts) {
+  const s = clientSetup(opts);
+  await begin(s);
+  s.transport.socket.accept();
+  s.transport.socket.push(batch(0));
+  return s;
+}
+
+test("client: a message goes over the subscribed socket and is sent when its reply comes", async () => {
+  const s = await subscribedClient();
+  const chat = s.client.openTab("unicast:bob", true);
+  const done = s.client.sendMessage(chat, "over the socket");
+  const [frame] = callFrames(s.transport.socket);
+  assert.equal(frame.call, "message");
+  assert.deepEqual(Object.keys(frame.params).sort(), ["body", "client_id", "style", "to", "type"]);
+  assert.equal(frame.params.body, "over the socket");
+  assert.equal(s.transport.callsTo("message").length, 0, "no HTTP request");
+  assert.equal(chat.messages[chat.messages.length - 1].state, "sending");
+  s.transport.socket.push({ reply: frame.id, result: "ok" });
+  await done;
+  assert.equal(chat.messages[chat.messages.length - 1].state, "sent");
+});
+
+test("client: an error reply is a refusal: the message is not sent again", async () => {
+  const s = await subscribedClient();
+  const chat = s.client.openTab("unicast:bob", true);
+  const done = s.client.sendMessage(chat, "too fast");
+  const [frame] = callFrames(s.transport.socket);
+  s.transport.socket.push({ reply: frame.id, error: { success: false, error: "rate_limited", error_msg: "Slow down" } });
+  await done;
+  const m = chat.messages[chat.messages.length - 1];
+  assert.equal(m.state, "failed");
+  assert.equal(m.error, "Slow down");
+  assert.equal(callFrames(s.transport.socket).length, 1);
+  assert.equal(s.transport.callsTo("message").length, 0);
+});
+
+test("client: a message whose socket drops before the reply is sent again with the same client_id", async () => {
+  const s = await subscribedClient();
+  const chat = s.client.openTab("unicast:bob", true);
+  const done = s.client.sendMessage(chat, "lost reply");
+  const first = callFrames(s.transport.socket)[0];
+  s.transport.socket.drop(1006);
+  // The retry comes after its backoff; the new socket is not subscribed yet, so over HTTP.
+  await s.timers.tick(TIMING.BACKOFF_BASE_MS);
+  await done;
+  const again = s.transport.callsTo("message");
+  assert.equal(again.length, 1);
+  assert.equal(again[0].client_id, first.params.client_id);
+  assert.equal(again[0].ticket, "T1");
+  assert.equal(chat.messages.filter((m) => m.body === "lost reply").length, 1);
+  assert.equal(chat.messages[chat.messages.length - 1].state, "sent");
+});
+
+test("client: no reply within the call timeout counts as a network error and is retried", async () => {
+  const s = await subscribedClient();
+  const chat = s.client.openTab("unicast:bob", true);
+  s.client.sendMessage(chat, "slow server");
+  await s.timers.tick(TIMING.CALL_TIMEOUT_MS);
+  assert.equal(callFrames(s.transport.socket).length, 1);
+  await s.timers.tick(TIMING.BACKOFF_BASE_MS);
+  const frames = callFrames(s.transport.socket);
+  assert.equal(frames.length, 2);
+  assert.equal(frames[1].params.client_id, frames[0].params.client_id);
+});
+
+test("client: typing goes over the socket; a socket not subscribed yet, or a huge message, uses HTTP", async () => {
+  const s = await subscribedClient();
+  const chat = s.client.openTab("unicast:bob", true);
+  s.client.noteTyping(chat);
+  assert.deepEqual(callFrames(s.transport.socket).map((f) => [f.call, f.params.show]), [["status", "typing"]]);
+  assert.equal(s.transport.callsTo("status").length, 0);
+
+  s.client.sendMessage(chat, "x".repeat(TIMING.WS_CALL_MAX_BYTES));
+  assert.equal(s.transport.callsTo("message").length, 1, "a frame that may be over the server's limit goes over HTTP");
+
+  s.transport.socket.drop(1006);
+  s.client.sendMessage(chat, "between sockets");
+  assert.equal(s.transport.callsTo("message").length, 2);
+  assert.equal(s.transport.callsTo("message")[1].ticket, "T1");
+});
+
+test("client: without a socket every call goes over HTTP, as before", async () => {
+  const s = clientSetup({ websocket: null });
+  await begin(s);
+  const chat = s.client.openTab("unicast:bob", true);
+  await s.client.sendMessage(chat, "plain");
+  assert.equal(s.transport.callsTo("message").length, 1);
+  assert.equal(chat.messages[chat.messages.length - 1].state, "sent");
+});

@@ -59,8 +59,13 @@ var NextimClient = (function () {
     ROOM_REFRESH_MS: 60000,     // room counts have no push; refresh now and then
     WS_ACK_INTERVAL_MS: 1000,   // a socket sends `ack <N>` at most this often (and before it closes)
     WS_CONNECT_MS: 10000,       // a socket that has not subscribed by then failed (a proxy that holds the upgrade)
-    WS_FAILURES: 3              // sockets in a row closed before subscribing: use the long poll instead
+    WS_FAILURES: 3,             // sockets in a row closed before subscribing: use the long poll instead
+    WS_CALL_MAX_BYTES: 8000     // a call frame that may be larger goes over HTTP ([limits] max_body_bytes is unknown here)
   };
+
+  /** The calls that go over a subscribed WebSocket (docs/design.md#d21-websocket);
+   *  the others, and these when there is no socket, go over HTTP. */
+  var SOCKET_CALLS = ["message", "status"];
 
   var DEFAULT_SETTING = {
     play_sound: true,
@@ -618,6 +623,8 @@ var NextimClient = (function () {
     this.wait = null;        // timer before the next socket
     this.ackTimer = null;
     this.connectTimer = null;
+    this.calls = {};         // call id -> {resolve, reject, timer}, waiting for a reply
+    this.callSeq = 0;
   }
 
   SocketLoop.prototype.now = function () { return this.timers.now ? this.timers.now() : Date.now(); };
@@ -650,6 +657,7 @@ var NextimClient = (function () {
     if (ws && this.subscribed) this.sendAck(ws);
     this.subscribed = false;
     if (ws) closeQuietly(ws);
+    this.failCalls();
   };
 
   /** Drop the socket as if the network had: the loop connects again and
@@ -705,12 +713,66 @@ var NextimClient = (function () {
     ws.onerror = function () { /* a close event follows */ };
   };
 
-  /** A text frame from the server: a comet envelope (or a call's reply,
-   *  which this client does not use: its calls go over HTTP). */
+  /** A call as a JSON frame `{"id", "call", "params"}` (the ticket is the
+   *  socket's). Resolves with the reply's `result` (what the HTTP call
+   *  answers); rejects ApiError: an error reply's code (status 200, as under
+   *  JSONP), or status 0 `network` / `timeout` when the socket closes first or
+   *  no reply comes within CALL_TIMEOUT_MS: the call may or may not have run,
+   *  so a message is sent again with its client_id
+   *  (docs/design.md#d17-idempotent-sends). Returns null when the socket
+   *  cannot take it now (not subscribed, or a frame that may be too large):
+   *  the caller uses HTTP. */
+  SocketLoop.prototype.call = function (name, params) {
+    var ws = this.ws;
+    if (!ws || !this.subscribed || ws.readyState !== 1) return null;
+    var p = {};
+    Object.keys(params || {}).forEach(function (k) {
+      if (k !== "ticket" && params[k] !== undefined && params[k] !== null) p[k] = params[k];
+    });
+    var id = ++this.callSeq;
+    var text = JSON.stringify({ id: id, call: name, params: p });
+    if (text.length * 3 > TIMING.WS_CALL_MAX_BYTES) return null;  // UTF-8 is at most 3 bytes per UTF-16 unit
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var timer = self.timers.setTimeout(function () {
+        self.settle(id, ApiError(0, "timeout", "The server did not answer"));
+      }, TIMING.CALL_TIMEOUT_MS);
+      self.calls[id] = { resolve: resolve, reject: reject, timer: timer };
+      try { ws.send(text); } catch (e) { self.settle(id, ApiError(0, "network", "Cannot reach the server")); }
+    });
+  };
+
+  SocketLoop.prototype.settle = function (id, err, result) {
+    var c = this.calls[id];
+    if (!c) return;
+    delete this.calls[id];
+    this.timers.clearTimeout(c.timer);
+    if (err) c.reject(err); else c.resolve(result);
+  };
+
+  /** The socket is gone: every call still waiting fails as a network error. */
+  SocketLoop.prototype.failCalls = function () {
+    var self = this;
+    Object.keys(this.calls).forEach(function (id) {
+      self.settle(id, ApiError(0, "network", "Connection lost"));
+    });
+  };
+
+  /** A text frame from the server: a comet envelope or a call's reply. */
   SocketLoop.prototype.frame = function (text) {
     var data;
     try { data = JSON.parse(text); } catch (e) { return; }
-    if (!data || typeof data !== "object" || data.status !== "ok") return;
+    if (!data || typeof data !== "object") return;
+    if (Object.prototype.hasOwnProperty.call(data, "reply")) {
+      var e = data.error;
+      if (e && typeof e === "object") {
+        this.settle(data.reply, ApiError(200, e.error || "error", e.error_msg || e.error || "Request failed"));
+      } else {
+        this.settle(data.reply, null, data.result);
+      }
+      return;
+    }
+    if (data.status !== "ok") return;
     if (!this.subscribed) {
       this.subscribed = true;
       this.worked = true;
@@ -748,6 +810,7 @@ var NextimClient = (function () {
     if (gen !== this.gen || ws !== this.ws) return;  // an old socket, or stopped
     this.ws = null;
     this.clearTimers();
+    this.failCalls();
     var wasSubscribed = this.subscribed;
     this.subscribed = false;
     var code = ev.code;
@@ -1376,6 +1439,18 @@ var NextimClient = (function () {
     this.setConn("offline", "Another connection took over this session");
   };
 
+  /** A webim call: `message` and `status` over the socket while it is
+   *  subscribed (a reply frame instead of an HTTP request), everything else,
+   *  and those when there is no socket, over the transport. Same answers
+   *  and errors either way. */
+  Client.prototype.call = function (name, params) {
+    if (this.channel === "websocket" && SOCKET_CALLS.indexOf(name) >= 0) {
+      var viaSocket = this.socket.call(name, params);
+      if (viaSocket) return viaSocket;
+    }
+    return this.transport.call(name, params);
+  };
+
   /** Drop the poll or socket in flight; it is retried (tests, NextIM.abortPoll). */
   Client.prototype.abortChannel = function () {
     if (this.channel === "websocket") this.socket.abort();
@@ -1590,7 +1665,7 @@ var NextimClient = (function () {
       attempts++;
       var params = { ticket: self.ticket, type: chat.type, to: chat.id, body: body, style: "",
                      client_id: msg.client_id };
-      return self.transport.call("message", params).then(function () {
+      return self.call("message", params).then(function () {
         msg.state = "sent";
         msg.confirmedAt = self.now();
         chat.rev++;
@@ -1628,7 +1703,7 @@ var NextimClient = (function () {
     var self = this;
     if (chat.sentTyping !== "typing") {
       chat.sentTyping = "typing";
-      this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
+      this.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
     }
     this.timers.clearTimeout(chat.typingTimer);
     chat.typingTimer = this.timers.setTimeout(function () { self.stopTyping(chat, true); }, TIMING.TYPING_IDLE_MS);
@@ -1641,7 +1716,7 @@ var NextimClient = (function () {
     chat.typingTimer = null;
     if (chat.sentTyping !== "typing") return;
     chat.sentTyping = "clear";
-    if (sendClear && this.ticket) this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
+    if (sendClear && this.ticket) this.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
   };
 
   Client.prototype.clearHistory = function (chat) {
@@ -1759,6 +1834,7 @@ var NextimClient = (function () {
   return {
     version: "1.1.0",
     TIMING: TIMING,
+    SOCKET_CALLS: SOCKET_CALLS,
     ApiError: ApiError,
     isAuthError: isAuthError,
     checkEnvelope: checkEnvelope,
