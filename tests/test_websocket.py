@@ -428,3 +428,32 @@ async def test_a_streaming_session_past_session_max_is_closed_4404(daemon):
     daemon.clock.advance(25.2)
     assert await sock.wait_closed() == 4404
     assert alice not in daemon.router.sessions
+
+
+@inline
+async def test_a_subscribe_frame_in_the_same_packet_as_the_handshake_is_read(daemon):
+    from urllib.parse import urlsplit
+
+    from twisted.internet import endpoints, protocol
+    from wsproto.frame_protocol import FrameProtocol
+
+    alice = (await daemon.online("alice"))["connection"]["ticket"]
+    parts = urlsplit(daemon.base)
+    got = []
+
+    class Eager(protocol.Protocol):
+        def connectionMade(self):
+            handshake = (f"GET /ws HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            frame = FrameProtocol(client=True, extensions=[]).send_data(f"subscribe test.local {alice}", True)
+            self.transport.write(handshake + frame)  # one write, one read on the server
+
+        def dataReceived(self, data):
+            got.append(data)
+
+    client = Eager()
+    await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, parts.hostname, parts.port), client)
+    await until(lambda: b'"status":"ok"' in b"".join(got), "the first envelope")
+    assert daemon.router.session(alice).streaming
+    client.transport.loseConnection()

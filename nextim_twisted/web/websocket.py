@@ -22,6 +22,9 @@ what it leaves out is closed here, each gap where it is handled:
   as a packet for it), and so does data that arrives after it closed. Every send and
   every read goes through :class:`SocketSession`, which catches it: a packet pushed
   into a closing socket must never fail the sender's ``webim/message``.
+* **Bytes after the handshake in the same read are lost.** The channel's line parser
+  hands them to ``rawDataReceived``, which buffers them for a next HTTP request that
+  never comes; it is pointed at the socket too.
 * **The upgraded request is never finished.** twisted.web keeps it in
   ``channel.requests`` for the connection's life and writes no access event. The
   handshake is logged and counted as ``101`` at once (endpoint ``websocket``) and the
@@ -161,6 +164,10 @@ class SocketEndpoint:
         # through the socket instead (size limit, data after the close).
         socket.wire_receive = channel.dataReceived
         channel.dataReceived = socket.data_received
+        # Bytes that came in the same read as the handshake (a client that sends its
+        # subscribe frame without waiting for the 101) are handed by the line parser to
+        # rawDataReceived once this returns, which would buffer them for a next request.
+        channel.rawDataReceived = socket.data_received
         request.setResponseCode(101)
         site = getattr(request, "site", None)
         if isinstance(site, ObservedSite):
