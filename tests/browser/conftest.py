@@ -9,6 +9,7 @@ Set up once per machine::
 
     apt-get install -y chromium && pip install playwright   # never `playwright install`
 """
+import contextlib
 import os
 import pathlib
 import socket
@@ -139,6 +140,69 @@ def start_daemon(workdir, config_text=SHORT_TIMERS, demo=True, set_public_url=Fa
 
 
 _daemons: list = []  # running daemons, whose logs go into failure reports
+
+EMBED_EXAMPLE = REPO_ROOT / "examples" / "embed"
+
+
+@contextlib.contextmanager
+def running(daemon):
+    """Stop ``daemon`` at the end; until then its log goes into failure reports."""
+    _daemons.append(daemon)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        _daemons.remove(daemon)
+
+
+def start_embed_daemon(workdir, allowed_origins=()):
+    """The daemon with the embedding example's token config (plus short timers);
+    ``allowed_origins`` go into ``[server] allowed_origins``."""
+    config = (EMBED_EXAMPLE / "nextim.toml").read_text()
+    if allowed_origins:
+        listed = ", ".join(f'"{o}"' for o in allowed_origins)
+        config = config.replace("[server]\n", f"[server]\nallowed_origins = [{listed}]\n", 1)
+    return start_daemon(workdir, config_text=config + "\n" + SHORT_TIMERS, demo=False, set_public_url=True)
+
+
+@contextlib.contextmanager
+def running_host_site(daemon, port=None):
+    """examples/embed/host_site.py --seed on another origin than ``daemon``
+    (``localhost`` vs ``127.0.0.1``, another port); yields its URL."""
+    port = port or free_port()
+    log = open(daemon.workdir / "host_site.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(EMBED_EXAMPLE / "host_site.py"), "--config", str(daemon.workdir / "short_timers.toml"),
+         "--daemon", daemon.url, "--host", "127.0.0.1", "--port", str(port), "--seed"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("host_site.py did not start:\n"
+                                       + (daemon.workdir / "host_site.log").read_text())
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def site_login(pages, host_site, user, page=None):
+    """Sign in on the host site as ``user``; the embedded client comes online.
+    ``page``: a page opened already (e.g. with routes set), else a new one."""
+    page = page or pages.new(None, label=user)
+    page.goto(host_site + "/")
+    page.select_option("select[name=user]", user)
+    page.click("button[type=submit]")
+    expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
+    return page
 
 
 # Package scope: the daemon and the browser end with the last browser test,

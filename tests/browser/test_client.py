@@ -303,6 +303,11 @@ def test_new_ticket_after_the_session_is_lost(login):
 def test_poll_errors_show_reconnecting_then_recover(login):
     alice = login("alice")
     bob = login("bob")
+    # A browser without WebSocket long-polls (the socket's drops: test_websocket.py).
+    alice.add_init_script("window.WebSocket = undefined;")
+    alice.reload()
+    expect(tid(alice, "conn-state")).to_have_attribute("data-transport", "longpoll")
+    expect(tid(alice, "conn-state")).to_have_attribute("data-state", "online")
     alice.route("**/packets**", lambda route: route.abort())
     alice.evaluate("NextIM.apps[0].abortPoll()")
     expect(tid(alice, "conn-state")).to_have_attribute("data-state", "reconnecting")

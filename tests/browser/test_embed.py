@@ -1,7 +1,5 @@
 """The embedding example: a host site on another origin mints JWTs and loads
 the client from the daemon in JSONP mode (examples/embed/)."""
-import subprocess
-import sys
 import time
 import tomllib
 import urllib.request
@@ -9,61 +7,26 @@ import urllib.request
 import jwt
 import pytest
 
-from tests.browser.conftest import REPO_ROOT, SHORT_TIMERS, _daemons, expect, free_port, start_daemon
+from tests.browser.conftest import (EMBED_EXAMPLE, expect, running, running_host_site, site_login,
+                                    start_embed_daemon)
 
 pytestmark = pytest.mark.browser
 
-EXAMPLE = REPO_ROOT / "examples" / "embed"
+EXAMPLE = EMBED_EXAMPLE
 
 
 @pytest.fixture(scope="module")
 def embed_daemon(tmp_path_factory):
     """The daemon with the example's token config (plus short timers)."""
-    workdir = tmp_path_factory.mktemp("nextim-embed")
-    config = (EXAMPLE / "nextim.toml").read_text() + "\n" + SHORT_TIMERS
-    d = start_daemon(workdir, config_text=config, demo=False, set_public_url=True)
-    _daemons.append(d)
-    try:
+    with running(start_embed_daemon(tmp_path_factory.mktemp("nextim-embed"))) as d:
         yield d
-    finally:
-        d.stop()
-        _daemons.remove(d)
 
 
 @pytest.fixture(scope="module")
 def host_site(embed_daemon):
     """host_site.py --seed on another origin (localhost vs 127.0.0.1, other port)."""
-    port = free_port()
-    log = open(embed_daemon.workdir / "host_site.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLE / "host_site.py"), "--config", str(embed_daemon.workdir / "short_timers.toml"),
-         "--daemon", embed_daemon.url, "--host", "127.0.0.1", "--port", str(port), "--seed"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("host_site.py did not start:\n"
-                                       + (embed_daemon.workdir / "host_site.log").read_text())
-                time.sleep(0.2)
+    with running_host_site(embed_daemon) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-
-
-def site_login(pages, host_site, user):
-    page = pages.new(host_site + "/", label=user)
-    page.select_option("select[name=user]", user)
-    page.click("button[type=submit]")
-    expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "online")
-    return page
 
 
 def test_embedded_client_chats_over_jsonp_with_site_tokens(pages, host_site, embed_daemon):

@@ -61,6 +61,59 @@ class FakeTimers {
   }
 }
 
+/** A WebSocket the test plays the server of: accept() opens it, send()
+ *  records the client's frames, push(obj) sends an envelope, drop(code)
+ *  closes it from the server side, refuse() fails the handshake (what a
+ *  browser shows for a 403: an error and close 1006, never open). */
+class FakeWebSocket {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedBy = null;  // the code the client closed with
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+  }
+
+  send(text) {
+    if (this.readyState !== 1) throw new Error("send on a socket that is not open");
+    this.sent.push(String(text));
+  }
+
+  close(code) {
+    if (this.readyState >= 2) return;
+    this.closedBy = code === undefined ? 1005 : code;
+    this.readyState = 2;
+    const fire = this.onclose;
+    setImmediate(() => {
+      this.readyState = 3;
+      if (fire) fire({ code: this.closedBy, reason: "", wasClean: true });
+    });
+  }
+
+  accept() {
+    this.readyState = 1;
+    if (this.onopen) this.onopen({});
+  }
+
+  push(data) {
+    if (this.onmessage) this.onmessage({ data: typeof data === "string" ? data : JSON.stringify(data) });
+  }
+
+  drop(code, reason) {
+    this.readyState = 3;
+    if (this.onclose) this.onclose({ code, reason: reason || "", wasClean: code !== 1006 });
+  }
+
+  refuse() {
+    this.readyState = 3;
+    if (this.onerror) this.onerror({});
+    if (this.onclose) this.onclose({ code: 1006, reason: "", wasClean: false });
+  }
+
+  /** The frames the client sent, split into words. */
+  frames() { return this.sent.map((f) => f.split(" ")); }
+}
+
 /** A transport whose answers the test sets: answer(name, fn(params)) where
  *  fn returns the answer, a promise, or throws an ApiError. Unanswered calls
  *  get "ok". Polls wait until the test resolves or rejects them. */
@@ -72,7 +125,18 @@ class FakeTransport {
     this.polls = [];
     this.beacons = [];
     this.answers = {};
+    this.sockets = [];
   }
+
+  /** Sockets are opened as FakeWebSockets, newest last (see socket). */
+  openSocket(url) {
+    const ws = new FakeWebSocket(url);
+    this.sockets.push(ws);
+    return ws;
+  }
+
+  /** The socket the client opened last. */
+  get socket() { return this.sockets[this.sockets.length - 1] || null; }
 
   answer(name, fn) { this.answers[name] = fn; }
 
@@ -111,4 +175,4 @@ function batch(seq, parts) {
   return Object.assign({ status: "ok", messages: [], presences: [], statuses: [], seq }, parts || {});
 }
 
-module.exports = { NextimClient, FakeTimers, FakeTransport, flush, batch };
+module.exports = { NextimClient, FakeTimers, FakeTransport, FakeWebSocket, flush, batch };

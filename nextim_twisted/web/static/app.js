@@ -11,7 +11,8 @@
  * The file has two parts:
  *
  *  1. NextimClient: the protocol client. Transport (plain fetch or JSONP
- *     calls to webim/*), the comet loop (seq/ack, backoff, a lost session),
+ *     calls to webim/*), the comet channel (a WebSocket when the daemon
+ *     offers one, else the long poll; seq/ack, backoff, a lost session),
  *     the model (buddies, rooms, presences, conversations, unread counts)
  *     and events. It never touches `document` or `window`: the browser's
  *     primitives (fetch, <script> insertion, timers, storage) are injected,
@@ -55,8 +56,16 @@ var NextimClient = (function () {
     RECONNECT_SPREAD_MS: 4000,  // a lost session goes online again after 0..this (a restart's herd spreads)
     SEND_ATTEMPTS: 5,           // a message is sent again after a network error, this many times in all
     ROOM_COUNTS_DELAY_MS: 800,  // coalesce presence changes into one members call
-    ROOM_REFRESH_MS: 60000      // room counts have no push; refresh now and then
+    ROOM_REFRESH_MS: 60000,     // room counts have no push; refresh now and then
+    WS_ACK_INTERVAL_MS: 1000,   // a socket sends `ack <N>` at most this often (and before it closes)
+    WS_CONNECT_MS: 10000,       // a socket that has not subscribed by then failed (a proxy that holds the upgrade)
+    WS_FAILURES: 3,             // sockets in a row closed before subscribing: use the long poll instead
+    WS_CALL_MAX_BYTES: 8000     // a call frame that may be larger goes over HTTP ([limits] max_body_bytes is unknown here)
   };
+
+  /** The calls that go over a subscribed WebSocket (docs/design.md#d21-websocket);
+   *  the others, and these when there is no socket, go over HTTP. */
+  var SOCKET_CALLS = ["message", "status"];
 
   var DEFAULT_SETTING = {
     play_sound: true,
@@ -239,6 +248,11 @@ var NextimClient = (function () {
   //   beacon(name, params)            fire and forget, survives page unload
   //   setToken(token)                 a fresh site token (token auth)
   //   base                            URL prefix of webim/ and packets
+  //   openSocket(url) -> WebSocket    optional: a WebSocket-like object
+  //                                   (send, close, readyState, onopen,
+  //                                   onmessage, onclose); null or a throw
+  //                                   when there is none. Without it the
+  //                                   client always long-polls.
   //
   // HttpTransport speaks plain HTTP (fetch, POST form) or JSONP
   // (docs/design.md#d1-plain-and-jsonp). The browser's pieces come in `env`:
@@ -249,6 +263,7 @@ var NextimClient = (function () {
   //   resolve(url) -> absolute URL string   against the page's address
   //   callbacks, callbackPrefix             where JSONP answers call in
   //                                         (NextIM._cb, "NextIM._cb.")
+  //   WebSocket                             the WebSocket constructor, or null
   //   timers                                as systemTimers()
 
   var jsonpSeq = Date.now() % 1000000;
@@ -296,6 +311,16 @@ var NextimClient = (function () {
     }
     var url = server + (server.indexOf("?") >= 0 ? "&" : "?") + new URLSearchParams(params).toString();
     return this.fetchJson(url, TIMING.POLL_TIMEOUT_MS, signal);
+  };
+
+  /** A WebSocket to `url` (connection.websocket of `online`), or null when
+   *  the browser has none. Cookies and the site token are never used on it:
+   *  the ticket in the subscribe frame is the credential
+   *  (docs/design.md#d21-websocket). May throw (e.g. a ws:// URL from an
+   *  https page), which the socket channel takes as "cannot connect". */
+  HttpTransport.prototype.openSocket = function (url) {
+    var Ctor = this.env.WebSocket;
+    return Ctor ? new Ctor(url) : null;
   };
 
   HttpTransport.prototype.beacon = function (name, params) {
@@ -424,14 +449,16 @@ var NextimClient = (function () {
     this.wait = null;      // timer before the next poll
   }
 
-  /** Start polling for a fresh ticket: ack starts at 0. The caller has just
-   *  had the answer of `online`, so the state starts "online". */
-  CometLoop.prototype.start = function (ticket, server) {
+  /** Start polling for a fresh ticket: ack starts at 0, or at `ack` when the
+   *  poll takes over a session from the WebSocket (what the socket delivered
+   *  is not delivered again). The caller has just had the answer of `online`,
+   *  so the state starts "online". */
+  CometLoop.prototype.start = function (ticket, server, ack) {
     this.stop();
     var gen = this.gen;
     this.ticket = ticket;
     this.server = server;
-    this.ack = 0;
+    this.ack = ack > 0 ? ack : 0;
     this.failures = 0;
     this.state = "online";
     this.next(gen, 0);
@@ -516,19 +543,308 @@ var NextimClient = (function () {
     return false;
   };
 
-  /** Process a batch, then move ack: if we crash halfway the server sends
-   *  it again. */
-  CometLoop.prototype.take = function (data) {
-    var ack = this.ack;
+  CometLoop.prototype.take = function (data) { takeEnvelope(this, data); };
+
+  /** One comet envelope into a channel (the poll's or the socket's; both
+   *  have `ack` and `onBatch`): drop the packets whose seq is not above the
+   *  last ack (processed already: nothing is applied twice), hand the rest
+   *  to onBatch, then move ack to the envelope's seq. Ack moves only after
+   *  the batch was processed: if we crash halfway the server sends it again. */
+  function takeEnvelope(channel, data) {
+    var ack = channel.ack;
     var fresh = {};
     ["messages", "presences", "statuses"].forEach(function (kind) {
       fresh[kind] = (Array.isArray(data[kind]) ? data[kind] : []).filter(function (p) {
         return !(p && typeof p.seq === "number" && p.seq <= ack);
       });
     });
-    try { this.onBatch(data, fresh); } catch (e) { /* a bad batch must not stop the channel */ }
-    if (typeof data.seq === "number" && isFinite(data.seq) && data.seq > this.ack) this.ack = data.seq;
+    try { channel.onBatch(data, fresh); } catch (e) { /* a bad batch must not stop the channel */ }
+    if (typeof data.seq === "number" && isFinite(data.seq) && data.seq > channel.ack) channel.ack = data.seq;
+  }
+
+  // ---------------------------------------------------------------------------
+  // The WebSocket channel (docs/design.md#d21-websocket): the same envelopes,
+  // seq and ack as the comet loop, pushed over one socket per tab instead of
+  // a poll every 25 s.
+  //
+  // After the socket opens, the first frame is `subscribe <domain> <ticket>
+  // <ack>`; the server answers one envelope at once (that is "subscribed")
+  // and one whenever packets arrive. Each envelope goes through
+  // takeEnvelope, like a poll's answer. `ack <N>` frames tell the server
+  // what was processed, at most once per WS_ACK_INTERVAL_MS and once more
+  // before the socket is closed. After a drop the next socket subscribes
+  // with the last ack: the server sends everything after it again, and
+  // takeEnvelope drops what was seen, so nothing is lost or shown twice.
+  //
+  // Close codes: 4404 the ticket is gone (like a poll's 404) -> onGone;
+  // 4409 another socket or poll took the ticket -> onReplaced (no fight for
+  // it); 4400 / 1009 / 1003 the server refused what we sent -> onFallback;
+  // 1001 the server is going away (docs/design.md#d16-shutdown) -> connect
+  // again after a spread-out delay; anything else -> connect again with
+  // backoff. WS_FAILURES sockets in a row that close before subscribing
+  // (refused handshake, a proxy without WebSocket, the daemon down) ->
+  // onFallback. A browser does not show why a handshake failed (a 403 for a
+  // foreign Origin looks like a network error), so the count is the rule.
+  //
+  // opts:
+  //   open(url) -> WebSocket-like | null   transport.openSocket
+  //   timers, random                       injected
+  //   onBatch(envelope, fresh)             as CometLoop's
+  //   onState(state, detail)               "online" | "reconnecting"; only once a
+  //                                        socket has subscribed (before that,
+  //                                        the fallback is the plan, not an outage)
+  //   onGone()                             4404: go online again
+  //   onReplaced()                         4409
+  //   onFallback(reason, refused)          use the long poll for this session;
+  //                                        refused: no socket of this loop ever
+  //                                        subscribed (refused or blocked here)
+
+  function SocketLoop(opts) {
+    this.open = opts.open;
+    this.timers = opts.timers || systemTimers();
+    this.random = opts.random || Math.random;
+    this.onBatch = opts.onBatch || function () {};
+    this.onState = opts.onState || function () {};
+    this.onGone = opts.onGone || function () {};
+    this.onReplaced = opts.onReplaced || function () {};
+    this.onFallback = opts.onFallback || function () {};
+    this.gen = 0;            // generation; bumped to stop a running loop
+    this.ticket = null;
+    this.url = null;
+    this.domain = "-";
+    this.ack = 0;            // last seq processed
+    this.acked = 0;          // last seq the server was told (subscribe or ack frame)
+    this.ackedAt = null;     // ms of the last ack frame
+    this.failures = 0;       // sockets in a row that closed before subscribing
+    this.worked = false;     // some socket of this loop subscribed (ever)
+    this.state = "stopped";
+    this.ws = null;
+    this.subscribed = false; // this.ws had its first envelope
+    this.wait = null;        // timer before the next socket
+    this.ackTimer = null;
+    this.connectTimer = null;
+    this.calls = {};         // call id -> {resolve, reject, timer}, waiting for a reply
+    this.callSeq = 0;
+  }
+
+  SocketLoop.prototype.now = function () { return this.timers.now ? this.timers.now() : Date.now(); };
+
+  /** Open a socket for a fresh ticket (ack 0). url: connection.websocket;
+   *  domain: connection.domain (the subscribe frame needs one). */
+  SocketLoop.prototype.start = function (ticket, url, domain) {
+    this.stop();
+    this.ticket = ticket;
+    this.url = url;
+    this.domain = domain ? String(domain).replace(/\s+/g, "") || "-" : "-";
+    this.ack = 0;
+    this.acked = 0;
+    this.ackedAt = null;
+    this.failures = 0;
+    this.state = "online";
+    this.connect(this.gen);
   };
+
+  /** Stop for good (until the next start): tell the server the last ack if
+   *  it does not know it yet, close the socket, schedule nothing. */
+  SocketLoop.prototype.stop = function () {
+    this.gen++;
+    this.state = "stopped";
+    this.clearTimers();
+    this.timers.clearTimeout(this.wait);
+    this.wait = null;
+    var ws = this.ws;
+    this.ws = null;
+    if (ws && this.subscribed) this.sendAck(ws);
+    this.subscribed = false;
+    if (ws) closeQuietly(ws);
+    this.failCalls();
+  };
+
+  /** Drop the socket as if the network had: the loop connects again and
+   *  resumes from its ack (tests, NextIM's abortPoll). */
+  SocketLoop.prototype.abort = function () {
+    var ws = this.ws;
+    if (!ws) return;
+    this.closed(this.gen, ws, { code: 1006, reason: "aborted" });
+    closeQuietly(ws);
+  };
+
+  SocketLoop.prototype.running = function () { return this.state !== "stopped"; };
+
+  SocketLoop.prototype.clearTimers = function () {
+    this.timers.clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    this.timers.clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  };
+
+  SocketLoop.prototype.setState = function (state, detail) {
+    this.state = state;
+    this.onState(state, detail);
+  };
+
+  SocketLoop.prototype.connect = function (gen) {
+    if (gen !== this.gen) return;
+    var self = this;
+    var ws = null;
+    try { ws = this.open(this.url); } catch (e) { ws = null; }
+    if (!ws) {
+      // No WebSocket here at all (or a URL the browser will not open).
+      this.stop();
+      this.onFallback("no WebSocket", !this.worked);
+      return;
+    }
+    this.ws = ws;
+    this.subscribed = false;
+    this.connectTimer = this.timers.setTimeout(function () {
+      if (self.ws !== ws) return;
+      self.closed(gen, ws, { code: 1006, reason: "no answer to subscribe" });
+      closeQuietly(ws);
+    }, TIMING.WS_CONNECT_MS);
+    ws.onopen = function () {
+      if (self.ws !== ws || gen !== self.gen) return;
+      // Always with the ack, 0 included: the server then keeps what it sent
+      // until we ack it (docs/design.md#d6-comet-envelope).
+      self.acked = self.ack;
+      try { ws.send("subscribe " + self.domain + " " + self.ticket + " " + self.ack); } catch (e) { /* onclose follows */ }
+    };
+    ws.onmessage = function (ev) { if (self.ws === ws && gen === self.gen) self.frame(ev && ev.data); };
+    ws.onclose = function (ev) { self.closed(gen, ws, ev || {}); };
+    ws.onerror = function () { /* a close event follows */ };
+  };
+
+  /** A call as a JSON frame `{"id", "call", "params"}` (the ticket is the
+   *  socket's). Resolves with the reply's `result` (what the HTTP call
+   *  answers); rejects ApiError: an error reply's code (status 200, as under
+   *  JSONP), or status 0 `network` / `timeout` when the socket closes first or
+   *  no reply comes within CALL_TIMEOUT_MS: the call may or may not have run,
+   *  so a message is sent again with its client_id
+   *  (docs/design.md#d17-idempotent-sends). Returns null when the socket
+   *  cannot take it now (not subscribed, or a frame that may be too large):
+   *  the caller uses HTTP. */
+  SocketLoop.prototype.call = function (name, params) {
+    var ws = this.ws;
+    if (!ws || !this.subscribed || ws.readyState !== 1) return null;
+    var p = {};
+    Object.keys(params || {}).forEach(function (k) {
+      if (k !== "ticket" && params[k] !== undefined && params[k] !== null) p[k] = params[k];
+    });
+    var id = ++this.callSeq;
+    var text = JSON.stringify({ id: id, call: name, params: p });
+    if (text.length * 3 > TIMING.WS_CALL_MAX_BYTES) return null;  // UTF-8 is at most 3 bytes per UTF-16 unit
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var timer = self.timers.setTimeout(function () {
+        self.settle(id, ApiError(0, "timeout", "The server did not answer"));
+      }, TIMING.CALL_TIMEOUT_MS);
+      self.calls[id] = { resolve: resolve, reject: reject, timer: timer };
+      try { ws.send(text); } catch (e) { self.settle(id, ApiError(0, "network", "Cannot reach the server")); }
+    });
+  };
+
+  SocketLoop.prototype.settle = function (id, err, result) {
+    var c = this.calls[id];
+    if (!c) return;
+    delete this.calls[id];
+    this.timers.clearTimeout(c.timer);
+    if (err) c.reject(err); else c.resolve(result);
+  };
+
+  /** The socket is gone: every call still waiting fails as a network error. */
+  SocketLoop.prototype.failCalls = function () {
+    var self = this;
+    Object.keys(this.calls).forEach(function (id) {
+      self.settle(id, ApiError(0, "network", "Connection lost"));
+    });
+  };
+
+  /** A text frame from the server: a comet envelope or a call's reply. */
+  SocketLoop.prototype.frame = function (text) {
+    var data;
+    try { data = JSON.parse(text); } catch (e) { return; }
+    if (!data || typeof data !== "object") return;
+    if (Object.prototype.hasOwnProperty.call(data, "reply")) {
+      var e = data.error;
+      if (e && typeof e === "object") {
+        this.settle(data.reply, ApiError(200, e.error || "error", e.error_msg || e.error || "Request failed"));
+      } else {
+        this.settle(data.reply, null, data.result);
+      }
+      return;
+    }
+    if (data.status !== "ok") return;
+    if (!this.subscribed) {
+      this.subscribed = true;
+      this.worked = true;
+      this.failures = 0;
+      this.timers.clearTimeout(this.connectTimer);
+      this.connectTimer = null;
+      if (this.state !== "online") this.setState("online");
+    }
+    takeEnvelope(this, data);
+    this.scheduleAck();
+  };
+
+  /** `ack <N>` now if the last one went out WS_ACK_INTERVAL_MS ago, else
+   *  once that much time has passed (one timer, the latest ack then). */
+  SocketLoop.prototype.scheduleAck = function () {
+    if (this.ack <= this.acked || this.ackTimer) return;
+    var wait = this.ackedAt === null ? 0 : this.ackedAt + TIMING.WS_ACK_INTERVAL_MS - this.now();
+    if (wait <= 0) { this.sendAck(this.ws); return; }
+    var self = this;
+    var gen = this.gen;
+    this.ackTimer = this.timers.setTimeout(function () {
+      self.ackTimer = null;
+      if (gen === self.gen) self.sendAck(self.ws);
+    }, wait);
+  };
+
+  SocketLoop.prototype.sendAck = function (ws) {
+    if (!ws || ws.readyState !== 1 || this.ack <= this.acked) return;
+    try { ws.send("ack " + this.ack); } catch (e) { return; }
+    this.acked = this.ack;
+    this.ackedAt = this.now();
+  };
+
+  SocketLoop.prototype.closed = function (gen, ws, ev) {
+    if (gen !== this.gen || ws !== this.ws) return;  // an old socket, or stopped
+    this.ws = null;
+    this.clearTimers();
+    this.failCalls();
+    var wasSubscribed = this.subscribed;
+    this.subscribed = false;
+    var code = ev.code;
+    var why = "WebSocket closed (" + code + (ev.reason ? " " + ev.reason : "") + ")";
+    if (code === 4404) { this.stop(); this.onGone(); return; }
+    if (code === 4409) { this.stop(); this.onReplaced(); return; }
+    if (code === 4400 || code === 1009 || code === 1003) {
+      // The server refused a frame of ours: trying again sends the same.
+      if (typeof console !== "undefined") console.warn("nextim: " + why + "; using the long poll");
+      this.stop();
+      this.onFallback(why, !this.worked);
+      return;
+    }
+    if (!wasSubscribed) this.failures++;
+    if (this.failures >= TIMING.WS_FAILURES) {
+      this.stop();
+      this.onFallback(why, !this.worked);
+      return;
+    }
+    // A server going away is coming back, like every other client's: spread
+    // the reconnects out (as after a 404). Anything else: backoff.
+    var delay = code === 1001
+      ? TIMING.BACKOFF_BASE_MS + Math.floor(this.random() * TIMING.RECONNECT_SPREAD_MS)
+      : backoffDelay(Math.max(1, this.failures), this.random);
+    if (this.worked) this.setState("reconnecting", code === 1001 ? "The server is restarting" : "Connection lost");
+    var self = this;
+    this.wait = this.timers.setTimeout(function () { self.wait = null; self.connect(gen); }, delay);
+  };
+
+  /** Close a socket we are done with; its late events are not ours any more. */
+  function closeQuietly(ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try { ws.close(1000); } catch (e) { /* already closed */ }
+  }
 
   // ---------------------------------------------------------------------------
   // The model: what the user sees, as data. No I/O, no timers; each method
@@ -893,7 +1209,8 @@ var NextimClient = (function () {
   //
   // State: client.model (above), client.conn ("connecting" | "online" |
   // "reconnecting" | "offline"), client.ticket, client.skew (server clock -
-  // local clock, ms), client.packetLog (the last 100 comet answers).
+  // local clock, ms), client.packetLog (the last 100 comet answers),
+  // client.channel ("websocket" | "longpoll" | null: how the comet arrives).
   //
   // Events (client.on(name, fn)):
   //   "change"  (parts)           model parts changed (see Model)
@@ -926,6 +1243,20 @@ var NextimClient = (function () {
       // its next poll), and coming back all at once makes every online slow.
       onGone: function () { self.reonlineSpread(); }
     });
+    this.socket = new SocketLoop({
+      open: function (url) { return self.transport.openSocket(url); },
+      timers: this.timers,
+      random: this.random,
+      onBatch: function (d, fresh) { self.handleBatch(d, fresh); },
+      onState: function (state, detail) { if (self.ticket) self.setConn(state, detail); },
+      onGone: function () { self.reonlineSpread(); },
+      onReplaced: function () { self.replaced(); },
+      onFallback: function (reason, refused) { self.socketFallback(reason, refused); }
+    });
+    this.channel = null;       // "websocket" | "longpoll" while a session runs
+    this.wsUrl = null;         // connection.websocket of the last online, or null
+    this.domain = "";
+    this.wsRefused = false;    // no socket ever subscribed on this page: long-poll from now on
     this.conn = "offline";
     this.connDetail = "";
     this.ticket = null;
@@ -980,6 +1311,7 @@ var NextimClient = (function () {
     var m = this.model;
     var gen = ++this.gen;
     this.comet.stop();
+    this.socket.stop();
     this.setConn(m.user ? "reconnecting" : "connecting");
     if (!m.user) this.screen("loading");
     var params = {
@@ -994,7 +1326,7 @@ var NextimClient = (function () {
       self.onlineFailures = 0;
       self.storage.set("offline", undefined);
       self.applyOnline(d, sentAt);
-      self.comet.start(self.ticket, self.server);
+      self.startChannel();
     }).catch(function (err) {
       if (gen !== self.gen) return;
       self.onOnlineError(err, show, firstLoad);
@@ -1049,6 +1381,8 @@ var NextimClient = (function () {
     if (m.user && m.user.id !== d.user.id) this.packetLog = [];
     this.ticket = d.connection.ticket;
     this.server = d.connection.server || ((this.transport.base || "") + "packets");
+    this.wsUrl = typeof d.connection.websocket === "string" && d.connection.websocket ? d.connection.websocket : null;
+    this.domain = d.connection.domain || "";
     var stale = m.applyOnline(d, now);
     this.storage.set("show", m.show);
     stale.forEach(function (chat) { if (m.tabs.indexOf(chat.key) >= 0) self.loadHistory(chat); });
@@ -1059,10 +1393,77 @@ var NextimClient = (function () {
     this.scheduleRoomRefresh();
   };
 
-  /** Forget the ticket and stop polling (nothing is sent to the server). */
+  /** The comet for the session `online` just opened: the WebSocket when the
+   *  daemon offers one (connection.websocket) and this page can use it, else
+   *  the long poll, exactly as without a socket (docs/client.md#transports). */
+  Client.prototype.startChannel = function () {
+    var url = this.wsUrl;
+    var socket = !!url && typeof this.transport.openSocket === "function" && !this.wsRefused &&
+      this.storage.get("ws_refused", null, "session") !== url;
+    if (socket) {
+      this.setChannel("websocket");
+      this.socket.start(this.ticket, url, this.domain);
+    } else {
+      this.setChannel("longpoll");
+      this.comet.start(this.ticket, this.server);
+    }
+  };
+
+  Client.prototype.setChannel = function (name) {
+    if (this.channel === name) return;
+    this.channel = name;
+    this.emit("change", ["header"]);
+  };
+
+  /** The socket cannot be used for this session: the long poll takes over
+   *  from the socket's ack, so nothing it delivered is shown again. A page
+   *  where no socket ever subscribed (refused handshake, e.g. an Origin the
+   *  daemon does not accept, or a proxy without WebSocket) long-polls for
+   *  good, and this browser tab remembers it for the next page loads. */
+  Client.prototype.socketFallback = function (reason, refused) {
+    if (!this.ticket) return;
+    if (refused) {
+      this.wsRefused = true;
+      this.storage.set("ws_refused", this.wsUrl, "session");
+    }
+    if (typeof console !== "undefined") console.info("nextim: long poll instead of WebSocket (" + reason + ")");
+    this.setChannel("longpoll");
+    this.comet.start(this.ticket, this.server, this.socket.ack);
+  };
+
+  /** 4409: a newer socket or poll on this ticket took over (the same
+   *  session open elsewhere). Taking it back would only make the two take
+   *  turns, so this tab stops; picking a show goes online again. */
+  Client.prototype.replaced = function () {
+    this.resetSession();
+    this.setConn("offline", "Another connection took over this session");
+  };
+
+  /** A webim call: `message` and `status` over the socket while it is
+   *  subscribed (a reply frame instead of an HTTP request), everything else,
+   *  and those when there is no socket, over the transport. Same answers
+   *  and errors either way. */
+  Client.prototype.call = function (name, params) {
+    if (this.channel === "websocket" && SOCKET_CALLS.indexOf(name) >= 0) {
+      var viaSocket = this.socket.call(name, params);
+      if (viaSocket) return viaSocket;
+    }
+    return this.transport.call(name, params);
+  };
+
+  /** Drop the poll or socket in flight; it is retried (tests, NextIM.abortPoll). */
+  Client.prototype.abortChannel = function () {
+    if (this.channel === "websocket") this.socket.abort();
+    else this.comet.abort();
+  };
+
+  /** Forget the ticket and stop polling (nothing is sent to the server but
+   *  the socket's last ack before it closes). */
   Client.prototype.resetSession = function () {
     this.gen++;
     this.comet.stop();
+    this.socket.stop();
+    this.setChannel(null);
     this.ticket = null;
     this.timers.clearInterval(this.roomRefreshTimer);
     this.roomRefreshTimer = null;
@@ -1264,7 +1665,7 @@ var NextimClient = (function () {
       attempts++;
       var params = { ticket: self.ticket, type: chat.type, to: chat.id, body: body, style: "",
                      client_id: msg.client_id };
-      return self.transport.call("message", params).then(function () {
+      return self.call("message", params).then(function () {
         msg.state = "sent";
         msg.confirmedAt = self.now();
         chat.rev++;
@@ -1302,7 +1703,7 @@ var NextimClient = (function () {
     var self = this;
     if (chat.sentTyping !== "typing") {
       chat.sentTyping = "typing";
-      this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
+      this.call("status", { ticket: this.ticket, to: chat.id, show: "typing" }).catch(function () {});
     }
     this.timers.clearTimeout(chat.typingTimer);
     chat.typingTimer = this.timers.setTimeout(function () { self.stopTyping(chat, true); }, TIMING.TYPING_IDLE_MS);
@@ -1315,7 +1716,7 @@ var NextimClient = (function () {
     chat.typingTimer = null;
     if (chat.sentTyping !== "typing") return;
     chat.sentTyping = "clear";
-    if (sendClear && this.ticket) this.transport.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
+    if (sendClear && this.ticket) this.call("status", { ticket: this.ticket, to: chat.id, show: "clear" }).catch(function () {});
   };
 
   Client.prototype.clearHistory = function (chat) {
@@ -1433,6 +1834,7 @@ var NextimClient = (function () {
   return {
     version: "1.1.0",
     TIMING: TIMING,
+    SOCKET_CALLS: SOCKET_CALLS,
     ApiError: ApiError,
     isAuthError: isAuthError,
     checkEnvelope: checkEnvelope,
@@ -1450,6 +1852,8 @@ var NextimClient = (function () {
     memoryStorage: memoryStorage,
     HttpTransport: HttpTransport,
     CometLoop: CometLoop,
+    SocketLoop: SocketLoop,
+    takeEnvelope: takeEnvelope,
     Model: Model,
     Client: Client
   };
@@ -1770,6 +2174,7 @@ var NextimClient = (function () {
       resolve: function (url) { return new URL(url, global.location.href).href; },
       callbacks: global.NextIM._cb,
       callbackPrefix: "NextIM._cb.",
+      WebSocket: typeof global.WebSocket === "function" ? global.WebSocket : null,
       timers: timers
     };
   }
@@ -1815,7 +2220,7 @@ var NextimClient = (function () {
   ["user", "show", "status", "setting", "buddies", "rooms", "chats", "tabs", "active", "notifications"].forEach(function (k) {
     Object.defineProperty(App.prototype, k, { get: function () { return this.client.model[k]; } });
   });
-  ["ticket", "conn", "connDetail", "skew", "packetLog"].forEach(function (k) {
+  ["ticket", "conn", "connDetail", "skew", "packetLog", "channel"].forEach(function (k) {
     Object.defineProperty(App.prototype, k, { get: function () { return this.client[k]; } });
   });
 
@@ -1828,8 +2233,8 @@ var NextimClient = (function () {
 
   App.prototype.begin = function () { return this.client.begin(); };
 
-  /** Abort the comet poll in flight (it is retried, with backoff). */
-  App.prototype.abortPoll = function () { this.client.comet.abort(); };
+  /** Abort the comet poll or drop the socket (it is retried, with backoff). */
+  App.prototype.abortPoll = function () { this.client.abortChannel(); };
 
   /** focus: the user picked the chat (unfold the widget, focus the input). */
   App.prototype.openTab = function (key, focus) {
@@ -2124,6 +2529,7 @@ var NextimClient = (function () {
     if (document.activeElement !== ui.statusInput) ui.statusInput.value = this.status || "";
     ui.connState.textContent = this.conn;
     ui.connState.dataset.state = this.conn;
+    ui.connState.dataset.transport = this.channel || "";
     ui.connState.title = (CONN_LABELS[this.conn] || this.conn) + (this.connDetail ? " — " + this.connDetail : "");
     ui.root.dataset.conn = this.conn;
     Object.keys(ui.settingInputs).forEach(function (k) { ui.settingInputs[k].checked = this.setting[k] !== false; }, this);
