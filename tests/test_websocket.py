@@ -8,27 +8,15 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from tests.conftest import Harness, make_config, seed_directory
-from tests.storefixtures import make_store
 from tests.wsclient import Rejected, connect, fragment, subscribe
 
 inline = pytest_twisted.ensureDeferred
 
 
-@pytest_twisted.async_yield_fixture
-async def daemon(tmp_path, request):
-    """A started :class:`~tests.conftest.Harness` on SQLite with the usual directory."""
-    marker = request.node.get_closest_marker("config")
-    config = make_config(**(marker.kwargs if marker else {}))
-    store, drop = await make_store("sqlite", tmp_path)
-    h = Harness(store, config)
-    await h.start()
-    await seed_directory(store)
-    try:
-        yield h
-    finally:
-        await h.stop()
-        await drop()
+@pytest.fixture
+def store_kind():
+    """tests/conftest.py's ``daemon`` fixture, on SQLite only."""
+    return "sqlite"
 
 
 async def until(condition, what, timeout_s=10.0):

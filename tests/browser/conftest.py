@@ -208,6 +208,21 @@ def site_login(pages, host_site, user, page=None):
 # Package scope: the daemon and the browser end with the last browser test,
 # so nothing of Playwright's (its asyncio loop, driver process) is still
 # around while the reactor-based tests of the rest of the suite run.
+@pytest.fixture(scope="module")
+def embed_daemon(tmp_path_factory):
+    """The embedding example's daemon with its token config (plus short timers), one per
+    test module; its allowed_origins does not list the host site."""
+    with running(start_embed_daemon(tmp_path_factory.mktemp("nextim-embed"))) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def host_site(embed_daemon):
+    """host_site.py --seed on another origin (localhost vs 127.0.0.1, other port)."""
+    with running_host_site(embed_daemon) as url:
+        yield url
+
+
 @pytest.fixture(scope="package")
 def demo_daemon(tmp_path_factory):
     """One demo daemon for all the browser tests."""

@@ -7,26 +7,11 @@ import urllib.request
 import jwt
 import pytest
 
-from tests.browser.conftest import (EMBED_EXAMPLE, expect, running, running_host_site, site_login,
-                                    start_embed_daemon)
+from tests.browser.conftest import (EMBED_EXAMPLE, expect, site_login)
 
 pytestmark = pytest.mark.browser
 
 EXAMPLE = EMBED_EXAMPLE
-
-
-@pytest.fixture(scope="module")
-def embed_daemon(tmp_path_factory):
-    """The daemon with the example's token config (plus short timers)."""
-    with running(start_embed_daemon(tmp_path_factory.mktemp("nextim-embed"))) as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
-def host_site(embed_daemon):
-    """host_site.py --seed on another origin (localhost vs 127.0.0.1, other port)."""
-    with running_host_site(embed_daemon) as url:
-        yield url
 
 
 def test_embedded_client_chats_over_jsonp_with_site_tokens(pages, host_site, embed_daemon):

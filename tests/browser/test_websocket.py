@@ -179,19 +179,6 @@ def test_a_lost_session_goes_online_again_and_back_on_the_socket(pages, demo_dae
     assert traffic.sockets[1]["sent"][0].split(" ")[2] == alice.evaluate("NextIM.apps[0].ticket")
 
 
-@pytest.fixture(scope="module")
-def embed_daemon(tmp_path_factory):
-    """The embedding example's daemon: its allowed_origins does not list the host site."""
-    with running(start_embed_daemon(tmp_path_factory.mktemp("nextim-ws-embed"))) as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
-def host_site(embed_daemon):
-    with running_host_site(embed_daemon) as url:
-        yield url
-
-
 def test_embed_on_a_foreign_origin_falls_back_to_jsonp(pages, host_site, embed_daemon):
     """The daemon refuses the handshake from an Origin it does not accept (403);
     the browser shows that as a failed socket, the client falls back to the
