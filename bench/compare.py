@@ -1,6 +1,12 @@
-"""Side-by-side benchmark of nextim-twisted, Prosody and ejabberd over HTTP long polling.
+"""Side-by-side benchmark of nextim-twisted, Prosody and ejabberd over HTTP long polling
+(nextim's ``/packets``, BOSH) and over WebSocket (nextim's ``/ws``, XMPP over WebSocket).
 
     python bench/compare.py --levels 100,1000,10000
+    python bench/compare.py --servers nextim-ws,nextim,prosody-ws,ejabberd-ws --levels 10000
+
+Server names: ``nextim``, ``prosody``, ``ejabberd`` (long polling, bench/loadgen.py) and
+``nextim-ws``, ``prosody-ws``, ``ejabberd-ws`` (WebSocket, bench/wsload.py, which can
+spread the users over ``--procs`` generator processes).
 
 For each server and each level N it starts the server fresh (pinned to CPU 0 with
 taskset; this process pins itself to CPU 1), logs N users in, lets them idle, sends
@@ -25,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import servers  # noqa: E402
 from loadgen import Generator  # noqa: E402
+from wsload import WsFleet  # noqa: E402
 from servers import proc_cpu_seconds, proc_rss_kb  # noqa: E402
 
 RESULTS = os.path.join(servers.HERE, "results.json")  # committed: --report-only rebuilds docs/
@@ -97,32 +104,42 @@ def stall_delta(before, after):
 async def wait_recovered(gen, timeout):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if gen.all_parked() >= gen.n:
+        if await gen.count_parked() >= gen.n:
             return time.monotonic() - t0
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05 if isinstance(gen, Generator) else 0.25)
     return None
+
+
+def make_generator(server, n, args):
+    """The long-poll generator (nextim, BOSH) or the WebSocket fleet (``*-ws``)."""
+    if server.protocol in ("nextim-ws", "xmpp-ws"):
+        cpus = [int(c) for c in args.generator_cpu.split(",")]
+        return WsFleet(server, n, procs=args.procs, cpus=cpus, room_fraction=args.room_fraction,
+                       concurrency=args.concurrency, ack_interval=args.ack_interval)
+    return Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
+                     reconnect_spread=args.reconnect_spread)
 
 
 async def run_level(server, n, args, rates=None):
     """One server, one level: returns a dict of figures (and phases for a sweep)."""
     out = {"server": server.name, "users": n, "loadavg_start": loadavg()}
-    if server.name != "ejabberd":
+    registers_live = isinstance(server, servers.Ejabberd)   # ejabberd registers through its API
+    if not registers_live:
         server.seed(n)
     server.start()
-    if server.name == "ejabberd":
+    if registers_live:
         server.seed(n)
     await asyncio.sleep(1.0)
     pid = server.pid
     out["rss_start_kb"] = proc_rss_kb(pid)
-    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
-                    reconnect_spread=args.reconnect_spread)
+    gen = make_generator(server, n, args)
     await gen.open()
     try:
         cpu = CpuMeter(pid).start()
-        gcpu0, t0 = time.process_time(), time.monotonic()
+        gcpu0, t0 = await generator_cpu(gen), time.monotonic()
         out["logins_per_s"] = await gen.login_all()
         out["login_server_cpu_pct"] = cpu.stop()
-        out["login_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - t0)
+        out["login_generator_cpu_pct"] = 100 * (await generator_cpu(gen) - gcpu0) / (time.monotonic() - t0)
         await gen.setup_rooms()
         ok = await wait_recovered(gen, 60)
         out["all_parked"] = ok is not None
@@ -153,19 +170,19 @@ async def run_level(server, n, args, rates=None):
         out["phases"] = phases
         if not args.no_restart:
             gen.stats.recording = False
-            gen.forget_sessions()
+            await gen.forget()
             t0 = time.monotonic()
             server.restart()
             t_up = time.monotonic()
             out["restart_down_s"] = t_up - t0
             cpu = CpuMeter(server.pid).start()  # the new process
-            gcpu0, tr0 = time.process_time(), time.monotonic()
+            gcpu0, tr0 = await generator_cpu(gen), time.monotonic()
             rec = await wait_recovered(gen, args.recovery_timeout)
             out["recovery_server_cpu_pct"] = cpu.stop()
-            out["recovery_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - tr0)
+            out["recovery_generator_cpu_pct"] = 100 * (await generator_cpu(gen) - gcpu0) / (time.monotonic() - tr0)
             out["recovery_s"] = rec
             out["reconnect_spread_s"] = args.reconnect_spread
-            out["recovered"] = gen.all_parked()
+            out["recovered"] = await gen.count_parked()
             times = sorted(gen.online_times)
             if times:
                 # how long one ``online`` took under the herd (nextim; the request alone,
@@ -183,6 +200,14 @@ async def run_level(server, n, args, rates=None):
         await gen.close()
         server.stop()
     return out
+
+
+async def generator_cpu(gen):
+    """CPU seconds of the generator so far: this process, plus the WebSocket workers."""
+    own = time.process_time()
+    if isinstance(gen, WsFleet):
+        own += await gen.cpu_seconds()
+    return own
 
 
 def fmt(v, digits=0):
@@ -410,7 +435,11 @@ def parse():
                    help="seconds over which nextim users whose session is gone spread their new online "
                         "(the shipped client: 4); 0 = all at once")
     p.add_argument("--server-cpu", default="0")
-    p.add_argument("--generator-cpu", default="1")
+    p.add_argument("--generator-cpu", default="1",
+                   help="CPUs of the generator (comma-separated; WebSocket workers take them in turn)")
+    p.add_argument("--procs", type=int, default=1, help="WebSocket generator worker processes")
+    p.add_argument("--ack-interval", type=float, default=1.0,
+                   help="nextim-ws: seconds between a socket's 'ack <seq>' frames (only when the seq moved)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--no-report", action="store_true", help="save results.json but leave docs/ alone")
     return p.parse_args()
