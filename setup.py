@@ -15,7 +15,9 @@ setup(
     },
     include_package_data=True,
     install_requires=[
-        "Twisted>=24.3",
+        # twisted.web.websocket (Twisted's own, on wsproto) serves GET /ws
+        # (docs/design.md#d21-websocket); its gaps are closed in web/websocket.py
+        "Twisted[websocket]>=25.5",
         "klein>=24.8",
         "PyJWT>=2.8",
         "argon2-cffi>=23.1",

@@ -70,6 +70,11 @@ SCHEMA = {
         # (docs/design.md#d17-idempotent-sends)
         "client_id_hours": (int, 24),
     },
+    # The WebSocket transport (docs/design.md#d21-websocket, docs/protocol.md#websocket-transport):
+    # GET /ws next to the /packets long poll, which stays.
+    "websocket": {
+        "enabled": (bool, True),             # false: no /ws, and online omits connection.websocket
+    },
     "log": {                                 # docs/deployment.md#4-logs
         "format": (str, "text"),             # "text" | "json" (JSON lines)
         "level": (str, "info"),              # "debug" | "info" | "warn" | "error"
@@ -199,6 +204,12 @@ class LimitsSection(Protocol):
     client_id_hours: int
 
 
+class WebsocketSection(Protocol):
+    """``[websocket]`` (docs/design.md#d21-websocket)."""
+
+    enabled: bool
+
+
 class LogSection(Protocol):
     """``[log]``."""
 
@@ -274,6 +285,7 @@ class Config:
     admin: AdminSection
     timers: TimersSection
     limits: LimitsSection
+    websocket: WebsocketSection
     log: LogSection
     metrics: MetricsSection
     directory: DirectorySection

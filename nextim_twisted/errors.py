@@ -100,7 +100,8 @@ class InternalError(ProtocolError):
 #: the package and against the ``error`` enum of ``web/openapi.json``, both ways.
 ERROR_CODES = {
     # the request itself (docs/design.md#d1-plain-and-jsonp, docs/design.md#d15-limits)
-    "bad_request": "HTTP that twisted.web could not parse (bad request line or length headers)",
+    "bad_request": "HTTP that twisted.web could not parse (bad request line or length headers), a GET /ws that "
+                   "is not a WebSocket handshake, or a malformed or unknown WebSocket call",
     "bad_encoding": "a parameter, path or JSON string that is not valid UTF-8 text, or holds NUL",
     "bad_callback": "callback is not a JavaScript identifier path of at most 128 characters",
     "bad_json": "an admin body that is not a JSON object",
@@ -123,6 +124,8 @@ ERROR_CODES = {
     "token_expired": "a site token past its exp",
     "bad_credentials": "wrong username or password",
     "csrf": "a cookie-only state change that is not a POST from an allowed origin",
+    "origin_not_allowed": "a WebSocket handshake from an Origin that is neither the daemon's own nor in "
+                          "[server] allowed_origins (403)",
     "invalid_ticket": "the ticket is unknown or its session ended: go online again",
     "ticket_mismatch": "the ticket belongs to another user",
     "not_online": "the call needs a live session of the caller",

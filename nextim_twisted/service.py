@@ -125,7 +125,8 @@ class DemoDataService(service.Service):
 
 class WebService(service.Service):
     """Listens on ``[server] listen`` with the web app's site. On stop: refuses new
-    calls, answers every parked poll with an empty batch, lets the answers drain for
+    calls, answers every parked poll with an empty batch and closes every WebSocket with
+    1001 (docs/design.md#d21-websocket), lets the answers drain for
     :data:`DRAIN_S`, then stops listening (docs/design.md#d16-shutdown).
 
     :ivar port: the listening port once started (``getHost()`` tells the address).
@@ -155,9 +156,12 @@ class WebService(service.Service):
         self.ctx.shutting_down = True
         router = self.ctx.router
         parked = router.stats()["parked_polls"]
-        router.shutdown()
+        router.shutdown()  # subscribed WebSockets are closed with 1001 here
+        sockets = self.web.sockets
+        if sockets is not None:
+            parked += sockets.close_all()  # and those that had not subscribed yet
         if parked:
-            log.info("answered {n} parked polls before stopping", n=parked)
+            log.info("answered {n} parked polls and WebSockets before stopping", n=parked)
             await task.deferLater(self.reactor, DRAIN_S, lambda: None)
         if self.port is not None:
             await self.port.stopListening()

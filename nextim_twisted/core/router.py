@@ -19,7 +19,7 @@ from ..hub.base import IHub, LocalSessions, Packet
 from ..hub.local import LocalHub
 from .observers import ILiveStateObserver, PresenceChange
 from .presence import OnlineUser
-from .session import Session
+from .session import SHUTDOWN, Session
 from .timers import TimerWheel
 
 if TYPE_CHECKING:
@@ -464,11 +464,14 @@ class Router:
 
     # -- whole daemon ------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """``{"online_users", "sessions", "parked_polls", "queue_overflows"}``."""
+        """``{"online_users", "sessions", "parked_polls", "websockets", "queue_overflows"}``:
+        ``parked_polls`` counts subscribed WebSockets too (they count as parked polls,
+        docs/design.md#d21-websocket); ``websockets`` those alone."""
         return {
             "online_users": len(self.users),
             "sessions": len(self.sessions),
             "parked_polls": sum(1 for s in self.sessions.values() if s.parked),
+            "websockets": sum(1 for s in self.sessions.values() if s.streaming),
             "queue_overflows": self.overflows,
         }
 
@@ -485,10 +488,11 @@ class Router:
         return len(sessions)
 
     def shutdown(self) -> None:
-        """Answer every parked poll with an empty batch and cancel all timers (docs/design.md#d16-shutdown)."""
+        """Answer every parked poll with an empty batch, let every WebSocket go (closed
+        with 1001 by the web layer) and cancel all timers (docs/design.md#d16-shutdown)."""
         for session in list(self.sessions.values()):
             session.stop({"status": "ok", "messages": [], "presences": [], "statuses": [],
-                          "seq": session.last_seq})
+                          "seq": session.last_seq}, reason=SHUTDOWN)
         self.sessions.clear()
         for user in self.users.values():
             self._cancel_grace(user)

@@ -6,7 +6,16 @@ packet arrives or the hold timer (``poll_hold`` s) runs out. While no poll is
 parked the idle timer (``session_idle`` s) runs; when it fires the session ends.
 No I/O happens here: the web layer turns the Deferred a poll returns into an
 HTTP answer, and cancels it when the client goes away.
+
+A WebSocket (docs/design.md#d21-websocket) is a *streaming subscriber*
+(:class:`Subscriber`) instead of a one-shot parked Deferred: it takes an envelope at
+once when it subscribes and one per packet after that, and counts as a parked poll
+for the timers (no idle timer while it is open; the idle timer starts when it
+unsubscribes). Only one of the two waits at a time: a newer poll or subscriber
+replaces the current one.
 """
+from typing import Protocol
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -16,6 +25,22 @@ log = Logger()
 STOPPED = {"status": "stopped"}
 
 KINDS = ("messages", "presences", "statuses")
+
+#: Why a subscriber is let go (:meth:`Subscriber.session_closed`): a newer poll or
+#: subscriber took the ticket; the session ended (offline, refresh, idle, overflow,
+#: ``session_max``, an admin removal); the daemon is stopping (docs/design.md#d16-shutdown).
+REPLACED, ENDED, SHUTDOWN = "replaced", "ended", "shutdown"
+
+
+class Subscriber(Protocol):
+    """What a streaming transport (a WebSocket, web/websocket.py) offers a session."""
+
+    def deliver(self, envelope: dict) -> None:
+        """Send one comet envelope (docs/design.md#d6-comet-envelope) now; must not raise."""
+
+    def session_closed(self, reason: str) -> None:
+        """The session no longer streams to this subscriber: ``reason`` is
+        :data:`REPLACED`, :data:`ENDED` or :data:`SHUTDOWN`; must not raise."""
 
 
 class Session:
@@ -48,6 +73,7 @@ class Session:
         self.ended = False
         self._acked = False  # the last poll sent ``ack``: keep packets until acked
         self._parked = None
+        self._stream = None  # the streaming Subscriber (a WebSocket), if one is subscribed
         self._hold_timer = None
         self._idle_timer = clock.callLater(idle_s, self._idle_expired)
         #: ``clock.seconds()`` after which the router no longer knows the ticket
@@ -74,8 +100,17 @@ class Session:
             self._end("overflow")
             return False
         self.last_seq += 1
-        self.queue.append((self.last_seq, kind, dict(packet, seq=self.last_seq)))
-        if self._parked is not None:
+        packet = dict(packet, seq=self.last_seq)
+        self.queue.append((self.last_seq, kind, packet))
+        if self._stream is not None:
+            # Everything queued before was sent when the subscriber subscribed or at an
+            # earlier push: only this packet is new. Unacked it stays queued for a resend.
+            envelope = {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
+            envelope[kind].append(packet)
+            if not self._acked:
+                self.queue.clear()
+            self._stream.deliver(envelope)
+        elif self._parked is not None:
             self._answer(self._take())
         return True
 
@@ -91,12 +126,9 @@ class Session:
         """
         if self._parked is not None:
             self._answer(STOPPED)
+        self._release_stream(REPLACED)
         self._cancel_idle()
-        if ack is not None:
-            acked = 0
-            while acked < len(self.queue) and self.queue[acked][0] <= ack:
-                acked += 1
-            del self.queue[:acked]
+        self._drop_acked(ack)
         self._acked = ack is not None
         if self.queue:
             envelope = self._take()
@@ -110,22 +142,82 @@ class Session:
             self.on_drain(self)
         return self._parked
 
+    # -- streaming (a WebSocket, docs/design.md#d21-websocket) ----------------------
+    def subscribe(self, subscriber: Subscriber, ack: int | None = None) -> None:
+        """Stream this session's packets to ``subscriber`` until it unsubscribes, a
+        newer poll or subscriber takes over, or the session ends.
+
+        A parked poll is answered :data:`STOPPED`; a current subscriber is let go with
+        :data:`REPLACED`. ``ack`` as for :meth:`poll`: with it, packets after ``ack``
+        are sent again and kept until acked (:meth:`ack`); without it what is sent
+        counts as delivered. The subscriber gets one envelope at once (everything
+        queued, maybe nothing, with the current ``seq``), then one per packet. The idle
+        timer is off until :meth:`unsubscribe`.
+        """
+        if self._parked is not None:
+            self._answer(STOPPED, restart_idle=False)
+        self._release_stream(REPLACED)
+        self._cancel_idle()
+        self._drop_acked(ack)
+        self._acked = ack is not None
+        self._stream = subscriber
+        subscriber.deliver(self._take())
+        if self.on_drain is not None:
+            self.on_drain(self)
+
+    def ack(self, ack: int) -> None:
+        """The subscriber has every packet up to ``seq`` ``ack``: drop those from the
+        queue. From now on packets are kept until acked (docs/design.md#d6-comet-envelope)."""
+        self._drop_acked(ack)
+        self._acked = True
+        if self.on_drain is not None:
+            self.on_drain(self)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """``subscriber`` went away (its socket closed): the idle timer starts
+        (docs/design.md#d5-timers). Nothing happens if it was already replaced."""
+        if self._stream is subscriber:
+            self._stream = None
+            if not self.ended:
+                self._start_idle()
+
+    @property
+    def streaming(self):
+        """True while a subscriber (a WebSocket) is subscribed."""
+        return self._stream is not None
+
     @property
     def parked(self):
-        """True while a poll is waiting."""
-        return self._parked is not None
+        """True while a poll is waiting or a subscriber is subscribed (both count as a
+        parked poll for the timers and in ``/admin/stats``)."""
+        return self._parked is not None or self._stream is not None
 
-    def stop(self, envelope=STOPPED):
-        """End the session: answer a parked poll with ``envelope`` and cancel timers."""
+    def stop(self, envelope=STOPPED, reason=ENDED):
+        """End the session: answer a parked poll with ``envelope``, let a subscriber go
+        with ``reason`` (:data:`ENDED`, or :data:`SHUTDOWN` when the daemon stops) and
+        cancel timers."""
         if self.ended:
             return
         self.ended = True
         if self._parked is not None:
             self._answer(envelope, restart_idle=False)
+        self._release_stream(reason)
         self._cancel_idle()
         self.queue.clear()
 
     # -- internals ----------------------------------------------------------
+    def _drop_acked(self, ack):
+        if ack is not None:
+            acked = 0
+            while acked < len(self.queue) and self.queue[acked][0] <= ack:
+                acked += 1
+            del self.queue[:acked]
+
+    def _release_stream(self, reason):
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.session_closed(reason)
+
     def _take(self):
         envelope = {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
         for _, kind, packet in self.queue:

@@ -91,6 +91,20 @@ class Context:
             return f"{self.config.public_url}/n/{self.cluster.node_id}/packets"
         return self.config.public_url + "/packets"
 
+    @property
+    def websocket_url(self) -> str | None:
+        """``connection.websocket``: the WebSocket URL (docs/design.md#d21-websocket),
+        ``[server] public_url`` with ``http`` → ``ws`` and ``https`` → ``wss``, plus
+        ``/ws``, or a cluster node's own ``/n/<node_id>/ws``; None when
+        ``[websocket] enabled = false``."""
+        if not self.config.websocket.enabled:
+            return None
+        scheme, rest = self.config.public_url.split(":", 1)  # validated: http or https
+        base = ("wss:" if scheme.lower() == "https" else "ws:") + rest
+        if self.cluster is not None:
+            return f"{base}/n/{self.cluster.node_id}/ws"
+        return base + "/ws"
+
     async def settings_of(self, user_id):
         """The user's stored settings object (docs/design.md#d11-settings), ``{}`` when none or unreadable."""
         text = await self.store.get_setting(user_id)

@@ -51,8 +51,9 @@ async def profile_for(ctx, identity, profile=_UNREAD):
 
 async def online(ctx, identity, params):
     """``webim/online`` (docs/design.md#d3-online): open a new session and answer everything the client
-    needs to start: user, connection, buddies with presence, rooms, new messages,
-    settings, presences.
+    needs to start: user, connection (``domain``, ``ticket``, ``server`` the poll URL,
+    and ``websocket`` the socket URL unless ``[websocket] enabled = false``), buddies
+    with presence, rooms, new messages, settings, presences.
 
     Params: ``show``, ``status``, ``buddy_ids`` and ``room_ids`` (csv, get embedded
     history), ``stranger_ids`` (csv of user ids).
@@ -152,6 +153,10 @@ async def online(ctx, identity, params):
         Backlog(store, session, message_packet).start()
 
     presences = {b["id"]: b["show"] for b in buddy_list if b["presence"] == "online"}
+    connection = {"domain": ctx.config.server.domain, "ticket": session.ticket, "server": ctx.poll_url}
+    websocket = ctx.websocket_url
+    if websocket is not None:
+        connection["websocket"] = websocket  # the socket transport (docs/design.md#d21-websocket)
     # debug, not info: the access event of the request already names the user, and
     # formatting a second event per online was a sixth of the daemon's CPU in a
     # restart herd (docs/benchmarks.md)
@@ -160,7 +165,7 @@ async def online(ctx, identity, params):
         "success": True,
         "server_time": ctx.now_ms(),
         "user": model.user_info(profile, user.show, user.status, user.status_time),
-        "connection": {"domain": ctx.config.server.domain, "ticket": session.ticket, "server": ctx.poll_url},
+        "connection": connection,
         "buddies": buddy_list,
         "rooms": room_list,
         "new_messages": [model.log_item(m) for m in new_messages],

@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .ops import OPENAPI_PATH  # noqa: F401  (where the served document lives; tests read it)
 from .server import make_site
 from .webim import WEBIM, HotPathRoot, Webim
+from .websocket import SocketEndpoint
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -98,19 +99,22 @@ class WebApp:
     :ivar metrics: :class:`~nextim_twisted.web.metrics.Metrics` of this daemon (the
         service's stall monitor feeds it too).
     :ivar webim: :class:`~nextim_twisted.web.webim.Webim`, the hot path.
+    :ivar sockets: :class:`~nextim_twisted.web.websocket.SocketEndpoint`, the WebSocket
+        transport, or None when ``[websocket] enabled = false``.
     """
 
     def __init__(self, ctx, static_dir=STATIC_DIR):
         self.ctx = ctx
         self.metrics = Metrics(ctx.router, ctx.store)
         self.webim = Webim(ctx, self.metrics)
+        self.sockets = SocketEndpoint(ctx, self.metrics) if ctx.config.websocket.enabled else None
         if ctx.cluster is not None:
             ctx.cluster.run_call = self.webim.run_forwarded  # calls other nodes forward here
         self.klein = routes(ctx, ops.Ops(ctx, self.metrics), static_dir)
 
     def resource(self):
         """The root ``IResource``: the hot path in front of the Klein app."""
-        return HotPathRoot(self.webim, self.klein.resource())
+        return HotPathRoot(self.webim, self.klein.resource(), self.sockets)
 
     def site(self, reactor=None):
         """The ``twisted.web`` Site to listen with: :meth:`resource`, the tuned channel,

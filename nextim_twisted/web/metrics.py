@@ -10,7 +10,11 @@ name                                type      labels / meaning
 =================================== ========= ===========================================
 ``online_users``                    gauge     users live (sessions or grace), at scrape
 ``sessions``                        gauge     live sessions (tickets), at scrape
-``parked_polls``                    gauge     long polls waiting right now, at scrape
+``parked_polls``                    gauge     long polls waiting right now, subscribed
+                                              WebSockets included, at scrape
+``websockets``                      gauge     open WebSockets (docs/design.md#d21-websocket)
+``websocket_frames_total``          counter   ``direction`` = in, out: WebSocket text
+                                              and binary frames (pings not counted)
 ``messages_total``                  counter   ``type`` = unicast, multicast, broadcast
                                               (committed and routed)
 ``packets_delivered_total``         counter   ``kind`` = messages, presences, statuses:
@@ -20,8 +24,10 @@ name                                type      labels / meaning
 ``errors_total``                    counter   ``code``: the envelope's ``error``
 ``logins_total``                    counter   ``method`` = token, password, session,
                                               ticket: successful ``webim/online`` calls
-``requests_total``                  counter   ``endpoint``, ``status`` = 2xx, 3xx, 4xx,
-                                              5xx or ``aborted`` (client went away)
+``requests_total``                  counter   ``endpoint``, ``status`` = 1xx, 2xx, 3xx,
+                                              4xx, 5xx or ``aborted`` (client went away);
+                                              a WebSocket handshake is ``websocket`` 1xx,
+                                              its calls ``websocket_<call>``
 ``request_duration_seconds``        histogram ``endpoint`` (all but ``packets``)
 ``poll_duration_seconds``           histogram how long ``/packets`` polls were held
 ``db_duration_seconds``             histogram ``operation``: the store method name
@@ -40,7 +46,7 @@ scrapes (:class:`LiveCollector`): nothing polls.
 import gc
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
@@ -69,11 +75,13 @@ def endpoint_name(path, args, webim_names):
     :param args: ``request.args`` (the bare ``/`` with a ``ticket`` is a poll: configs
         whose poll URL is the server URL itself).
     :param webim_names: the known ``webim/<name>`` endpoints.
-    :returns: ``packets``, ``index``, ``webim_<name>``, ``webim_unknown``, ``admin``,
-        ``static``, ``metrics``, ``health`` or ``other``.
+    :returns: ``packets``, ``websocket``, ``index``, ``webim_<name>``, ``webim_unknown``,
+        ``admin``, ``static``, ``metrics``, ``health`` or ``other``.
     """
     if path == b"/packets":
         return "packets"
+    if path == b"/ws" or (path.startswith(b"/n/") and path.endswith(b"/ws")):
+        return "websocket"
     if path == b"/":
         return "packets" if (args or {}).get(b"ticket") else "index"
     if path.startswith(b"/webim/"):
@@ -163,6 +171,9 @@ class Metrics:
                                      "every request and poll answer).", buckets=STALL_BUCKETS, registry=r)
         self.gc_pause = Histogram("nextim_gc_pause_seconds", "Cyclic garbage collections, by generation.",
                                   ["generation"], buckets=STALL_BUCKETS, registry=r)
+        self.websockets = Gauge("nextim_websockets", "Open WebSockets (subscribed or not).", registry=r)
+        self.websocket_frames = Counter("nextim_websocket_frames", "WebSocket text and binary frames, by "
+                                        "direction (in, out).", ["direction"], registry=r)
         if store is not None and hasattr(store, "observe_query"):
             store.observe_query = self.observe_query
 

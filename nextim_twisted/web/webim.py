@@ -118,6 +118,8 @@ WEBIM = {
 POLL_PATH = "/packets"
 NODE_POLL_PREFIX, NODE_POLL_SUFFIX = "/n/", "/packets"
 POLL_METHODS = (b"GET", b"POST")
+#: The WebSocket path (docs/design.md#d21-websocket); a cluster node's is ``/n/<node id>/ws``.
+SOCKET_PATH, NODE_SOCKET_SUFFIX = "/ws", "/ws"
 
 
 class Webim:
@@ -296,9 +298,18 @@ def _answer_failed(failure, request):
         request.finish()
 
 
+def _other_node_socket(path):
+    """True for ``/n/<some node id>/ws`` (one path segment between)."""
+    if not (path.startswith(NODE_POLL_PREFIX) and path.endswith(NODE_SOCKET_SUFFIX)):
+        return False
+    node_id = path[len(NODE_POLL_PREFIX):-len(NODE_SOCKET_SUFFIX)]
+    return bool(node_id) and "/" not in node_id
+
+
 class HotPathRoot(Resource):
-    """The served root: answers ``/packets``, ``/?ticket=`` and ``webim/<name>`` itself
-    and passes every other request to ``rest`` (the Klein app of :mod:`.app`).
+    """The served root: answers ``/packets``, ``/?ticket=``, ``webim/<name>`` and the
+    WebSocket handshake ``/ws`` itself and passes every other request to ``rest`` (the
+    Klein app of :mod:`.app`).
 
     This is the one dispatch path of those requests: no Klein route shadows them. A
     path that is not UTF-8 once percent-decoded is the 400 ``bad_encoding`` envelope
@@ -306,17 +317,23 @@ class HotPathRoot(Resource):
 
     :param webim: :class:`Webim`.
     :param rest: the ``IResource`` for everything else.
+    :param sockets: the :class:`~nextim_twisted.web.websocket.SocketEndpoint`, or None
+        when ``[websocket] enabled = false`` (then ``/ws`` is an unknown path).
     """
 
     isLeaf = True
 
-    def __init__(self, webim, rest):
+    def __init__(self, webim, rest, sockets=None):
         super().__init__()
         self.webim = webim
         self.rest = rest
+        self.sockets = sockets
         cluster = webim.ctx.cluster
         #: This node's own poll path in a cluster, else None.
         self.node_poll = f"{NODE_POLL_PREFIX}{cluster.node_id}{NODE_POLL_SUFFIX}" if cluster is not None else None
+        #: The WebSocket path this daemon serves: ``/ws``, or a node's ``/n/<node_id>/ws``.
+        self.socket_path = (f"{NODE_POLL_PREFIX}{cluster.node_id}{NODE_SOCKET_SUFFIX}" if cluster is not None
+                            else SOCKET_PATH)
 
     def render(self, request):
         try:
@@ -339,6 +356,13 @@ class HotPathRoot(Resource):
             if request.method not in POLL_METHODS:
                 return render_error(request, MethodNotAllowed("use GET or POST"))
             result = self.webim.poll(request)
+        elif self.sockets is not None and path == self.socket_path:
+            return self.sockets.handshake(request)  # docs/design.md#d21-websocket
+        elif self.sockets is not None and self.node_poll is not None and _other_node_socket(path):
+            # Another node's socket: its sessions are not here (no upgrade).
+            request.setResponseCode(404)
+            return render_error(request, NotFound("this socket belongs to another node; go online again",
+                                                  code="invalid_ticket"))
         elif path == "/" and request.method in (b"GET", b"HEAD") and (request.args or {}).get(b"ticket"):
             result = self.webim.poll(request)  # a config whose poll URL is the server URL itself
         else:
