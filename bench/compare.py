@@ -63,7 +63,7 @@ class CpuMeter:
 def server_stalls(server):
     """nextim only: cumulative counts from its ``/metrics`` (reactor lag over 100/250/500
     ms, GC collections by generation and their total seconds); None for the others."""
-    if server.protocol != "nextim":
+    if server.protocol not in ("nextim", "nextim-ws"):
         return None
     import urllib.request
 

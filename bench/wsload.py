@@ -45,7 +45,9 @@ import multiprocessing
 import os
 import random
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import jwt
@@ -540,17 +542,20 @@ async def _serve(conn, spec):
         if name == "stop":
             finished.set_result(None)
 
-    def readable():
-        try:
-            name, args = conn.recv()
-        except EOFError:
-            loop.remove_reader(conn.fileno())
-            if not finished.done():
-                finished.set_result(None)
-            return
-        asyncio.ensure_future(handle(name, args))
+    def reader():
+        # The pipe is read in a thread with blocking calls: an event loop's add_reader
+        # makes the descriptor non-blocking, and a large pickled answer then fails.
+        while True:
+            try:
+                name, args = conn.recv()
+            except (EOFError, OSError):
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+                return
+            loop.call_soon_threadsafe(asyncio.ensure_future, handle(name, args))
+            if name == "stop":
+                return
 
-    loop.add_reader(conn.fileno(), readable)
+    threading.Thread(target=reader, daemon=True).start()
     conn.send("ready")
     await finished
 
@@ -587,6 +592,7 @@ class WsFleet:
                        "ack_interval": ack_interval} for k in range(procs)]
         self.links = []
         self.processes = []
+        self.pool = ThreadPoolExecutor(procs)
 
     async def open(self):
         ctx = multiprocessing.get_context("spawn")
@@ -600,17 +606,8 @@ class WsFleet:
         await asyncio.gather(*(self._recv(link) for link in self.links))
 
     async def _recv(self, link):
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def ready():
-            loop.remove_reader(link.fileno())
-            try:
-                fut.set_result(link.recv())
-            except EOFError as e:
-                fut.set_exception(e)
-        loop.add_reader(link.fileno(), ready)
-        result = await fut
+        # a blocking read in a thread (see _serve): answers can be megabytes
+        result = await asyncio.get_running_loop().run_in_executor(self.pool, link.recv)
         if isinstance(result, Exception):
             raise result
         return result
@@ -712,3 +709,4 @@ class WsFleet:
             p.join(10)
             if p.is_alive():
                 p.kill()
+        self.pool.shutdown(wait=False)
