@@ -153,8 +153,11 @@ async def run_level(server, n, args, rates=None):
         for rate in (rates or [args.per_user_rate * n]):
             cpu = CpuMeter(pid).start()
             stalls0 = server_stalls(server)
+            prof = start_profile(server, rate, args) if args.profile else None
             ph = await gen.message_phase(rate, args.duration, drain=args.drain)
             ph["server_cpu_pct"] = cpu.stop()
+            if prof is not None:
+                ph["profile"] = finish_profile(*prof)
             ph.update(stall_delta(stalls0, server_stalls(server)))
             ph["rss_kb"] = proc_rss_kb(pid)
             ph["loadavg"] = loadavg()
@@ -199,6 +202,61 @@ async def run_level(server, n, args, rates=None):
     finally:
         await gen.close()
         server.stop()
+    return out
+
+
+def start_profile(server, rate, args):
+    """nextim only: py-spy samples the daemon (100 Hz, all threads, idle samples left
+    out) over the send phase of one rate; returns what :func:`finish_profile` reads."""
+    if server.protocol not in ("nextim", "nextim-ws"):
+        return None
+    path = os.path.join(server.dir, f"profile-{server.name}-{rate:.0f}.txt")
+    proc = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.duration)), "-r", "100",
+                             "--format", "raw", "-o", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, path
+
+
+#: leaf functions where a sampled thread waits rather than runs (epoll, the thread
+#: pool's idle workers): left out of the percentages
+PROFILE_WAITS = ("doPoll", "wait", "acquire", "select", "poll")
+
+
+def finish_profile(proc, path, top=15):
+    """Where the daemon's CPU went: the functions with most samples on the stack
+    (inclusive) and at the top of it (self), in % of the samples where a thread ran
+    (waiting in epoll or on the thread pool's queue left out); printed and returned."""
+    import re
+
+    proc.wait(60)
+    frame_re = re.compile(r"^(.*) \((?:.*/)?([^/]*?)(?::\d+)?\)$")
+    incl, own, total, idle = {}, {}, 0, 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = []
+            for fr in stack.split(";"):
+                m = frame_re.match(fr)
+                frames.append(f"{m.group(1)} ({m.group(2)})" if m else fr)
+            if frames[-1].split(" (")[0].split(".")[-1] in PROFILE_WAITS:
+                idle += n
+                continue
+            total += n
+            for fr in set(frames):
+                incl[fr] = incl.get(fr, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return None
+
+    def best(d):
+        return [(k, round(100.0 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    out = {"samples": total, "idle_samples": idle, "file": os.path.relpath(path, servers.ROOT),
+           "self": best(own), "inclusive": best(incl)}
+    print(f"    profile ({total} running samples, {idle} waiting; {out['file']}): self " +
+          "; ".join(f"{k} {v}%" for k, v in out["self"][:12]), flush=True)
     return out
 
 
@@ -440,6 +498,8 @@ def parse():
     p.add_argument("--procs", type=int, default=1, help="WebSocket generator worker processes")
     p.add_argument("--ack-interval", type=float, default=1.0,
                    help="nextim-ws: seconds between a socket's 'ack <seq>' frames (only when the seq moved)")
+    p.add_argument("--profile", action="store_true",
+                   help="nextim: py-spy the daemon during each send phase (files under bench/work/)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--no-report", action="store_true", help="save results.json but leave docs/ alone")
     return p.parse_args()
