@@ -311,8 +311,9 @@ def write_report(res):
     import matplotlib.pyplot as plt
 
     os.makedirs(DOCS, exist_ok=True)
-    names = ["nextim", "prosody", "ejabberd"]
-    colors = {"nextim": "tab:blue", "prosody": "tab:orange", "ejabberd": "tab:green"}
+    names = ["nextim-ws", "nextim", "prosody-ws", "prosody", "ejabberd-ws", "ejabberd"]
+    colors = {"nextim": "tab:blue", "prosody": "tab:orange", "ejabberd": "tab:green",
+              "nextim-ws": "tab:purple", "prosody-ws": "tab:red", "ejabberd-ws": "tab:olive"}
     levels = sorted(res["levels"], key=lambda r: (names.index(r["server"]), r["users"]))
     sweeps = sorted(res["sweeps"], key=lambda r: names.index(r["server"]))
     fig, axes = plt.subplots(1, 2 if sweeps else 1, figsize=(12 if sweeps else 6.5, 4.5), squeeze=False)
@@ -348,16 +349,17 @@ def write_report(res):
 
     v = res.get("versions", {})
     lines = [
-        "# Benchmarks: nextim-twisted, Prosody and ejabberd over HTTP long polling",
+        "# Benchmarks: nextim-twisted, Prosody and ejabberd over HTTP long polling and WebSocket",
         "",
         "Written by `python bench/compare.py` (see the command lines below) from the raw figures in",
-        "`bench/results.json` (`--report-only` rebuilds this page from them). Every figure comes from",
+        "`bench/results.json` (`--report-only` rebuilds this page from them). Every row comes from",
         "one run on a 2-core machine: the server is pinned to CPU 0 and the load generator to CPU 1",
-        "(`taskset`); nothing else of ours ran meanwhile, but the machine's own services did, so the",
-        "load average at measurement time is given with each row.",
+        "(`taskset`); other processes ran meanwhile (the machine's services; during the WebSocket",
+        "runs other work too), so the load average at measurement time is given with each row.",
         "",
         f"Versions: Python {v.get('python', '?')}, Twisted {v.get('twisted', '?')}, "
-        f"Prosody {v.get('prosody', '?')} (mod_bosh), ejabberd {v.get('ejabberd', '?')} (mod_bosh).",
+        f"Prosody {v.get('prosody', '?')} (mod_bosh, mod_websocket), ejabberd {v.get('ejabberd', '?')} "
+        "(mod_bosh, ejabberd_http_ws).",
         "",
         "## Scenario",
         "",
@@ -366,8 +368,13 @@ def write_report(res):
         "Prosody/ejabberd: BOSH (XEP-0124/0206) session creation, SASL PLAIN, restart, bind,",
         "session, initial presence, MUC join (owner first, instant room), then at most two",
         "requests out with one held (hold=1, wait=25, like Strophe.js); messages ride on the next",
-        "request. Users are in rooms of 10; half the messages go to a buddy (`u<i±1>`), half to",
-        "the room (9 recipients). Latency is send → arrival on the recipient's poll, measured in",
+        "request. Over WebSocket (servers named `*-ws`, generator `bench/wsload.py`): nextim",
+        "`webim/online` over HTTP for the ticket, then one socket per user (`subscribe`, one",
+        "envelope per frame, `ack <seq>` at most once a second, messages as JSON call frames",
+        "on the socket, [D21](design.md#d21-websocket)); Prosody/ejabberd: XMPP over WebSocket",
+        "(RFC 7395: `<open/>` framing, SASL PLAIN, restart, bind, session, presence, MUC join),",
+        "messages as stanzas on the socket. Users are in rooms of 10; half the messages go to a buddy (`u<i±1>`), half to",
+        "the room (9 recipients). Latency is send → arrival on the recipient's poll or socket, measured in",
         "the generator. *Lost* = a recipient that had not received a message 15 s after the",
         "last send; *dup* = a second arrival of the same message at the same recipient.",
         "*delivered/s* counts arrivals over the send phase plus the drain (so an overloaded",
@@ -418,7 +425,9 @@ def write_report(res):
             if s.get("command"):
                 lines.append(f"\n{s['server']}: `{s['command']}`")
     lines += ["", "![latency against load](benchmarks.png)", ""]
-    for name in ("notes.md", "cluster.md"):  # hand-written: the reading of the figures, the cluster rows
+    # hand-written: the WebSocket run's reading and the library comparison, the long-poll
+    # run's reading, the cluster rows
+    for name in ("websocket.md", "notes.md", "cluster.md"):
         notes = os.path.join(servers.HERE, name)
         if os.path.exists(notes):
             with open(notes) as f:
