@@ -26,10 +26,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
 import jwt
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, RejectData, Request, TextMessage
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -402,3 +406,162 @@ class PacketLog:
 
     def check(self):
         assert not self.errors, f"{self.user_id}'s tab: {self.errors}"
+
+
+# -- a WebSocket tab ---------------------------------------------------------------
+
+class SocketRejected(AssertionError):
+    """The WebSocket handshake was answered with an HTTP ``status`` (``body`` bytes)."""
+
+    def __init__(self, status, body):
+        super().__init__(f"handshake refused: {status} {body[:300]!r}")
+        self.status, self.body = status, body
+
+
+class SocketTab(PacketLog):
+    """One tab on the WebSocket transport (docs/protocol.md#websocket-transport), blocking,
+    with a reader thread: wsproto over a plain socket.
+
+    It subscribes with ``ticket``, keeps every packet in :attr:`packets` (checking that
+    ``seq`` runs 1, 2, 3 … without a gap or repeat), answers pings, acks each envelope
+    when ``ack`` is true, and :meth:`call` sends a call frame and waits for its reply.
+    :attr:`ended` becomes ``"closed <code>"`` when the server closes.
+
+    :param base_url: ``http://host:port`` to connect to (a daemon or nginx).
+    :param path: the socket path (``/ws``, ``/n/<node_id>/ws``).
+    :param subscribe: False to send no subscribe frame (a stand-in server's socket);
+        every text frame is kept in :attr:`frames` either way.
+    :raises SocketRejected: the handshake was refused.
+    """
+
+    def __init__(self, base_url, path, ticket, user_id, ack=True, headers=(), domain="test.local", subscribe=True):
+        parts = urllib.parse.urlsplit(base_url)
+        self.user_id, self.ticket, self.ack = user_id, ticket, ack
+        self.cond = threading.Condition()
+        self.packets, self.errors, self.replies, self.frames = [], [], {}, []
+        self.ended = None
+        self.close_code = None
+        self.last_seq = 0
+        self._ids = 0
+        self._lock = threading.Lock()
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=15)
+        self._write(Request(host=parts.netloc, target=path, extra_headers=list(headers)))
+        self._handshake()
+        self.sock.settimeout(None)
+        self.subscribed = subscribe
+        if subscribe:
+            self._write(TextMessage(f"subscribe {domain} {ticket}" + (" 0" if ack else "")))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _write(self, event):
+        with self._lock:
+            if self.ws.state in (ConnectionState.CONNECTING, ConnectionState.OPEN):
+                self.sock.sendall(self.ws.send(event))
+
+    def _handshake(self):
+        status, body = None, b""
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise SocketRejected(status or 0, body)
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    return
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        raise SocketRejected(status, body)
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        raise SocketRejected(status, body)
+
+    def _read(self):
+        text = ""
+        try:
+            with self._lock:
+                events = list(self.ws.events())  # what came with the handshake's answer
+            while True:
+                for event in events:
+                    if isinstance(event, TextMessage):
+                        text += event.data
+                        if event.message_finished:
+                            self._frame(json.loads(text))
+                            text = ""
+                    elif isinstance(event, Ping):
+                        self._write(event.response())
+                    elif isinstance(event, CloseConnection):
+                        self.close_code = event.code
+                        with self._lock:
+                            if self.ws.state is not ConnectionState.CLOSED:
+                                self.sock.sendall(self.ws.send(event.response()))
+                        return self._end(f"closed {event.code}")
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    self.ws.receive_data(data)
+                    events = list(self.ws.events())
+        except OSError as e:
+            return self._end(f"error: {e!r}")
+        self._end("dropped")
+
+    def _frame(self, frame):
+        with self.cond:
+            self.frames.append(frame)
+            if not self.subscribed:
+                pass
+            elif "reply" in frame:
+                self.replies[frame["reply"]] = frame
+            else:
+                got = sorted(((p.get("seq"), kind, p) for kind in ("messages", "presences", "statuses")
+                              for p in frame.get(kind, [])), key=lambda t: t[0] or 0)
+                for seq, kind, packet in got:
+                    if seq != self.last_seq + 1:
+                        self.errors.append(f"seq {seq} after {self.last_seq}: {packet!r}")
+                    self.last_seq = seq
+                    self.packets.append((kind, packet))
+                if frame.get("seq") != self.last_seq:
+                    self.errors.append(f"envelope seq {frame.get('seq')} but last packet seq {self.last_seq}")
+            self.cond.notify_all()
+        if self.subscribed and self.ack and "reply" not in frame and frame.get("seq"):
+            self._write(TextMessage(f"ack {frame['seq']}"))
+
+    def _end(self, reason):
+        with self.cond:
+            if self.ended is None:
+                self.ended = reason
+            self.cond.notify_all()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- the test's side --
+    def call(self, name, timeout=None, **params):
+        """Send a call frame and wait for its reply (the reply dict)."""
+        with self.cond:
+            self._ids += 1
+            call_id = self._ids
+        self._write(TextMessage(json.dumps({"id": call_id, "call": name, "params": params})))
+        timeout = self.WAIT if timeout is None else timeout
+        with self.cond:
+            if not self.cond.wait_for(lambda: call_id in self.replies or self.ended is not None, timeout):
+                raise AssertionError(f"{self.user_id}: no reply to {name} within {timeout} s")
+            if call_id not in self.replies:
+                raise AssertionError(f"{self.user_id}: socket ended ({self.ended}) before the reply to {name}")
+            return self.replies.pop(call_id)
+
+    def send(self, to, body, type_="unicast", **extra):
+        """A ``message`` call that must succeed."""
+        reply = self.call("message", type=type_, to=to, body=body, **extra)
+        assert reply.get("result") == "ok", reply
+
+    def close(self):
+        """Close the socket (1000) and wait for the server's close."""
+        if self.ended is None:
+            self._write(CloseConnection(1000))
+            self.wait_ended()

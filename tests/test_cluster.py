@@ -15,7 +15,7 @@ import pytest
 
 from nextim_twisted.handlers.directory_changes import POLL_INTERVAL
 from tests.cluster import Cluster
-from tests.daemon import REPO_ROOT, Daemon, DaemonError, to_toml, wait_until
+from tests.daemon import REPO_ROOT, Daemon, DaemonError, SocketTab, to_toml, wait_until
 
 
 @pytest.fixture(params=["direct", "nginx"])
@@ -71,6 +71,43 @@ def test_users_on_two_nodes_chat_and_see_each_other(two):
     assert a.find("messages", body="hi bob") == [] and a.find("messages", body="hello room") == []
     assert len(b.find("presences", from_="alice", type="show", show="away")) == 1
     a.check()
+    b.check()
+
+
+def test_a_websocket_on_one_node_gets_what_a_user_on_the_other_sends(two):
+    """docs/protocol.md#websocket-transport in a cluster: the socket lives on its owner node
+    (connection.websocket names it), its calls run there, and another node's socket path
+    is 404 without an upgrade."""
+    on = two.nodes[0].client().post("/webim/online", {}, headers={
+        "Authorization": "Bearer " + two.token("alice", "Alice")}).json()
+    ws_url = on["connection"]["websocket"]
+    assert ws_url == two.nodes[0].public_url.replace("http://", "ws://") + "/n/n1/ws"
+    b = two.tab(1, "bob")
+    sock = SocketTab(ws_url.replace("ws://", "http://").rsplit("/n/", 1)[0], "/n/n1/ws",
+                     on["connection"]["ticket"], "alice")
+    try:
+        sock.wait_for("presences", from_="bob", type="online")
+        b.send("alice", "from n2")
+        assert sock.wait_for("messages", body="from n2")["from"] == "bob"
+        assert sock.call("message", type="unicast", to="bob", body="from the socket on n1")["result"] == "ok"
+        b.wait_for("messages", body="from the socket on n1", from_="alice")
+        sock.send("lobby", "room from n1", type_="multicast")
+        b.wait_for("messages", body="room from n1", to="lobby")
+        time.sleep(0.3)
+        assert sock.find("messages", from_="alice") == []  # never back to the sending session
+        assert len(b.find("messages", body="from the socket on n1")) == 1
+        assert not sock.errors
+    finally:
+        sock.close()
+    # n1 serves only its own socket path: n2's is the 404 envelope, with no upgrade
+    resp = two.nodes[0].client().get("/n/n2/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status == 404 and resp.json()["error"] == "invalid_ticket", resp
+    assert two.nodes[0].client().get("/ws").status == 404  # no single-node path in a cluster
+    # a ticket of n2 subscribed on n1's socket: unknown here (4404)
+    stray = SocketTab(two.nodes[0].base_url, "/n/n1/ws", b.ticket, "bob")
+    assert stray.wait_ended() == "closed 4404"
     b.check()
 
 

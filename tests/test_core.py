@@ -380,3 +380,98 @@ def test_local_hub_carries_packets_to_live_sessions_only():
     assert [(p["type"], p["to"]) for p in got[b1.ticket]["presences"]] == [("show", "bob")]
     assert [m["to"] for m in got[b1.ticket]["messages"]] == ["bob"]
     assert [m["to"] for m in got[a2.ticket]["messages"]] == ["alice"]
+
+
+# -- a streaming subscriber (a WebSocket, docs/design.md#d21-websocket) ----------------------------
+
+class Stream:
+    """A subscriber that records what the session sends it and why it was let go."""
+
+    def __init__(self):
+        self.envelopes, self.closed = [], []
+
+    def deliver(self, envelope):
+        self.envelopes.append(envelope)
+
+    def session_closed(self, reason):
+        self.closed.append(reason)
+
+    def bodies(self):
+        return [p["body"] for e in self.envelopes for p in e["messages"]]
+
+
+def test_a_subscriber_counts_as_a_parked_poll_and_the_idle_timer_starts_when_it_goes():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    stream = Stream()
+    s.subscribe(stream)
+    assert stream.envelopes == [{"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": 0}]
+    assert s.parked and s.streaming
+    clock.advance(100)  # no hold and no idle timer while subscribed
+    assert ended == [] and not s.ended
+    s.unsubscribe(stream)
+    assert not s.parked
+    clock.advance(9.9)
+    assert ended == []
+    clock.advance(0.2)
+    assert ended == ["idle"]
+
+
+def test_a_subscriber_gets_each_packet_once_and_acked_ones_are_resent_after_a_reconnect():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended, max_queue=10)
+    first = Stream()
+    s.subscribe(first, ack=0)
+    for body in ("a", "b", "c"):
+        s.push("messages", {"body": body})
+    assert first.bodies() == ["a", "b", "c"]  # one envelope per packet, nothing twice
+    assert [e["seq"] for e in first.envelopes] == [0, 1, 2, 3]
+    s.ack(1)
+    assert [q[0] for q in s.queue] == [2, 3]  # acked dropped, the rest kept for a resend
+    s.unsubscribe(first)
+    s.push("messages", {"body": "d"})
+    second = Stream()
+    s.subscribe(second, ack=2)
+    assert second.bodies() == ["c", "d"]
+
+
+def test_without_ack_a_subscriber_keeps_nothing():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    stream = Stream()
+    s.subscribe(stream)
+    s.push("messages", {"body": "a"})
+    assert stream.bodies() == ["a"] and s.queue == []
+
+
+def test_newer_poll_or_subscriber_replaces_and_stop_says_why():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended)
+    old, new = Stream(), Stream()
+    s.subscribe(old)
+    s.subscribe(new)
+    assert old.closed == ["replaced"] and new.closed == []
+    poll = results(s.poll())
+    assert new.closed == ["replaced"] and not s.streaming and s.parked
+    third = Stream()
+    s.subscribe(third)
+    assert poll == [STOPPED]  # a newer socket stops a parked poll
+    s.stop()
+    assert third.closed == ["ended"]
+    clock2, r = make_router()
+    a, _ = r.open_session(profile("alice"), None, None, [], [])
+    stream = Stream()
+    a.subscribe(stream)
+    assert r.stats()["parked_polls"] == 1 and r.stats()["websockets"] == 1
+    r.shutdown()
+    assert stream.closed == ["shutdown"]
+
+
+def test_overflow_ends_a_streaming_session():
+    clock, ended = task.Clock(), []
+    s = make_session(clock, ended, max_queue=2)
+    stream = Stream()
+    s.subscribe(stream, ack=0)  # acking but never acks: the queue fills
+    for body in ("a", "b", "c"):
+        s.push("messages", {"body": body})
+    assert ended == ["overflow"] and stream.closed == ["ended"]

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from nextim_twisted import config
-from tests.daemon import Client, Daemon, free_port, twistd_command
+from tests.daemon import Client, Daemon, SocketTab, free_port, twistd_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "etc", "nextim.service")
@@ -257,6 +257,26 @@ def test_held_poll_comes_back_empty_not_504(proxied):
     assert resp.json() == {"status": "ok", "messages": [], "presences": [], "statuses": [],
                            "seq": first.json()["seq"]}
     assert 2.5 <= held < 10, held  # the whole 3 s hold, answered by the daemon, not by nginx
+
+
+def test_websocket_through_nginx(proxied):
+    """The sample upgrades /ws (docs/protocol.md#websocket-transport): frames both ways."""
+    daemon, nginx = proxied
+    c = Client(nginx.url, timeout=20)
+    on = c.post("/webim/online", {}, headers={"Authorization": "Bearer " + daemon.token("alice", "Alice")}).json()
+    assert on["connection"]["websocket"] == daemon.public_url.replace("http://", "ws://") + "/ws"
+    bob = online(c, daemon, "bob")
+    tab = SocketTab(nginx.url, "/ws", on["connection"]["ticket"], "alice",
+                    headers=[("Origin", daemon.public_url)])
+    try:
+        resp = c.post("/webim/message", {"ticket": bob, "type": "unicast", "to": "alice", "body": "via nginx"})
+        assert resp.status == 200 and resp.body == b"ok", resp
+        assert tab.wait_for("messages", body="via nginx")["from"] == "bob"
+        assert tab.call("status", to="bob", show="typing")["result"] == "ok"
+        assert not tab.errors
+    finally:
+        tab.close()
+    assert tab.close_code == 1000
 
 
 def test_nginx_refusals_are_d2_envelopes(proxied):

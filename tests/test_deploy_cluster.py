@@ -12,7 +12,11 @@ import threading
 
 import pytest
 
-from tests.daemon import Client, free_port, twistd_command
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, CloseConnection, TextMessage
+from wsproto.handshake import H11Handshake
+
+from tests.daemon import Client, SocketTab, free_port, twistd_command, wait_until
 from tests.test_deploy import Nginx, need, nginx_main_conf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +41,9 @@ def test_template_unit_verifies(tmp_path):
 
 
 class StandInNode(http.server.ThreadingHTTPServer):
-    """Answers every request with ``{"node": name, "path": ..., "upgrade": ..., "connection": ...}``."""
+    """Answers every request with ``{"node": name, "path": ..., "upgrade": ..., "connection": ...}``;
+    a real WebSocket handshake (with ``Sec-WebSocket-Key``) is accepted (wsproto) and
+    answered with one text frame ``{"node", "path", "host"}``, then closed (1000)."""
 
     daemon_threads = True
 
@@ -50,6 +56,8 @@ class StandInNode(http.server.ThreadingHTTPServer):
 
             def do_GET(handler):  # noqa: N805 - the handler, not the server
                 self.paths.append(handler.path)
+                if handler.headers.get("Sec-WebSocket-Key"):
+                    return self.websocket(handler)
                 body = json.dumps({"node": self.name, "path": handler.path,
                                    "upgrade": handler.headers.get("Upgrade"),
                                    "connection": handler.headers.get("Connection")}).encode()
@@ -64,6 +72,17 @@ class StandInNode(http.server.ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", free_port()), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def websocket(self, handler):
+        shake = H11Handshake(ConnectionType.SERVER)
+        shake.initiate_upgrade_connection([(k.encode(), v.encode()) for k, v in handler.headers.items()],
+                                          handler.path)
+        handler.wfile.write(shake.send(AcceptConnection()))
+        frame = json.dumps({"node": self.name, "path": handler.path, "host": handler.headers.get("Host")})
+        handler.wfile.write(shake.connection.send(TextMessage(frame)))
+        handler.wfile.write(shake.connection.send(CloseConnection(1000)))
+        handler.wfile.flush()
+        handler.close_connection = True
 
     @property
     def port(self):
@@ -152,3 +171,15 @@ def test_websocket_upgrade_passes_to_the_node(cluster_nginx):
     # no upgrade asked: the keepalive-friendly empty Connection header
     plain = Client(nginx.url, timeout=10).get("/n/n2/packets")
     assert plain.json()["upgrade"] is None and not plain.json()["connection"]
+
+
+def test_a_websocket_handshake_reaches_its_node_with_the_site_host(cluster_nginx):
+    nginx, nodes = cluster_nginx
+    for node in ("n1", "n2"):
+        tab = SocketTab(nginx.url, f"/n/{node}/ws", None, "stand-in", subscribe=False)
+        assert tab.wait_ended() == "closed 1000"
+        (frame,) = tab.frames
+        assert frame["node"] == node and frame["path"] == f"/n/{node}/ws"
+        # the forwarding headers survive the location's own proxy_set_header lines
+        assert frame["host"] == "127.0.0.1", frame
+    wait_until(lambda: all(any(p == f"/n/{n.name}/ws" for p in n.paths) for n in nodes), what="both handshakes")

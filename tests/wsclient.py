@@ -131,3 +131,8 @@ async def subscribe(base, ticket, ack=None, path="/ws", domain="test.local", **k
     client = await connect(base, path, **kw)
     client.send(f"subscribe {domain} {ticket}" + (f" {ack}" if ack is not None else ""))
     return client, await client.next()
+
+
+def fragment(client, text, finished):
+    """Send ``text`` as one fragment of a message (``finished`` False: more follows)."""
+    client.transport.write(client.ws.send(TextMessage(text, message_finished=finished)))

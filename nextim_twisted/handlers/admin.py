@@ -243,5 +243,6 @@ async def broadcast(ctx, body):
 
 
 async def stats(ctx):
-    """``GET /admin/stats``: ``{"online_users", "sessions", "parked_polls", "queue_overflows"}``."""
+    """``GET /admin/stats``: ``{"online_users", "sessions", "parked_polls", "websockets",
+    "queue_overflows"}`` (``parked_polls`` counts subscribed WebSockets too)."""
     return dict(ctx.router.stats(), success=True)

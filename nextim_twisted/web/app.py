@@ -1,7 +1,8 @@
 """The HTTP face of the daemon, composed from its parts:
 
 * :mod:`.webim`: ``webim/*`` and the ``/packets`` long poll (the hot path), answered
-  by :class:`~nextim_twisted.web.webim.HotPathRoot` in front of everything else;
+  by :class:`~nextim_twisted.web.webim.HotPathRoot` in front of everything else, which
+  also hands the ``/ws`` handshake to :mod:`.websocket` (the WebSocket transport);
 * :mod:`.admin`: the admin API, :mod:`.ops`: ``/metrics``, ``/health``,
   ``/openapi.json``, and here the bundled client (``/``, ``/static/``), all on one
   Klein app (:func:`routes`);

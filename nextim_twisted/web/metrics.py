@@ -18,8 +18,8 @@ name                                type      labels / meaning
 ``messages_total``                  counter   ``type`` = unicast, multicast, broadcast
                                               (committed and routed)
 ``packets_delivered_total``         counter   ``kind`` = messages, presences, statuses:
-                                              packets sent in poll answers (a re-send
-                                              after a lost answer counts again)
+                                              packets sent in poll answers and WebSocket
+                                              envelopes (a re-send counts again)
 ``queue_overflows_total``           counter   sessions ended by a full queue
 ``errors_total``                    counter   ``code``: the envelope's ``error``
 ``logins_total``                    counter   ``method`` = token, password, session,

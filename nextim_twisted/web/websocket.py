@@ -22,6 +22,9 @@ what it leaves out is closed here, each gap where it is handled:
   as a packet for it), and so does data that arrives after it closed. Every send and
   every read goes through :class:`SocketSession`, which catches it: a packet pushed
   into a closing socket must never fail the sender's ``webim/message``.
+* **Bytes after the handshake in the same read are lost.** The channel's line parser
+  hands them to ``rawDataReceived``, which buffers them for a next HTTP request that
+  never comes; it is pointed at the socket too.
 * **The upgraded request is never finished.** twisted.web keeps it in
   ``channel.requests`` for the connection's life and writes no access event. The
   handshake is logged and counted as ``101`` at once (endpoint ``websocket``) and the
@@ -161,6 +164,10 @@ class SocketEndpoint:
         # through the socket instead (size limit, data after the close).
         socket.wire_receive = channel.dataReceived
         channel.dataReceived = socket.data_received
+        # Bytes that came in the same read as the handshake (a client that sends its
+        # subscribe frame without waiting for the 101) are handed by the line parser to
+        # rawDataReceived once this returns, which would buffer them for a next request.
+        channel.rawDataReceived = socket.data_received
         request.setResponseCode(101)
         site = getattr(request, "site", None)
         if isinstance(site, ObservedSite):
@@ -176,7 +183,7 @@ class SocketEndpoint:
     def close_all(self, code: int = GOING_AWAY) -> int:
         """Close every open socket (on shutdown 1001, docs/design.md#d16-shutdown);
         :returns: how many."""
-        sockets = list(self.open)
+        sockets = [socket for socket in self.open if not socket.closed]
         for socket in sockets:
             socket.close(code, "server shutting down")
         return len(sockets)
@@ -259,9 +266,13 @@ class SocketSession:
         self.closed = True
         self._disarm()
         self.endpoint.open.discard(self)
+        self._detach()
+
+    def _detach(self) -> None:
+        """Unsubscribe from the session, whose idle timer starts (docs/design.md#d5-timers)."""
         session, self.session = self.session, None
         if session is not None:
-            session.unsubscribe(self)  # the idle timer starts (docs/design.md#d5-timers)
+            session.unsubscribe(self)
 
     # -- Subscriber -----------------------------------------------------------------------
     def deliver(self, envelope: dict) -> None:
@@ -348,7 +359,8 @@ class SocketSession:
                 return self._refuse(call_id, BadRequest("params must be UTF-8 text without NUL",
                                                         code="bad_encoding"))
             values[key] = value
-        assert self.session is not None
+        if self.session is None:  # its session ended (the socket closes)
+            return self._refuse(call_id, NotFound("unknown or expired ticket", code="invalid_ticket"))
         values["ticket"] = self.session.ticket  # implied by the socket
         d = defer.ensureDeferred(self._run(call_id, name, Params(values)))
         d.addErrback(lambda f: log.failure("socket call {name} failed", f, name=name))
@@ -397,7 +409,10 @@ class SocketSession:
             except UnicodeEncodeError:  # a lone surrogate: escape it instead
                 self.transport.sendTextMessage(json.dumps(value, separators=(",", ":"), allow_nan=False))
         except LocalProtocolError:
-            self.closed = True  # the closing handshake began: nothing more goes out
+            # The closing handshake began (the peer's close came first): nothing more
+            # goes out, and packets wait in the session for its next poll or socket.
+            self.closed = True
+            self._detach()
             return
         self.endpoint.frames_out.inc()
 
@@ -409,9 +424,7 @@ class SocketSession:
             return
         self.closed = True
         self._disarm()
-        session, self.session = self.session, None
-        if session is not None:
-            session.unsubscribe(self)
+        self._detach()
         try:
             self.transport.loseConnection(code, reason)
         except LocalProtocolError:
@@ -435,6 +448,7 @@ class SocketSession:
             return
         if not self.heard:
             self.closed = True
+            self._detach()  # packets from now on wait in the session
             self.transport.transport.abortConnection()
             return
         session = self.session
