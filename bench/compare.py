@@ -1,6 +1,12 @@
-"""Side-by-side benchmark of nextim-twisted, Prosody and ejabberd over HTTP long polling.
+"""Side-by-side benchmark of nextim-twisted, Prosody and ejabberd over HTTP long polling
+(nextim's ``/packets``, BOSH) and over WebSocket (nextim's ``/ws``, XMPP over WebSocket).
 
     python bench/compare.py --levels 100,1000,10000
+    python bench/compare.py --servers nextim-ws,nextim,prosody-ws,ejabberd-ws --levels 10000
+
+Server names: ``nextim``, ``prosody``, ``ejabberd`` (long polling, bench/loadgen.py) and
+``nextim-ws``, ``prosody-ws``, ``ejabberd-ws`` (WebSocket, bench/wsload.py, which can
+spread the users over ``--procs`` generator processes).
 
 For each server and each level N it starts the server fresh (pinned to CPU 0 with
 taskset; this process pins itself to CPU 1), logs N users in, lets them idle, sends
@@ -25,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import servers  # noqa: E402
 from loadgen import Generator  # noqa: E402
 from servers import proc_cpu_seconds, proc_rss_kb, raise_fd_limit  # noqa: E402
+from wsload import WsFleet  # noqa: E402
 
 RESULTS = os.path.join(servers.HERE, "results.json")  # committed: --report-only rebuilds docs/
 DOCS = os.path.join(servers.ROOT, "docs")
@@ -55,7 +62,7 @@ class CpuMeter:
 def server_stalls(server):
     """nextim only: cumulative counts from its ``/metrics`` (reactor lag over 100/250/500
     ms, GC collections by generation and their total seconds); None for the others."""
-    if server.protocol != "nextim":
+    if server.protocol not in ("nextim", "nextim-ws"):
         return None
     import urllib.request
 
@@ -96,32 +103,42 @@ def stall_delta(before, after):
 async def wait_recovered(gen, timeout):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if gen.all_parked() >= gen.n:
+        if await gen.count_parked() >= gen.n:
             return time.monotonic() - t0
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05 if isinstance(gen, Generator) else 0.25)
     return None
+
+
+def make_generator(server, n, args):
+    """The long-poll generator (nextim, BOSH) or the WebSocket fleet (``*-ws``)."""
+    if server.protocol in ("nextim-ws", "xmpp-ws"):
+        cpus = [int(c) for c in args.generator_cpu.split(",")]
+        return WsFleet(server, n, procs=args.procs, cpus=cpus, room_fraction=args.room_fraction,
+                       concurrency=args.concurrency, ack_interval=args.ack_interval)
+    return Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
+                     reconnect_spread=args.reconnect_spread)
 
 
 async def run_level(server, n, args, rates=None):
     """One server, one level: returns a dict of figures (and phases for a sweep)."""
     out = {"server": server.name, "users": n, "loadavg_start": loadavg()}
-    if server.name != "ejabberd":
+    registers_live = isinstance(server, servers.Ejabberd)   # ejabberd registers through its API
+    if not registers_live:
         server.seed(n)
     server.start()
-    if server.name == "ejabberd":
+    if registers_live:
         server.seed(n)
     await asyncio.sleep(1.0)
     pid = server.pid
     out["rss_start_kb"] = proc_rss_kb(pid)
-    gen = Generator(server, n, room_fraction=args.room_fraction, concurrency=args.concurrency,
-                    reconnect_spread=args.reconnect_spread)
+    gen = make_generator(server, n, args)
     await gen.open()
     try:
         cpu = CpuMeter(pid).start()
-        gcpu0, t0 = time.process_time(), time.monotonic()
+        gcpu0, t0 = await generator_cpu(gen), time.monotonic()
         out["logins_per_s"] = await gen.login_all()
         out["login_server_cpu_pct"] = cpu.stop()
-        out["login_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - t0)
+        out["login_generator_cpu_pct"] = 100 * (await generator_cpu(gen) - gcpu0) / (time.monotonic() - t0)
         await gen.setup_rooms()
         ok = await wait_recovered(gen, 60)
         out["all_parked"] = ok is not None
@@ -135,8 +152,11 @@ async def run_level(server, n, args, rates=None):
         for rate in (rates or [args.per_user_rate * n]):
             cpu = CpuMeter(pid).start()
             stalls0 = server_stalls(server)
+            prof = start_profile(server, rate, args) if args.profile else None
             ph = await gen.message_phase(rate, args.duration, drain=args.drain)
             ph["server_cpu_pct"] = cpu.stop()
+            if prof is not None:
+                ph["profile"] = finish_profile(*prof)
             ph.update(stall_delta(stalls0, server_stalls(server)))
             ph["rss_kb"] = proc_rss_kb(pid)
             ph["loadavg"] = loadavg()
@@ -152,19 +172,19 @@ async def run_level(server, n, args, rates=None):
         out["phases"] = phases
         if not args.no_restart:
             gen.stats.recording = False
-            gen.forget_sessions()
+            await gen.forget()
             t0 = time.monotonic()
             server.restart()
             t_up = time.monotonic()
             out["restart_down_s"] = t_up - t0
             cpu = CpuMeter(server.pid).start()  # the new process
-            gcpu0, tr0 = time.process_time(), time.monotonic()
+            gcpu0, tr0 = await generator_cpu(gen), time.monotonic()
             rec = await wait_recovered(gen, args.recovery_timeout)
             out["recovery_server_cpu_pct"] = cpu.stop()
-            out["recovery_generator_cpu_pct"] = 100 * (time.process_time() - gcpu0) / (time.monotonic() - tr0)
+            out["recovery_generator_cpu_pct"] = 100 * (await generator_cpu(gen) - gcpu0) / (time.monotonic() - tr0)
             out["recovery_s"] = rec
             out["reconnect_spread_s"] = args.reconnect_spread
-            out["recovered"] = gen.all_parked()
+            out["recovered"] = await gen.count_parked()
             times = sorted(gen.online_times)
             if times:
                 # how long one ``online`` took under the herd (nextim; the request alone,
@@ -182,6 +202,69 @@ async def run_level(server, n, args, rates=None):
         await gen.close()
         server.stop()
     return out
+
+
+def start_profile(server, rate, args):
+    """nextim only: py-spy samples the daemon (100 Hz, all threads, idle samples left
+    out) over the send phase of one rate; returns what :func:`finish_profile` reads."""
+    if server.protocol not in ("nextim", "nextim-ws"):
+        return None
+    path = os.path.join(server.dir, f"profile-{server.name}-{rate:.0f}.txt")
+    proc = subprocess.Popen(["py-spy", "record", "-p", str(server.pid), "-d", str(int(args.duration)), "-r", "100",
+                             "--format", "raw", "-o", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, path
+
+
+#: leaf functions where a sampled thread waits rather than runs (epoll, the thread
+#: pool's idle workers): left out of the percentages
+PROFILE_WAITS = ("doPoll", "wait", "acquire", "select", "poll")
+
+
+def finish_profile(proc, path, top=15):
+    """Where the daemon's CPU went: the functions with most samples on the stack
+    (inclusive) and at the top of it (self), in % of the samples where a thread ran
+    (waiting in epoll or on the thread pool's queue left out); printed and returned."""
+    import re
+
+    proc.wait(60)
+    frame_re = re.compile(r"^(.*) \((?:.*/)?([^/]*?)(?::\d+)?\)$")
+    incl, own, total, idle = {}, {}, 0, 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = []
+            for fr in stack.split(";"):
+                m = frame_re.match(fr)
+                frames.append(f"{m.group(1)} ({m.group(2)})" if m else fr)
+            if frames[-1].split(" (")[0].split(".")[-1] in PROFILE_WAITS:
+                idle += n
+                continue
+            total += n
+            for fr in set(frames):
+                incl[fr] = incl.get(fr, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return None
+
+    def best(d):
+        return [(k, round(100.0 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    out = {"samples": total, "idle_samples": idle, "file": os.path.relpath(path, servers.ROOT),
+           "self": best(own), "inclusive": best(incl)}
+    print(f"    profile ({total} running samples, {idle} waiting; {out['file']}): self " +
+          "; ".join(f"{k} {v}%" for k, v in out["self"][:12]), flush=True)
+    return out
+
+
+async def generator_cpu(gen):
+    """CPU seconds of the generator so far: this process, plus the WebSocket workers."""
+    own = time.process_time()
+    if isinstance(gen, WsFleet):
+        own += await gen.cpu_seconds()
+    return own
 
 
 def fmt(v, digits=0):
@@ -227,8 +310,9 @@ def write_report(res):
     import matplotlib.pyplot as plt
 
     os.makedirs(DOCS, exist_ok=True)
-    names = ["nextim", "prosody", "ejabberd"]
-    colors = {"nextim": "tab:blue", "prosody": "tab:orange", "ejabberd": "tab:green"}
+    names = ["nextim-ws", "nextim", "prosody-ws", "prosody", "ejabberd-ws", "ejabberd"]
+    colors = {"nextim": "tab:blue", "prosody": "tab:orange", "ejabberd": "tab:green",
+              "nextim-ws": "tab:purple", "prosody-ws": "tab:red", "ejabberd-ws": "tab:olive"}
     levels = sorted(res["levels"], key=lambda r: (names.index(r["server"]), r["users"]))
     sweeps = sorted(res["sweeps"], key=lambda r: names.index(r["server"]))
     fig, axes = plt.subplots(1, 2 if sweeps else 1, figsize=(12 if sweeps else 6.5, 4.5), squeeze=False)
@@ -264,16 +348,17 @@ def write_report(res):
 
     v = res.get("versions", {})
     lines = [
-        "# Benchmarks: nextim-twisted, Prosody and ejabberd over HTTP long polling",
+        "# Benchmarks: nextim-twisted, Prosody and ejabberd over HTTP long polling and WebSocket",
         "",
         "Written by `python bench/compare.py` (see the command lines below) from the raw figures in",
-        "`bench/results.json` (`--report-only` rebuilds this page from them). Every figure comes from",
+        "`bench/results.json` (`--report-only` rebuilds this page from them). Every row comes from",
         "one run on a 2-core machine: the server is pinned to CPU 0 and the load generator to CPU 1",
-        "(`taskset`); nothing else of ours ran meanwhile, but the machine's own services did, so the",
-        "load average at measurement time is given with each row.",
+        "(`taskset`); other processes ran meanwhile (the machine's services; during the WebSocket",
+        "runs other work too), so the load average at measurement time is given with each row.",
         "",
         f"Versions: Python {v.get('python', '?')}, Twisted {v.get('twisted', '?')}, "
-        f"Prosody {v.get('prosody', '?')} (mod_bosh), ejabberd {v.get('ejabberd', '?')} (mod_bosh).",
+        f"Prosody {v.get('prosody', '?')} (mod_bosh, mod_websocket), ejabberd {v.get('ejabberd', '?')} "
+        "(mod_bosh, ejabberd_http_ws).",
         "",
         "## Scenario",
         "",
@@ -282,8 +367,13 @@ def write_report(res):
         "Prosody/ejabberd: BOSH (XEP-0124/0206) session creation, SASL PLAIN, restart, bind,",
         "session, initial presence, MUC join (owner first, instant room), then at most two",
         "requests out with one held (hold=1, wait=25, like Strophe.js); messages ride on the next",
-        "request. Users are in rooms of 10; half the messages go to a buddy (`u<i±1>`), half to",
-        "the room (9 recipients). Latency is send → arrival on the recipient's poll, measured in",
+        "request. Over WebSocket (servers named `*-ws`, generator `bench/wsload.py`): nextim",
+        "`webim/online` over HTTP for the ticket, then one socket per user (`subscribe`, one",
+        "envelope per frame, `ack <seq>` at most once a second, messages as JSON call frames",
+        "on the socket, [D21](design.md#d21-websocket)); Prosody/ejabberd: XMPP over WebSocket",
+        "(RFC 7395: `<open/>` framing, SASL PLAIN, restart, bind, session, presence, MUC join),",
+        "messages as stanzas on the socket. Users are in rooms of 10; half the messages go to a buddy (`u<i±1>`), half to",
+        "the room (9 recipients). Latency is send → arrival on the recipient's poll or socket, measured in",
         "the generator. *Lost* = a recipient that had not received a message 15 s after the",
         "last send; *dup* = a second arrival of the same message at the same recipient.",
         "*delivered/s* counts arrivals over the send phase plus the drain (so an overloaded",
@@ -334,7 +424,9 @@ def write_report(res):
             if s.get("command"):
                 lines.append(f"\n{s['server']}: `{s['command']}`")
     lines += ["", "![latency against load](benchmarks.png)", ""]
-    for name in ("notes.md", "cluster.md"):  # hand-written: the reading of the figures, the cluster rows
+    # hand-written: the WebSocket run's reading and the library comparison, the long-poll
+    # run's reading, the cluster rows
+    for name in ("websocket.md", "notes.md", "cluster.md"):
         notes = os.path.join(servers.HERE, name)
         if os.path.exists(notes):
             with open(notes) as f:
@@ -397,7 +489,13 @@ def parse():
                    help="seconds over which nextim users whose session is gone spread their new online "
                         "(the shipped client: 4); 0 = all at once")
     p.add_argument("--server-cpu", default="0")
-    p.add_argument("--generator-cpu", default="1")
+    p.add_argument("--generator-cpu", default="1",
+                   help="CPUs of the generator (comma-separated; WebSocket workers take them in turn)")
+    p.add_argument("--procs", type=int, default=1, help="WebSocket generator worker processes")
+    p.add_argument("--ack-interval", type=float, default=1.0,
+                   help="nextim-ws: seconds between a socket's 'ack <seq>' frames (only when the seq moved)")
+    p.add_argument("--profile", action="store_true",
+                   help="nextim: py-spy the daemon during each send phase (files under bench/work/)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--no-report", action="store_true", help="save results.json but leave docs/ alone")
     return p.parse_args()

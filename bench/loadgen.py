@@ -277,6 +277,14 @@ class Generator:
             u.mark = u.logins
         self.online_times = []
 
+    async def count_parked(self):
+        """:meth:`all_parked` as bench/wsload.py's ``WsFleet`` answers it (awaitable)."""
+        return self.all_parked()
+
+    async def forget(self):
+        """:meth:`forget_sessions`, awaitable like ``WsFleet.forget``."""
+        self.forget_sessions()
+
 
 # ---------------------------------------------------------------------------- nextim
 class NextimUser:

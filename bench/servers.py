@@ -1,11 +1,19 @@
 """The three servers the benchmark compares, each started on 127.0.0.1 with its own
 config written under ``bench/work/<name>/`` and pinned to one CPU with ``taskset``.
 
-- :class:`Nextim`: ``twistd -n nextim`` (this project), token auth, SQLite.
-- :class:`Prosody`: Debian ``prosody`` with mod_bosh and a MUC component, run as the
-  ``prosody`` user (it refuses root), accounts in ``internal_plain`` files.
-- :class:`Ejabberd`: Debian ``ejabberd`` with mod_bosh and mod_muc, its own Erlang node
-  name, spool and logs; accounts registered through mod_http_api.
+- :class:`Nextim`: ``twistd -n nextim`` (this project), token auth, SQLite; it serves
+  the long poll and ``/ws`` (docs/design.md#d21-websocket) on the same port.
+- :class:`Prosody`: Debian ``prosody`` with mod_bosh, mod_websocket (RFC 7395) and a MUC
+  component, run as the ``prosody`` user (it refuses root), accounts in
+  ``internal_plain`` files.
+- :class:`Ejabberd`: Debian ``ejabberd`` with mod_bosh, ``ejabberd_http_ws`` on ``/ws``
+  and mod_muc, its own Erlang node name, spool and logs; accounts registered through
+  mod_http_api.
+
+Each server is there twice in :data:`SERVERS`: under its own name the load generator
+speaks the long-poll protocol (nextim's ``/packets``, BOSH), under ``<name>-ws`` it
+speaks WebSocket (nextim's ``/ws`` contract, XMPP over WebSocket). Both variants of
+one server share its work directory (so ejabberd's registered users are kept).
 
 Every server exposes ``start()``, ``stop()``, ``pid`` (the process whose CPU and RSS
 are measured), ``seed(n)`` (make sure users ``u0`` … ``u{n-1}`` exist with password
@@ -97,12 +105,13 @@ def proc_rss_kb(pid):
 class Server:
     """Common plumbing: work dir, the pinned process, stop by pid."""
 
-    name = "?"
-    protocol = "?"
+    name = "?"        #: key in results.json and the docs' tables
+    protocol = "?"    #: what the load generator speaks: nextim, bosh, nextim-ws, xmpp-ws
+    dirname = None    #: work directory under bench/work/ (default: ``name``)
 
     def __init__(self, cpu="0", port_base=0):
         self.cpu = cpu
-        self.dir = os.path.join(WORK, self.name)
+        self.dir = os.path.join(WORK, self.dirname or self.name)
         os.makedirs(self.dir, exist_ok=True)
         self.proc = None
         self.pid = None
@@ -217,6 +226,7 @@ class Prosody(Server):
         super().__init__(cpu)
         self.port = port
         self.bosh_url = f"http://{HOST}:{port}/http-bind"
+        self.ws_url = f"ws://{HOST}:{port}/xmpp-websocket"
         self.data = os.path.join(self.dir, "data")
         self.config = os.path.join(self.dir, "prosody.cfg.lua")
         os.makedirs(self.data, exist_ok=True)
@@ -228,12 +238,13 @@ data_path = "{self.data}"
 log = {{ warn = "{self.dir}/prosody.log" }}
 network_backend = "epoll"
 tcp_backlog = 4096
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "bosh"; "posix" }}
-modules_disabled = {{ "s2s"; "offline"; "c2s" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "bosh"; "websocket"; "posix" }}
+modules_disabled = {{ "s2s"; "offline" }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 consider_bosh_secure = true
+consider_websocket_secure = true
 http_ports = {{ {port} }}
 http_interfaces = {{ "{HOST}" }}
 https_ports = {{ }}
@@ -300,6 +311,7 @@ class Ejabberd(Server):
         super().__init__(cpu)
         self.port = port
         self.bosh_url = f"http://{HOST}:{port}/bosh"
+        self.ws_url = f"ws://{HOST}:{port}/ws"
         self.spool = os.path.join(self.dir, "spool")
         self.logs = os.path.join(self.dir, "logs")
         for d in (self.spool, self.logs):
@@ -320,6 +332,7 @@ listen:
     backlog: 4096
     request_handlers:
       /bosh: mod_bosh
+      /ws: ejabberd_http_ws
       /api: mod_http_api
 auth_method: internal
 auth_password_format: plain
@@ -453,4 +466,29 @@ def basic(user, password):
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-SERVERS = {"nextim": Nextim, "prosody": Prosody, "ejabberd": Ejabberd}
+class NextimWs(Nextim):
+    """The same daemon; the load generator uses ``/ws`` instead of ``/packets``."""
+
+    name = "nextim-ws"
+    protocol = "nextim-ws"
+    dirname = "nextim"
+
+
+class ProsodyWs(Prosody):
+    """The same Prosody; the load generator speaks XMPP over WebSocket (mod_websocket)."""
+
+    name = "prosody-ws"
+    protocol = "xmpp-ws"
+    dirname = "prosody"
+
+
+class EjabberdWs(Ejabberd):
+    """The same ejabberd; the load generator speaks XMPP over WebSocket (``/ws``)."""
+
+    name = "ejabberd-ws"
+    protocol = "xmpp-ws"
+    dirname = "ejabberd"
+
+
+SERVERS = {"nextim": Nextim, "prosody": Prosody, "ejabberd": Ejabberd,
+           "nextim-ws": NextimWs, "prosody-ws": ProsodyWs, "ejabberd-ws": EjabberdWs}
