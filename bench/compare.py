@@ -492,8 +492,9 @@ def parse():
     p.add_argument("--generator-cpu", default="1",
                    help="CPUs of the generator (comma-separated; WebSocket workers take them in turn)")
     p.add_argument("--procs", type=int, default=1, help="WebSocket generator worker processes")
-    p.add_argument("--ack-interval", type=float, default=1.0,
-                   help="nextim-ws: seconds between a socket's 'ack <seq>' frames (only when the seq moved)")
+    p.add_argument("--ack-interval", type=float, default=5.0,
+                   help="nextim-ws: seconds between a socket's 'ack <seq>' frames (only when the seq moved); "
+                        "5 as the shipped web client (WS_ACK_INTERVAL_MS)")
     p.add_argument("--profile", action="store_true",
                    help="nextim: py-spy the daemon during each send phase (files under bench/work/)")
     p.add_argument("--report-only", action="store_true")

@@ -586,7 +586,7 @@ class WsFleet:
     ``login_all``, ``setup_rooms``, ``message_phase``, ``count_parked``, ``forget``,
     ``close``), carried out by ``procs`` worker processes."""
 
-    def __init__(self, server, n, procs=1, cpus=None, room_fraction=0.5, concurrency=100, ack_interval=1.0):
+    def __init__(self, server, n, procs=1, cpus=None, room_fraction=0.5, concurrency=100, ack_interval=5.0):
         self.server = server
         self.n = n
         self.procs = procs

@@ -51,6 +51,14 @@ def open_page(pages, url, label):
     return page, traffic
 
 
+@pytest.fixture(scope="module")
+def demo_daemon(tmp_path_factory):
+    """A demo daemon of this module's own: the demo users' state here (their welcome
+    notification, handed out once) must not depend on which browser tests ran first."""
+    with running(start_daemon(tmp_path_factory.mktemp("nextim-ws-demo"))) as d:
+        yield d
+
+
 def login(pages, daemon, user, route=None):
     """Sign in on the daemon's own page; ``route(page)`` runs before it loads."""
     page = pages.new(None, label=user)

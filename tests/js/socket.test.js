@@ -65,7 +65,7 @@ test("each envelope frame goes through the same seq filter as a poll answer, and
   assert.equal(s.current().closedBy, null);
 });
 
-test("acks go out at most once a second, with the latest seq", async () => {
+test("acks go out at most once per WS_ACK_INTERVAL_MS, with the latest seq", async () => {
   const s = setup();
   s.loop.start("T1", WS_URL, "d");
   subscribe(s, batch(0));
@@ -77,11 +77,27 @@ test("acks go out at most once a second, with the latest seq", async () => {
     await s.timers.tick(100);
     s.current().push(batch(seq, { messages: [{ seq, body: "m" + seq }] }));
   }
-  assert.deepEqual(acks(), ["ack 1"], "within the second: held back");
+  assert.deepEqual(acks(), ["ack 1"], "within the interval: held back");
   await s.timers.tick(TIMING.WS_ACK_INTERVAL_MS - 500);
   assert.deepEqual(acks(), ["ack 1", "ack 6"], "one ack for five envelopes, with the last seq");
   await s.timers.tick(5 * TIMING.WS_ACK_INTERVAL_MS);
   assert.deepEqual(acks(), ["ack 1", "ack 6"], "nothing new: no more acks");
+});
+
+test("WS_ACK_AFTER unacknowledged packets are acked at once, inside the interval", async () => {
+  const s = setup();
+  s.loop.start("T1", WS_URL, "d");
+  subscribe(s, batch(0));
+  const acks = () => s.current().sent.filter((f) => f.startsWith("ack "));
+  s.current().push(batch(1, { messages: [{ seq: 1, body: "a" }] }));
+  assert.deepEqual(acks(), ["ack 1"]);
+  await s.timers.tick(100);
+  const many = [];
+  for (let seq = 2; seq <= 1 + TIMING.WS_ACK_AFTER; seq++) many.push({ seq, body: "m" + seq });
+  s.current().push(batch(1 + TIMING.WS_ACK_AFTER, { messages: many }));
+  assert.deepEqual(acks(), ["ack 1", "ack " + (1 + TIMING.WS_ACK_AFTER)], "not held for the interval");
+  await s.timers.tick(TIMING.WS_ACK_INTERVAL_MS);
+  assert.equal(acks().length, 2, "and no second ack for the same seq");
 });
 
 test("stop() sends the ack that was held back before it closes the socket", async () => {

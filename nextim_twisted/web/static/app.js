@@ -57,7 +57,12 @@ var NextimClient = (function () {
     SEND_ATTEMPTS: 5,           // a message is sent again after a network error, this many times in all
     ROOM_COUNTS_DELAY_MS: 800,  // coalesce presence changes into one members call
     ROOM_REFRESH_MS: 60000,     // room counts have no push; refresh now and then
-    WS_ACK_INTERVAL_MS: 1000,   // a socket sends `ack <N>` at most this often (and before it closes)
+    // A socket sends `ack <N>` at most this often (and before it closes), or at once when
+    // WS_ACK_AFTER packets are unacknowledged. Acks are what the server parses most: at
+    // 10 000 users one a second per socket cost 8-11 % of its core (docs/benchmarks.md#websocket);
+    // what an ack that comes later costs is a longer resend after a drop, dropped here by seq.
+    WS_ACK_INTERVAL_MS: 5000,
+    WS_ACK_AFTER: 100,          // well under [limits] queue_packets (1000 by default)
     WS_CONNECT_MS: 10000,       // a socket that has not subscribed by then failed (a proxy that holds the upgrade)
     WS_FAILURES: 3,             // sockets in a row closed before subscribing: use the long poll instead
     WS_CALL_MAX_BYTES: 8000     // a call frame that may be larger goes over HTTP ([limits] max_body_bytes is unknown here)
@@ -571,8 +576,8 @@ var NextimClient = (function () {
   // <ack>`; the server answers one envelope at once (that is "subscribed")
   // and one whenever packets arrive. Each envelope goes through
   // takeEnvelope, like a poll's answer. `ack <N>` frames tell the server
-  // what was processed, at most once per WS_ACK_INTERVAL_MS and once more
-  // before the socket is closed. After a drop the next socket subscribes
+  // what was processed, at most once per WS_ACK_INTERVAL_MS (sooner when
+  // WS_ACK_AFTER packets wait) and once more before the socket is closed. After a drop the next socket subscribes
   // with the last ack: the server sends everything after it again, and
   // takeEnvelope drops what was seen, so nothing is lost or shown twice.
   //
@@ -785,10 +790,17 @@ var NextimClient = (function () {
     this.scheduleAck();
   };
 
-  /** `ack <N>` now if the last one went out WS_ACK_INTERVAL_MS ago, else
-   *  once that much time has passed (one timer, the latest ack then). */
+  /** `ack <N>` now if the last one went out WS_ACK_INTERVAL_MS ago or
+   *  WS_ACK_AFTER packets wait for one, else once that much time has passed
+   *  (one timer, the latest ack then). */
   SocketLoop.prototype.scheduleAck = function () {
-    if (this.ack <= this.acked || this.ackTimer) return;
+    if (this.ack <= this.acked) return;
+    if (this.ack - this.acked >= TIMING.WS_ACK_AFTER) {
+      if (this.ackTimer) { this.timers.clearTimeout(this.ackTimer); this.ackTimer = null; }
+      this.sendAck(this.ws);
+      return;
+    }
+    if (this.ackTimer) return;
     var wait = this.ackedAt === null ? 0 : this.ackedAt + TIMING.WS_ACK_INTERVAL_MS - this.now();
     if (wait <= 0) { this.sendAck(this.ws); return; }
     var self = this;
