@@ -105,7 +105,7 @@ class Session:
         if self._stream is not None:
             # Everything queued before was sent when the subscriber subscribed or at an
             # earlier push: only this packet is new. Unacked it stays queued for a resend.
-            envelope = {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
+            envelope = self._envelope()
             envelope[kind].append(packet)
             if not self._acked:
                 self.queue.clear()
@@ -218,8 +218,12 @@ class Session:
         if stream is not None:
             stream.session_closed(reason)
 
+    def _envelope(self):
+        """An empty comet envelope at the current ``seq`` (docs/design.md#d6-comet-envelope)."""
+        return {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
+
     def _take(self):
-        envelope = {"status": "ok", "messages": [], "presences": [], "statuses": [], "seq": self.last_seq}
+        envelope = self._envelope()
         for _, kind, packet in self.queue:
             envelope[kind].append(packet)
         if not self._acked:
