@@ -6,6 +6,7 @@ from twisted.internet import task
 
 from nextim_twisted.core.router import Router
 from nextim_twisted.hub.cluster import ClusterHub
+from nextim_twisted.web.webim import node_route
 from tests.test_core import drain, profile
 
 
@@ -71,12 +72,18 @@ def test_an_online_decided_after_the_user_left_is_not_announced():
     assert ("online", "bob") not in presences(sa)
 
 
-def test_a_user_held_elsewhere_takes_the_cluster_show_unless_online_asked_for_one():
+def bob_watching_alice():
+    """A router whose arbiter waits for the test, and bob online here as alice's buddy."""
     arbiter = HeldArbiter()
     clock, r = router(arbiter=arbiter)
     sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
     arbiter.pending.pop()()
     drain(sb)
+    return arbiter, r, sb
+
+
+def test_a_user_held_elsewhere_takes_the_cluster_show_unless_online_asked_for_one():
+    arbiter, r, sb = bob_watching_alice()
     # alice is away on another node; a tab here that asks for no show stays away, silently
     r.open_session(profile("alice"), None, None, ["bob"], [])
     arbiter.joined.pop()("away", "lunch")
@@ -92,11 +99,7 @@ def test_a_user_held_elsewhere_takes_the_cluster_show_unless_online_asked_for_on
 
 
 def test_a_user_invisible_elsewhere_stays_hidden_on_a_new_node():
-    arbiter = HeldArbiter()
-    clock, r = router(arbiter=arbiter)
-    sb, _ = r.open_session(profile("bob"), None, None, ["alice"], [])
-    arbiter.pending.pop()()
-    drain(sb)
+    arbiter, r, sb = bob_watching_alice()
     r.open_session(profile("alice"), None, None, ["bob"], [])
     arbiter.joined.pop()("invisible", "")
     assert r.presence_of("alice", "bob")[0] == "offline"
@@ -159,3 +162,10 @@ def test_cluster_hub_delivers_here_and_publishes_for_recipients_elsewhere():
                          "p": {"type": "online", "from": "zed"}})
     assert [p["to"] for p in drain(sa)["presences"]] == ["alice"]
     assert not hub.received({"t": "call"}) and not hub.received({"t": "u", "k": "bogus", "p": {}})
+
+
+def test_node_paths_name_their_node_and_endpoint():
+    assert node_route("/n/n1/packets") == ("n1", "packets")
+    assert node_route("/n/n2/ws") == ("n2", "ws")
+    for path in ("/n//ws", "/n/n1", "/n/n1/", "/n/n1/other", "/n/a/b/ws", "/packets", "/ws"):
+        assert node_route(path) is None, path

@@ -116,10 +116,38 @@ WEBIM = {
 #: ``ticket`` parameter (configs that poll the server URL itself). A cluster node also
 #: serves ``/n/<its node id>/packets`` (docs/design.md#d20-cluster).
 POLL_PATH = "/packets"
-NODE_POLL_PREFIX, NODE_POLL_SUFFIX = "/n/", "/packets"
 POLL_METHODS = (b"GET", b"POST")
-#: The WebSocket path (docs/design.md#d21-websocket); a cluster node's is ``/n/<node id>/ws``.
-SOCKET_PATH, NODE_SOCKET_SUFFIX = "/ws", "/ws"
+#: The WebSocket path of a single daemon (docs/design.md#d21-websocket).
+SOCKET_PATH = "/ws"
+#: A cluster node's own paths are ``/n/<node_id>/<endpoint>`` (docs/design.md#d20-cluster):
+#: the long poll and the WebSocket, named after what they serve.
+NODE_PREFIX = "/n/"
+NODE_ENDPOINTS = {"packets": "poll", "ws": "socket"}
+
+
+def node_route(path: str) -> tuple[str, str] | None:
+    """``(node_id, endpoint)`` of ``/n/<node_id>/packets`` or ``/n/<node_id>/ws``, else None."""
+    if not path.startswith(NODE_PREFIX):
+        return None
+    node_id, slash, endpoint = path[len(NODE_PREFIX):].partition("/")
+    if not slash or not node_id or endpoint not in NODE_ENDPOINTS:
+        return None
+    return node_id, endpoint
+
+
+async def run_identified(ctx, endpoint: Endpoint, creds: Credentials, params: Params):
+    """Identify ``creds`` and run an identified endpoint's handler: what a call that
+    arrives without an HTTP request of its own does (forwarded by another node, or sent
+    over a WebSocket), with the same rules as over HTTP (docs/design.md#d13-identity).
+
+    :returns: the handler's answer (a JSON value or ``OK``).
+    :raises ShuttingDown: the daemon is stopping (docs/design.md#d16-shutdown).
+    :raises ProtocolError: the refusal of identification or of the handler.
+    """
+    if ctx.shutting_down:
+        raise ShuttingDown("the server is shutting down; try again shortly")
+    identity = await ctx.auth.identify(creds, endpoint.changes_state(params), endpoint.allow_password)
+    return await endpoint.handler(ctx, identity, params)
 
 
 class Webim:
@@ -230,12 +258,7 @@ class Webim:
             return {"error": {"status": 404, "code": "unknown_endpoint", "message": f"unknown endpoint webim/{name}"}}
         params = Params(dict(payload.get("values") or {}))
         try:
-            if self.ctx.shutting_down:
-                raise ShuttingDown("the server is shutting down; try again shortly")
-            creds = Credentials(**(payload.get("creds") or {}))
-            identity = await self.ctx.auth.identify(creds, endpoint.changes_state(params),
-                                                    endpoint.allow_password)
-            result = await endpoint.handler(self.ctx, identity, params)
+            result = await run_identified(self.ctx, endpoint, Credentials(**(payload.get("creds") or {})), params)
         except ProtocolError as error:
             return {"error": {"status": error.status, "code": error.code, "message": error.message,
                               "headers": error.headers}}
@@ -298,14 +321,6 @@ def _answer_failed(failure, request):
         request.finish()
 
 
-def _other_node_socket(path):
-    """True for ``/n/<some node id>/ws`` (one path segment between)."""
-    if not (path.startswith(NODE_POLL_PREFIX) and path.endswith(NODE_SOCKET_SUFFIX)):
-        return False
-    node_id = path[len(NODE_POLL_PREFIX):-len(NODE_SOCKET_SUFFIX)]
-    return bool(node_id) and "/" not in node_id
-
-
 class HotPathRoot(Resource):
     """The served root: answers ``/packets``, ``/?ticket=``, ``webim/<name>`` and the
     WebSocket handshake ``/ws`` itself and passes every other request to ``rest`` (the
@@ -329,11 +344,8 @@ class HotPathRoot(Resource):
         self.rest = rest
         self.sockets = sockets
         cluster = webim.ctx.cluster
-        #: This node's own poll path in a cluster, else None.
-        self.node_poll = f"{NODE_POLL_PREFIX}{cluster.node_id}{NODE_POLL_SUFFIX}" if cluster is not None else None
-        #: The WebSocket path this daemon serves: ``/ws``, or a node's ``/n/<node_id>/ws``.
-        self.socket_path = (f"{NODE_POLL_PREFIX}{cluster.node_id}{NODE_SOCKET_SUFFIX}" if cluster is not None
-                            else SOCKET_PATH)
+        #: This node's id in a cluster (its paths are ``/n/<node_id>/...``), else None.
+        self.node_id = cluster.node_id if cluster is not None else None
 
     def render(self, request):
         try:
@@ -346,23 +358,23 @@ class HotPathRoot(Resource):
             if request.method not in POLL_METHODS:
                 return render_error(request, MethodNotAllowed("use GET or POST"))
             result = self.webim.poll(request)
-        elif self.node_poll is not None and path.startswith(NODE_POLL_PREFIX) and path.endswith(NODE_POLL_SUFFIX):
-            if path != self.node_poll:
-                # Another node's path: its sessions are not here. 404, so the client goes
-                # online again rather than polling a node that cannot answer it.
+        elif self.node_id is not None and (route := node_route(path)) is not None:
+            node_id, endpoint = route
+            if node_id != self.node_id:
+                # Another node's path: its sessions are not here. 404 (no upgrade), so the
+                # client goes online again rather than waiting on a node that cannot answer it.
                 request.setResponseCode(404)
-                return render_error(request, NotFound("this poll belongs to another node; go online again",
-                                                      code="invalid_ticket"))
+                return render_error(request, NotFound(f"this {NODE_ENDPOINTS[endpoint]} belongs to another "
+                                                      "node; go online again", code="invalid_ticket"))
+            if endpoint == "ws":
+                if self.sockets is None:
+                    return self.rest.render(request)
+                return self.sockets.handshake(request)  # docs/design.md#d21-websocket
             if request.method not in POLL_METHODS:
                 return render_error(request, MethodNotAllowed("use GET or POST"))
             result = self.webim.poll(request)
-        elif self.sockets is not None and path == self.socket_path:
+        elif self.sockets is not None and self.node_id is None and path == SOCKET_PATH:
             return self.sockets.handshake(request)  # docs/design.md#d21-websocket
-        elif self.sockets is not None and self.node_poll is not None and _other_node_socket(path):
-            # Another node's socket: its sessions are not here (no upgrade).
-            request.setResponseCode(404)
-            return render_error(request, NotFound("this socket belongs to another node; go online again",
-                                                  code="invalid_ticket"))
         elif path == "/" and request.method in (b"GET", b"HEAD") and (request.args or {}).get(b"ticket"):
             result = self.webim.poll(request)  # a config whose poll URL is the server URL itself
         else:

@@ -62,7 +62,7 @@ from ..handlers.params import Params, is_storable
 from .answer import header
 from .encoding import render_error
 from .metrics import ObservedSite
-from .webim import WEBIM
+from .webim import WEBIM, run_identified
 
 if TYPE_CHECKING:
     from ..core.session import Session
@@ -376,11 +376,8 @@ class SocketSession:
         error, status = None, 200
         try:
             try:
-                if ctx.shutting_down:
-                    raise ShuttingDown("the server is shutting down; try again shortly")
-                identity = await ctx.auth.identify(Credentials(ticket=params.values["ticket"], method="POST"),
-                                                   endpoint.changes_state(params))
-                result = await endpoint.handler(ctx, identity, params)
+                result = await run_identified(ctx, endpoint, Credentials(ticket=params.values["ticket"],
+                                                                          method="POST"), params)
                 reply = {"reply": call_id, "result": "ok" if result is OK else result}
             except ProtocolError as refusal:
                 error, status = refusal.code, refusal.status
