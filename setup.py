@@ -22,6 +22,9 @@ setup(
         "PyJWT>=2.8",
         "argon2-cffi>=23.1",
         "prometheus-client>=0.17",
+        # the host site as the source of truth: signed requests to the site's API and the
+        # webhook deliveries (docs/integration.md); imported whatever the configuration
+        "treq>=24.9",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],

@@ -35,3 +35,14 @@ def test_nextimctl_gets_the_same_parts_without_serving(tmp_path):
     parts = compose(config, MemoryReactorClock(), web=False, xmpp=False)
     assert parts.web is None and parts.xmpp is None
     assert parts.router.stats()["online_users"] == 0
+
+
+def test_a_single_daemon_needs_no_redis_client_installed():
+    """txredisapi is the ``cluster`` extra: ``pip install .`` does not bring it, and the
+    README's ``twistd -n nextim --demo`` must start without it (docs/scaling.md)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['txredisapi'] = None\n"
+            "import nextim_twisted.web.app, nextim_twisted.compose, nextim_twisted.service\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

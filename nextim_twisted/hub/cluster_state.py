@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .redisclient import RedisClient
+if TYPE_CHECKING:  # txredisapi is the cluster extra: a single daemon must import this without it
+    from .redisclient import RedisClient
 
 # user_up: KEYS[1]=p:u:<user> KEYS[2]=p:nu:<node>; ARGV: node, instance, user, show, status, nick.
 # Returns {first, show, status}: first is 1 when no node held the user before (the user

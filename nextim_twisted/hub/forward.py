@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .cluster_state import ClusterState
+if TYPE_CHECKING:  # (web/webim.py imports this module in a single daemon too, without txredisapi)
+    from .cluster_state import ClusterState
 
 log = Logger()
 
